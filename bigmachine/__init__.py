@@ -1,0 +1,50 @@
+"""bigmachine: self-managing serverless computing for Python.
+
+A driver starts an ad-hoc cluster of machines, installs stateful services on them,
+and calls their methods over mutually authenticated HTTPS.
+"""
+
+from __future__ import annotations
+
+from . import expvar, systems
+from .errors import (
+    Cancelled,
+    Error,
+    MachineStopped,
+    NotFound,
+    OutOfMemory,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+    Unavailable,
+)
+from .machine import Machine
+from .params import Environ, Services
+from .session import B, start
+from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RUNNING",
+    "STARTING",
+    "STOPPED",
+    "UNSTARTED",
+    "B",
+    "Cancelled",
+    "Environ",
+    "Error",
+    "Machine",
+    "MachineStopped",
+    "NotFound",
+    "OutOfMemory",
+    "ProtocolError",
+    "RemoteError",
+    "SerializationError",
+    "Services",
+    "State",
+    "Unavailable",
+    "expvar",
+    "start",
+    "systems",
+]

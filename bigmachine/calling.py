@@ -1,0 +1,124 @@
+"""What the sync and async call paths share: request encoding, reply decoding, deadlines.
+
+Kept free of I/O, so ``Machine.call`` (blocking socket) and ``Machine.acall``
+(asyncio protocol) encode, decode and map errors the same way.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import io
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProtocolError, SerializationError
+from .rpc import wire
+from .rpc.codec import Response, encode_chunk, encode_request
+
+__all__ = ["Request", "deadline_after", "decode_reply", "encode_call", "remaining", "STREAM_CHUNK"]
+
+STREAM_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class Request:
+    """A call ready to send: the whole request, or its head plus an argument to stream."""
+
+    method: str
+    data: bytes
+    stream: Any = None  # a binary file, an iterator or an async iterator of bytes
+
+
+def deadline_after(timeout: float | None) -> float:
+    """The ``time.monotonic()`` instant a call with this timeout must end by."""
+    if timeout is None:
+        return math.inf
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
+    return time.monotonic() + timeout
+
+
+def remaining(deadline: float) -> float | None:
+    """Seconds left before ``deadline`` (None for no deadline); raises TimeoutError past it."""
+    if deadline == math.inf:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline exceeded")
+    return left
+
+
+def _is_stream_argument(value: Any) -> bool:
+    if isinstance(value, (bytes, bytearray, memoryview, str, list, tuple, dict, set, frozenset)):
+        return False
+    if isinstance(value, (io.RawIOBase, io.BufferedIOBase)):
+        return True
+    return isinstance(value, (collections.abc.Iterator, collections.abc.AsyncIterator))
+
+
+def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
+    """Pickles a call; a file or bytes-iterator argument is replaced by a marker and streamed."""
+    if not isinstance(method, str) or "." not in method:
+        raise ValueError(f"method must be 'Service.method', not {method!r}")
+    path = b"/rpc/" + method.encode()
+    streamed = [k for k, v in [*enumerate(args), *kwargs.items()] if _is_stream_argument(v)]
+    if not streamed:
+        return Request(method, encode_request(host, path, wire.CALL, wire.encode_args(method, args, kwargs)))
+    if len(streamed) > 1:
+        raise ValueError(f"{method}: only one argument can be streamed; arguments {streamed} are all streams")
+    (where,) = streamed
+    marker = wire.StreamArgument()
+    if isinstance(where, int):
+        source = args[where]
+        args = (*args[:where], marker, *args[where + 1 :])
+    else:
+        source = kwargs[where]
+        kwargs = {**kwargs, where: marker}
+    head = wire.frame(wire.HEAD, wire.encode_args(method, args, kwargs))
+    return Request(method, encode_request(host, path, wire.CALL_STREAM, None) + encode_chunk(head), source)
+
+
+def stream_chunks(source: Any) -> collections.abc.Iterator[bytes]:
+    """The chunks of a sync stream argument (a binary file or an iterator of bytes)."""
+    if isinstance(source, (io.RawIOBase, io.BufferedIOBase)):
+        while chunk := source.read(STREAM_CHUNK):
+            yield chunk
+        return
+    for chunk in source:
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a streamed argument must yield bytes, not {type(chunk).__qualname__}")
+        if chunk:
+            yield bytes(chunk)
+
+
+def data_chunk(chunk: bytes) -> bytes:
+    """A chunk of a streamed argument as it goes on the wire."""
+    return encode_chunk(wire.frame(wire.DATA, chunk))
+
+
+END_OF_STREAM = encode_chunk(wire.frame(wire.END)) + b"0\r\n\r\n"
+
+
+def decode_reply(response: Response, method: str, machine: str) -> Any:
+    """The result of a whole (not streamed) reply, or the error it carries, raised."""
+    if response.content_type == wire.RESULT and response.status == 200:
+        try:
+            return wire.loads(response.body)
+        except Exception as exc:
+            raise SerializationError(f"{method}: the result from {machine} cannot be unpickled here: {exc!r}") from exc
+    if response.content_type == wire.ERROR:
+        wire.raise_error(response.body, machine)
+    raise ProtocolError(
+        f"{method}: unexpected reply from {machine}: HTTP {response.status} {response.body[:200]!r}"
+    )
+
+
+def decode_frame(kind: bytes, payload: bytes, machine: str) -> bytes | None:
+    """A data frame's bytes, None at the end of the stream; a failure frame is raised."""
+    if kind == wire.DATA:
+        return payload
+    if kind == wire.END:
+        return None
+    wire.raise_error(payload, machine)

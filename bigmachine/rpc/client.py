@@ -1,0 +1,425 @@
+"""Client side of RPC: the shared codec driven by two thin I/O layers.
+
+- ``AsyncPool``: keep-alive ``asyncio.Protocol`` connections to one server, on one loop.
+- ``SyncPool``: a keep-alive blocking TLS socket per (thread, server), so a sync call
+  needs no hop to the event loop. ``close()`` shuts every socket down, which wakes
+  callers blocked in ``recv`` at once.
+
+Both raise transport errors as they are (``OSError``, ``ssl.SSLError``,
+``ProtocolError``, ``TimeoutError``); the machine layer maps them to the library's
+errors, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+
+from ..errors import ProtocolError
+from . import wire
+from .codec import Response, ResponseParser
+
+__all__ = ["AsyncPool", "SyncPool"]
+
+_READ_SIZE = 1 << 18
+_STREAM_HIGH_WATER = 8 << 20  # pause reading a streamed reply past this many buffered bytes
+
+
+def _nodelay(sock: socket.socket | None) -> None:
+    # Without TCP_NODELAY a call can stall ~40 ms on delayed ACKs (PERFORMANCE.md).
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Closed(ConnectionResetError):
+    """The server closed the connection."""
+
+
+# ---------------------------------------------------------------------------- async
+
+
+class AsyncConnection(asyncio.Protocol):
+    """One keep-alive connection; one request at a time."""
+
+    def __init__(self, pool: AsyncPool) -> None:
+        self._pool = pool
+        self._parser = ResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[Response] | None = None
+        self._stream: AsyncReplyStream | None = None
+        self.reply_stream: AsyncReplyStream | None = None
+        self._response: Response | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self.lost: BaseException | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        _nodelay(transport.get_extra_info("socket"))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc)
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or _Closed("the machine closed the connection")
+        self._pool._forget(self)
+        self._fail(self.lost)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(self.lost)
+
+    def pause_writing(self) -> None:
+        self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # codec listener
+    def response_head(self, response: Response) -> None:
+        self._response = response
+        if response.content_type == wire.STREAM:
+            self._stream = self.reply_stream = AsyncReplyStream(self)
+            self._resolve(response)
+
+    def response_body(self, data: bytes) -> None:
+        if self._stream is not None:
+            self._stream.feed(data)
+        else:
+            assert self._response is not None
+            self._response.chunks.append(data)
+
+    def response_complete(self) -> None:
+        response, stream = self._response, self._stream
+        self._response = self._stream = None
+        if stream is not None:
+            stream.complete()
+        else:
+            assert response is not None
+            self._resolve(response)
+        if response is not None and not response.keep_alive:
+            self.abort()
+        elif stream is None:
+            self._pool._release(self)
+        # A streamed reply's connection goes back to the pool when its reader is done.
+
+    # requests
+    def send(self, data: bytes) -> asyncio.Future[Response]:
+        assert self.transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return self._waiter
+
+    async def write(self, data: bytes) -> None:
+        """Writes part of a streamed request, waiting while the transport is paused."""
+        if self.lost is not None:
+            raise self.lost
+        assert self.transport is not None
+        self.transport.write(data)
+        if self._drain is not None:
+            await self._drain
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _resolve(self, response: Response) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter, stream = self._waiter, self._stream
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if stream is not None:
+            stream.fail(exc)
+
+
+class AsyncReplyStream:
+    """The frames of a streamed reply, with flow control: reading pauses while the reader lags."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._reader = wire.FrameReader()
+        self._frames: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._done = False
+
+    def feed(self, data: bytes) -> None:
+        for kind_payload in self._reader.feed(data):
+            self._frames.append(kind_payload)
+            self._buffered += len(kind_payload[1])
+        if self._buffered > _STREAM_HIGH_WATER and not self._paused and self._conn.transport is not None:
+            self._paused = True
+            self._conn.transport.pause_reading()
+        self._wake()
+
+    def complete(self) -> None:
+        self._done = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def frames(self, deadline: float) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Yields ``(kind, payload)`` until an END or FAIL frame; raises if the stream breaks."""
+        try:
+            while True:
+                while self._frames:
+                    kind, payload = self._frames.popleft()
+                    self._buffered -= len(payload)
+                    if self._paused and self._buffered < _STREAM_HIGH_WATER // 2 and self._conn.transport is not None:
+                        self._paused = False
+                        self._conn.transport.resume_reading()
+                    yield kind, payload
+                    if kind != wire.DATA:
+                        return
+                if self._error is not None:
+                    raise self._error
+                if self._done:
+                    raise ProtocolError("the streamed reply ended without an end frame")
+                self._waiter = asyncio.get_running_loop().create_future()
+                await asyncio.wait_for(self._waiter, _remaining(deadline))
+        except BaseException:
+            self._conn.abort()  # abandoned or broken mid-stream: the connection can't be reused
+            raise
+        finally:
+            if self._done and self._error is None and self._conn.lost is None:
+                self._conn._pool._release(self._conn)
+
+
+class AsyncPool:
+    """Keep-alive connections to one server, for one event loop."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str) -> None:
+        self.host, self.port = host, port
+        self._context, self._server_hostname = context, server_hostname
+        self._idle: list[AsyncConnection] = []
+        self._all: set[AsyncConnection] = set()
+        self._closed: BaseException | None = None
+
+    async def acquire(self) -> AsyncConnection:
+        """An idle connection, or a new one."""
+        if self._closed is not None:
+            raise self._closed
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.lost is None:
+                return conn
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            lambda: AsyncConnection(self), self.host, self.port,
+            ssl=self._context, server_hostname=self._server_hostname,
+        )
+        self._all.add(conn)
+        if self._closed is not None:
+            conn.abort()
+            raise self._closed
+        return conn
+
+    async def request(self, data: bytes) -> tuple[Response, AsyncConnection]:
+        """Sends a whole request and waits for the response head (and body, unless streamed)."""
+        conn = await self.acquire()
+        try:
+            return await conn.send(data), conn
+        except BaseException:
+            conn.abort()  # cancelled or timed out mid-call: its reply would confuse the next caller
+            raise
+
+    def _release(self, conn: AsyncConnection) -> None:
+        if self._closed is None and conn.lost is None:
+            self._idle.append(conn)
+
+    def _forget(self, conn: AsyncConnection) -> None:
+        self._all.discard(conn)
+
+    def close(self, reason: BaseException) -> None:
+        """Aborts every connection: pending requests fail at once with ``reason``."""
+        self._closed = reason
+        self._idle.clear()
+        for conn in list(self._all):
+            conn._fail(reason)
+            conn.abort()
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+class SyncConnection:
+    """A blocking keep-alive TLS socket; used by one thread at a time."""
+
+    def __init__(self, pool: SyncPool, deadline: float) -> None:
+        sock = socket.create_connection((pool.host, pool.port), timeout=_remaining(deadline))
+        try:
+            _nodelay(sock)
+            self.sock = pool.context.wrap_socket(sock, server_hostname=pool.server_hostname)
+        except BaseException:
+            sock.close()
+            raise
+        self._parser = ResponseParser(self)
+        self._response: Response | None = None
+        self._frames: collections.deque[tuple[bytes, bytes]] | None = None
+        self._reader: wire.FrameReader | None = None
+        self._done = False
+        self.broken = False
+        self.in_use = True
+
+    def request(self, data: bytes, deadline: float) -> Response:
+        """Sends a whole request; returns once the response is complete or its stream begins."""
+        self.send(data, deadline)
+        return self.read_response(deadline)
+
+    def send(self, data: bytes, deadline: float) -> None:
+        try:
+            self.sock.settimeout(_remaining(deadline))
+            self.sock.sendall(data)
+        except BaseException:
+            self.broken = True
+            raise
+
+    def read_response(self, deadline: float) -> Response:
+        self._response, self._frames, self._done = None, None, False
+        while not self._done and self._frames is None:
+            self._receive(deadline)
+        assert self._response is not None
+        return self._response
+
+    def frames(self, deadline: float) -> Iterator[tuple[bytes, bytes]]:
+        """The frames of a streamed reply, read as the caller iterates."""
+        frames = self._frames
+        assert frames is not None
+        while True:
+            while frames:
+                kind, payload = frames.popleft()
+                yield kind, payload
+                if kind != wire.DATA:
+                    return
+            if self._done:
+                self.broken = True
+                raise ProtocolError("the streamed reply ended without an end frame")
+            self._receive(deadline)
+
+    def _receive(self, deadline: float) -> None:
+        try:
+            self.sock.settimeout(_remaining(deadline))
+            data = self.sock.recv(_READ_SIZE)
+            if not data:
+                raise _Closed("the machine closed the connection")
+            self._parser.feed(data)
+        except BaseException:
+            self.broken = True
+            raise
+
+    # codec listener
+    def response_head(self, response: Response) -> None:
+        self._response = response
+        if response.content_type == wire.STREAM:
+            self._frames = collections.deque()
+            self._reader = wire.FrameReader()
+
+    def response_body(self, data: bytes) -> None:
+        if self._frames is not None:
+            assert self._reader is not None
+            self._frames.extend(self._reader.feed(data))
+        else:
+            assert self._response is not None
+            self._response.chunks.append(data)
+
+    def response_complete(self) -> None:
+        self._done = True
+        if self._response is not None and not self._response.keep_alive:
+            self.broken = True
+
+    def wake(self) -> None:
+        """Shuts the socket down from another thread, so a blocked ``recv`` returns at once."""
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SyncPool:
+    """Blocking connections to one server, one idle list per thread."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str) -> None:
+        self.host, self.port = host, port
+        self.context, self.server_hostname = context, server_hostname
+        self._local = threading.local()
+        self._all: weakref.WeakSet[SyncConnection] = weakref.WeakSet()
+        self._closed: BaseException | None = None
+
+    def acquire(self, deadline: float) -> SyncConnection:
+        if self._closed is not None:
+            raise self._closed
+        idle: list[SyncConnection] | None = getattr(self._local, "idle", None)
+        if idle:
+            conn = idle.pop()
+            conn.in_use = True
+            return conn
+        conn = SyncConnection(self, deadline)
+        self._all.add(conn)
+        if self._closed is not None:
+            conn.close()
+            raise self._closed
+        return conn
+
+    def release(self, conn: SyncConnection) -> None:
+        """Keeps a healthy connection for this thread's next call; closes a broken one."""
+        conn.in_use = False
+        if conn.broken or self._closed is not None:
+            conn.close()
+            return
+        idle = getattr(self._local, "idle", None)
+        if idle is None:
+            idle = self._local.idle = _IdleList()
+        idle.append(conn)
+
+    def close(self, reason: BaseException) -> None:
+        """Wakes every blocked caller; their connections are closed as they release them."""
+        self._closed = reason
+        for conn in list(self._all):
+            conn.broken = True
+            if conn.in_use:
+                conn.wake()
+            else:
+                conn.close()
+
+
+class _IdleList(list[SyncConnection]):
+    """A thread's idle connections; closes them when the thread ends and drops its locals."""
+
+    def __del__(self) -> None:
+        for conn in self:
+            conn.close()
+
+
+def _remaining(deadline: float) -> float | None:
+    if deadline == math.inf:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("deadline exceeded")
+    return remaining

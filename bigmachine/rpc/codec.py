@@ -1,0 +1,97 @@
+"""A sans-I/O HTTP/1.1 codec: requests encoded as one ``bytes``, responses parsed by httptools.
+
+Both client transports (the asyncio protocol and the blocking socket) share it, so a
+request is always a single write and parsing is the same C parser uvicorn uses.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+from ..errors import ProtocolError
+
+__all__ = ["Response", "ResponseListener", "ResponseParser", "encode_chunk", "encode_request", "LAST_CHUNK"]
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def encode_request(host: bytes, path: bytes, content_type: bytes, body: bytes | None) -> bytes:
+    """A POST request, head and body in one buffer; ``body=None`` starts a chunked body."""
+    if body is None:
+        length = b"Transfer-Encoding: chunked\r\n"
+        body = b""
+    else:
+        length = b"Content-Length: %d\r\n" % len(body)
+    return b"".join(
+        (b"POST ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Type: ", content_type, b"\r\n", length, b"\r\n", body)
+    )
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (never empty: an empty chunk ends the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class Response:
+    """The head of a response, and its body when it was not streamed."""
+
+    __slots__ = ("status", "content_type", "chunks", "keep_alive")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.content_type = b""
+        self.chunks: list[bytes] = []
+        self.keep_alive = True
+
+    @property
+    def body(self) -> bytes:
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+
+class ResponseListener(Protocol):
+    """What a transport implements to receive parsed responses."""
+
+    def response_head(self, response: Response) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_complete(self) -> None: ...
+
+
+class ResponseParser:
+    """Feeds bytes to httptools and reports heads, body pieces and completions to a listener."""
+
+    __slots__ = ("_parser", "_listener", "response")
+
+    def __init__(self, listener: ResponseListener) -> None:
+        self._listener = listener
+        self._parser = httptools.HttpResponseParser(self)
+        self.response: Response | None = None
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(f"malformed HTTP response: {exc}") from exc
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.response = Response()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"content-type":
+            assert self.response is not None
+            self.response.content_type = value
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        assert response is not None
+        response.status = self._parser.get_status_code()
+        response.keep_alive = self._parser.should_keep_alive()
+        self._listener.response_head(response)
+
+    def on_body(self, body: bytes) -> None:
+        self._listener.response_body(body)
+
+    def on_message_complete(self) -> None:
+        self._listener.response_complete()

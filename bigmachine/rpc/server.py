@@ -1,0 +1,279 @@
+"""Server side of RPC: a raw ASGI callable that dispatches ``/rpc/Service.method`` to services.
+
+Plain methods run in a thread pool (unpickling, the call and pickling all in the
+worker thread, so big payloads never stall the event loop and its keepalives);
+``async def`` methods run on the loop. Everything else goes to an optional fallback
+ASGI app (the debug pages), imported only when first needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import Error, NotFound, ProtocolError, SerializationError
+from . import wire
+
+__all__ = ["Registry", "RpcApp"]
+
+logger = logging.getLogger(__name__)
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+_NOT_STREAMED = (bytes, bytearray, str, list, tuple, dict, set, frozenset)
+_DONE = object()
+
+
+class Registry:
+    """The services installed on this process, and their public methods by ``"Service.method"``."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, Any] = {}
+        self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
+
+    def add(self, name: str, service: Any) -> None:
+        self.services[name] = service
+        self._methods.clear()
+
+    def resolve(self, method: str) -> tuple[Callable[..., Any], bool]:
+        """The bound method and whether it is a coroutine function; ``NotFound`` lists what exists."""
+        try:
+            return self._methods[method]
+        except KeyError:
+            pass
+        service_name, _, name = method.partition(".")
+        service = self.services.get(service_name)
+        if service is None:
+            raise NotFound(
+                f"no service {service_name!r} (calling {method!r}); services here: {sorted(self.services)}"
+            )
+        fn = getattr(service, name, None) if name and not name.startswith("_") else None
+        if not callable(fn):
+            raise NotFound(
+                f"service {service_name!r} has no public method {name!r}; its methods: {public_methods(service)}"
+            )
+        entry = (fn, inspect.iscoroutinefunction(fn))
+        self._methods[method] = entry
+        return entry
+
+
+def public_methods(service: Any) -> list[str]:
+    """The names callable remotely on ``service``."""
+    return sorted(n for n in dir(service) if not n.startswith("_") and callable(getattr(service, n, None)))
+
+
+def _is_stream(value: Any) -> bool:
+    if isinstance(value, _NOT_STREAMED):
+        return False
+    return isinstance(value, (collections.abc.Iterator, collections.abc.AsyncIterator))
+
+
+class _RequestStream:
+    """The streamed argument of a call: data frames read from the request body on demand."""
+
+    def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]], reader: wire.FrameReader,
+                 frames: list[tuple[bytes, bytes]], loop: asyncio.AbstractEventLoop) -> None:
+        self._receive, self._reader, self._loop = receive, reader, loop
+        self._frames = collections.deque(frames)
+        self._ended = False
+
+    async def next_chunk(self) -> bytes | None:
+        """The next chunk, or None at the end of the stream."""
+        while True:
+            if self._frames:
+                kind, payload = self._frames.popleft()
+                if kind == wire.DATA:
+                    return payload
+                if kind == wire.END:
+                    self._ended = True
+                    return None
+                raise ProtocolError("the caller's stream argument failed: " + payload.decode(errors="replace"))
+            if self._ended:
+                return None
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ProtocolError("the caller disconnected while streaming an argument")
+            self._frames.extend(self._reader.feed(message.get("body", b"")))
+            if not message.get("more_body") and not self._frames:
+                raise ProtocolError("the streamed argument ended without an end frame")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        """For plain methods, which run in a worker thread: each chunk is fetched on the loop."""
+        while (chunk := asyncio.run_coroutine_threadsafe(self.next_chunk(), self._loop).result()) is not None:
+            yield chunk
+
+    async def drain(self) -> None:
+        """Reads what the method left unread, so the connection can be reused."""
+        while await self.next_chunk() is not None:
+            pass
+
+
+class RpcApp:
+    """The ASGI application every machine serves."""
+
+    def __init__(self, registry: Registry, executor: ThreadPoolExecutor,
+                 fallback: Callable[[], ASGIApp] | None = None) -> None:
+        self.registry = registry
+        self.executor = executor
+        self._fallback_factory = fallback
+        self._fallback: ASGIApp | None = None
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path.startswith("/rpc/"):
+            await self._rpc(path[5:], scope, receive, send)
+        elif self._fallback_factory is not None:
+            if self._fallback is None:
+                self._fallback = self._fallback_factory()
+            await self._fallback(scope, receive, send)
+        else:
+            await _send_plain(send, 404, b"not found: RPC paths are /rpc/Service.method\n")
+
+    async def _rpc(self, method: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls[method] += 1
+        if scope["method"] != "POST":
+            await _send_plain(send, 405, b"RPC calls are POST requests\n")
+            return
+        content_type = _header(scope, b"content-type")
+        stream: _RequestStream | None = None
+        try:
+            fn, is_async = self.registry.resolve(method)
+            if content_type == wire.CALL:
+                body = await _read_body(receive)
+                if is_async:
+                    args, kwargs = wire.decode_args(method, body)
+                    result = await fn(*args, **kwargs)
+                    reply = result if _is_stream(result) else wire.encode_result(method, result)
+                else:
+                    loop = asyncio.get_running_loop()
+                    reply = await loop.run_in_executor(self.executor, _call_plain, method, fn, body)
+            elif content_type == wire.CALL_STREAM:
+                stream, args, kwargs = await _read_streamed_call(method, receive, is_async)
+                result = await _invoke(fn, is_async, args, kwargs, self.executor)
+                await stream.drain()
+                reply = result if _is_stream(result) else wire.encode_result(method, result)
+            else:
+                raise ProtocolError(f"{method}: unexpected content type {content_type!r}")
+        except Error as exc:  # the library's own: NotFound, SerializationError, ProtocolError
+            self.errors[method] += 1
+            status = 404 if isinstance(exc, NotFound) else 400
+            await _send_reply(send, status, wire.ERROR, wire.encode_error(exc, remote=False))
+            return
+        except Exception as exc:
+            self.errors[method] += 1
+            await _send_reply(send, 500, wire.ERROR, wire.encode_error(exc, remote=True))
+            return
+        if isinstance(reply, bytes):
+            await _send_reply(send, 200, wire.RESULT, reply)
+        else:
+            await self._stream_reply(method, reply, send)
+
+    async def _stream_reply(self, method: str, source: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", wire.STREAM)]})
+        try:
+            async for chunk in _aiterate(source, self.executor):
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"{method}: a streamed reply must yield bytes, not {type(chunk).__qualname__}")
+                if chunk:
+                    await send({"type": "http.response.body", "body": wire.frame(wire.DATA, bytes(chunk)), "more_body": True})
+        except Exception as exc:
+            self.errors[method] += 1
+            logger.debug("%s: streamed reply failed: %r", method, exc)
+            await send({"type": "http.response.body", "body": wire.frame(wire.FAIL, wire.encode_error(exc, remote=True))})
+            return
+        await send({"type": "http.response.body", "body": wire.frame(wire.END)})
+
+
+def _call_plain(method: str, fn: Callable[..., Any], body: bytes) -> Any:
+    """Runs in a worker thread: unpickle, call, pickle (or hand back an iterator to stream)."""
+    args, kwargs = wire.decode_args(method, body)
+    result = fn(*args, **kwargs)
+    return result if _is_stream(result) else wire.encode_result(method, result)
+
+
+async def _invoke(fn: Callable[..., Any], is_async: bool, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  executor: ThreadPoolExecutor) -> Any:
+    if is_async:
+        return await fn(*args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, lambda: fn(*args, **kwargs))
+
+
+async def _read_streamed_call(method: str, receive: Any, is_async: bool) -> tuple[_RequestStream, tuple[Any, ...], dict[str, Any]]:
+    """Reads the head frame of a call with a streamed argument and puts the stream in its place."""
+    reader = wire.FrameReader()
+    frames: list[tuple[bytes, bytes]] = []
+    while not frames:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProtocolError(f"{method}: the caller disconnected")
+        frames = reader.feed(message.get("body", b""))
+        if not frames and not message.get("more_body"):
+            raise ProtocolError(f"{method}: the streamed call has no head frame")
+    kind, head = frames.pop(0)
+    if kind != wire.HEAD:
+        raise ProtocolError(f"{method}: the streamed call does not start with a head frame")
+    args, kwargs = wire.decode_args(method, head)
+    stream = _RequestStream(receive, reader, frames, asyncio.get_running_loop())
+    value: Any = stream if is_async else iter(stream)
+    args = tuple(value if isinstance(a, wire.StreamArgument) else a for a in args)
+    kwargs = {k: value if isinstance(v, wire.StreamArgument) else v for k, v in kwargs.items()}
+    return stream, args, kwargs
+
+
+async def _aiterate(source: Any, executor: ThreadPoolExecutor) -> AsyncIterator[Any]:
+    """Iterates a sync or async iterator; a sync one is advanced in the thread pool."""
+    if isinstance(source, collections.abc.AsyncIterator):
+        async for item in source:
+            yield item
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        while (item := await loop.run_in_executor(executor, next, source, _DONE)) is not _DONE:
+            yield item
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+async def _read_body(receive: Any) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks = [body]
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProtocolError("the caller disconnected before sending the whole request")
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> bytes:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return b""
+
+
+async def _send_reply(send: Any, status: int, content_type: bytes, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_plain(send: Any, status: int, body: bytes) -> None:
+    await _send_reply(send, status, b"text/plain; charset=utf-8", body)

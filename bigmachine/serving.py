@@ -1,0 +1,123 @@
+"""Serving a machine: the supervisor and the RPC app under uvicorn, on the current loop.
+
+Shared by the process entry point (``bigmachine.worker``) and the in-process
+``Testing`` system, so both run the very same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from . import tls
+from .rpc.server import Registry, RpcApp
+from .session import B
+from .supervisor import Supervisor
+
+__all__ = ["MachineConfig", "MachineServer"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_THREADS = 64
+
+
+@dataclass
+class MachineConfig:
+    """What a machine needs to serve: who it is, where to listen, how long its first lease is."""
+
+    session: str
+    tls_dir: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    lease: float = 120.0
+    maxprocs: int = 1
+    parent: int | None = None
+    system: str = "local"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class MachineServer:
+    """A running machine: uvicorn serving the RPC app with mutual TLS on one socket."""
+
+    def __init__(self, config: MachineConfig, *, on_exit: Callable[[str], None]) -> None:
+        self.config = config
+        self.registry = Registry()
+        self.executor = ThreadPoolExecutor(SERVICE_THREADS, thread_name_prefix="bigmachine-service")
+        self.session = B._for_machine(config.session, config.system, config.tls_dir)
+        self.supervisor = Supervisor(self.session, self.registry, exit=on_exit, lease=config.lease,
+                                     maxprocs=config.maxprocs, parent=config.parent)
+        self.registry.add("Supervisor", self.supervisor)
+        self.app = RpcApp(self.registry, self.executor)
+        self.server: uvicorn.Server | None = None
+        self.addr = ""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        """Binds, starts serving and the lease watchdog; returns the address."""
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, self.config.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        directory = Path(self.config.tls_dir)
+        config = uvicorn.Config(
+            self.app,
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=3600,
+            ssl_certfile=str(directory / tls.CERT_FILE),
+            ssl_keyfile=str(directory / tls.KEY_FILE),
+            ssl_ca_certs=str(directory / tls.CA_FILE),
+            ssl_cert_reqs=ssl.CERT_REQUIRED,
+        )
+        self.server = uvicorn.Server(config)
+        loop = asyncio.get_running_loop()
+        self.session._attach(loop)
+        self._task = loop.create_task(self.server.serve(sockets=[sock]))
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the machine's server stopped before it started")
+            await asyncio.sleep(0.005)
+        host, port = sock.getsockname()[:2]
+        self.addr = f"https://{'[' + host + ']' if ':' in host else host}:{port}/"
+        self.supervisor.start_watchdog()
+        return self.addr
+
+    async def serve_until_exit(self) -> None:
+        """Waits until uvicorn stops (on ``stop`` or a signal)."""
+        assert self._task is not None
+        await self._task
+
+    def stop(self) -> None:
+        """Asks uvicorn to stop serving."""
+        if self.server is not None:
+            self.server.should_exit = True
+
+    def abort(self) -> None:
+        """Ends the machine abruptly, as a crash would: every connection is reset."""
+        server = self.server
+        if server is None:
+            return
+        server.should_exit = server.force_exit = True
+        for sock_server in getattr(server, "servers", []):
+            sock_server.close()
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        self.session._close_pools()
+        self.executor.shutdown(wait=False, cancel_futures=True)

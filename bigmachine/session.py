@@ -1,0 +1,316 @@
+"""B, a bigmachine session: starts, dials and shuts down machines; owns the event loop thread.
+
+In the driver, ``B`` holds the session's certificate authority, a private temp dir for
+key material and an event loop in a daemon thread. Inside a machine, services get a
+``B`` bound to the machine's own loop and certificate, with which they dial others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import calling, tls
+from .errors import Error, MachineStopped, SerializationError
+from .machine import Machine
+from .params import Param, merge_params
+from .rpc import wire
+from .state import RUNNING, STARTING, STOPPED
+
+if TYPE_CHECKING:
+    import starlette.applications
+
+    from .systems.base import Instance, System
+
+__all__ = ["B", "start"]
+
+logger = logging.getLogger(__name__)
+
+_SHUTDOWN_TIMEOUT = 30.0
+
+
+def start(system: System | None = None, *, name: str | None = None) -> B:
+    """Starts a bigmachine session on ``system`` (default: ``Local()``)."""
+    if system is None:
+        from .systems.local import Local
+
+        system = Local()
+    return B(system, name=name)
+
+
+class B:
+    """A bigmachine session."""
+
+    def __init__(self, system: System, *, name: str | None = None) -> None:
+        self.system = system
+        self.name = f"{name or 'bigmachine'}-{secrets.token_hex(4)}"
+        self.is_driver = True
+        self.debug_url: str | None = None
+        self._machines: dict[str, Machine] = {}
+        self._all: list[Machine] = []
+        self._instances: dict[Machine, Instance] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._count = 0
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # 0700
+        try:
+            self.authority = tls.Authority(self.name)
+            hosts = ["127.0.0.1", "localhost", socket.gethostname()]
+            self.authority.issue(hosts, common_name="driver").write(self.tmpdir / "driver")
+            self.client_context = tls.client_context(self.tmpdir / "driver")
+            self.loop = _new_loop()
+            self._thread = threading.Thread(target=self._run_loop, name="bigmachine-loop", daemon=True)
+            self._thread.start()
+            system.init(self)
+        except BaseException:
+            self._stop_loop()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            raise
+        logger.debug("session %s started on %r", self.name, system)
+
+    @classmethod
+    def _for_machine(cls, name: str, system: str, tls_dir: str) -> B:
+        """The session services see inside a machine: it dials, it doesn't start machines."""
+        b = cls.__new__(cls)
+        b.system = system  # type: ignore[assignment]
+        b.name = name
+        b.is_driver = False
+        b.debug_url = None
+        b._machines, b._all, b._instances, b._tasks = {}, [], {}, set()
+        b._count, b._lock, b._shutdown = 0, threading.Lock(), False
+        b.client_context = tls.client_context(tls_dir)
+        b._thread = None  # type: ignore[assignment]
+        return b
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Binds a machine's session to the machine's loop (running in its own thread)."""
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def _run_loop(self) -> None:
+        self._loop_thread = threading.get_ident()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def on_loop_thread(self) -> bool:
+        """Whether the caller runs on this session's event loop thread."""
+        return threading.get_ident() == getattr(self, "_loop_thread", None)
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Runs a coroutine on the session's loop and waits for it (rare paths only)."""
+        if self.on_loop_thread():
+            coro.close()
+            raise Error("this blocking call cannot run on the session's own event loop thread; use the async API")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Starts a background task on the loop, kept until it ends (loop thread only)."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ----------------------------------------------------------------- machines
+
+    def start(self, n: int, *params: Param) -> list[Machine]:
+        """Launches up to ``n`` machines with the given services; they may still be STARTING."""
+        if not self.is_driver:
+            raise Error("b.start works only in the driver; a service can b.dial other machines")
+        if self._shutdown:
+            raise Error(f"session {self.name} is shut down; start a new session with bigmachine.start()")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"b.start(n, ...) needs n >= 1 machines, not {n!r}")
+        services, environ = merge_params(params)
+        if not services:
+            raise ValueError("b.start needs at least one bigmachine.Services(...) param: the services to install")
+        blobs = {name: _pickle_service(name, obj) for name, obj in services.items()}
+        with self._lock:
+            machines = [Machine(self, owned=True, name=f"m{self._count + i}") for i in range(n)]
+            self._count += n
+            self._all.extend(machines)
+        return self._run(self._start(machines, blobs, environ))  # type: ignore[no-any-return]
+
+    async def _start(self, machines: list[Machine], blobs: dict[str, bytes], environ: dict[str, str]) -> list[Machine]:
+        for machine in machines:
+            machine._set_state(STARTING)
+        launched = await self.system.launch(self, machines, environ)
+        progress = _Progress(len(machines))
+        started = []
+        for machine, instance in zip(machines, launched):
+            if isinstance(instance, BaseException):
+                machine._stop(instance)
+                progress.failed(machine, instance)
+                continue
+            self._instances[machine] = instance
+            machine.on_stop.append(self._on_stop)
+            self._spawn(self._watch_exit(machine, instance))
+            self._spawn(self._boot(machine, instance, blobs, progress))
+            started.append(machine)
+        if not started:
+            errors = "; ".join(f"{m.name}: {m.err}" for m in machines)
+            raise Error(f"no machine could be launched on {self.system!r}: {errors}")
+        return started
+
+    async def _boot(self, machine: Machine, instance: Instance, blobs: dict[str, bytes], progress: _Progress) -> None:
+        timeout = self.system.start_timeout
+        deadline = calling.deadline_after(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                addr = await instance.address()
+                machine._bind(addr)
+                with self._lock:
+                    self._machines[machine.addr] = machine
+                request = calling.encode_call(machine._host_header, "Supervisor.register", (blobs,), {})
+                info = await machine._acall(request, deadline, timeout)
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"machine {machine.addr or machine.name} did not start within {timeout} s")
+            machine._stop(exc)
+            progress.failed(machine, exc)
+            return
+        machine.info = info
+        machine.hostname, machine.maxprocs = machine.hostname or info["hostname"], info["maxprocs"]
+        if machine._set_state(RUNNING):
+            progress.running(machine)
+            system = self.system
+            self._spawn(machine.keepalive_loop(system.keepalive_period, system.keepalive_timeout,
+                                               system.keepalive_rpc_timeout))
+
+    async def _watch_exit(self, machine: Machine, instance: Instance) -> None:
+        err = await instance.wait_exit()
+        if machine.state != STOPPED:
+            logger.error("machine %s: %s", machine.addr or machine.name, err)
+        machine._stop(err)
+
+    def _on_stop(self, machine: Machine) -> None:
+        """A machine stopped (any thread): make sure its instance is gone too."""
+        instance = self._instances.get(machine)
+        if instance is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(lambda: self._spawn(instance.kill()))
+
+    def dial(self, addr: str) -> Machine:
+        """The machine at ``addr`` (the same object for the same address); not owned, no keepalive."""
+        probe = Machine(self, addr, owned=False)
+        with self._lock:
+            machine = self._machines.get(probe.addr)
+            if machine is not None:
+                return machine
+            machine = self._machines[probe.addr] = probe
+            self._all.append(machine)
+        machine._set_state(STARTING)
+        self.loop.call_soon_threadsafe(lambda: self._spawn(self._probe(machine)))
+        return machine
+
+    async def _probe(self, machine: Machine) -> None:
+        timeout = getattr(self.system, "keepalive_rpc_timeout", 10.0) if self.is_driver else 10.0
+        request = calling.encode_call(machine._host_header, "Supervisor.info", (), {})
+        try:
+            info = await machine._acall(request, calling.deadline_after(timeout), timeout)
+        except BaseException as exc:
+            machine._stop(exc if isinstance(exc, Error) else MachineStopped(f"{machine.addr}: {exc}", machine=machine.addr))
+            return
+        machine.info = info
+        machine.maxprocs = info["maxprocs"]
+        machine._set_state(RUNNING)
+
+    def machines(self) -> list[Machine]:
+        """Every machine this session started or dialled, in any state."""
+        with self._lock:
+            return list(self._all)
+
+    # ----------------------------------------------------------------- shutdown
+
+    def shutdown(self) -> None:
+        """Stops every owned machine and frees what the session holds. Idempotent."""
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+        if not self.is_driver:
+            self._close_pools()
+            return
+        try:
+            self._run(self._ashutdown(), _SHUTDOWN_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            logger.error("session %s: shutdown did not finish within %s s", self.name, _SHUTDOWN_TIMEOUT)
+        finally:
+            self._stop_loop()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    async def _ashutdown(self) -> None:
+        for machine in self.machines():
+            machine._stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
+        await asyncio.gather(*(i.kill() for i in self._instances.values()), return_exceptions=True)
+        await self.system.shutdown()
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _close_pools(self) -> None:
+        for machine in self.machines():
+            machine._stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
+
+    def _stop_loop(self) -> None:
+        loop = getattr(self, "loop", None)
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(10)
+        loop.close()
+
+    def __enter__(self) -> B:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<B {self.name} on {self.system!r}>"
+
+
+def _pickle_service(name: str, service: Any) -> bytes:
+    try:
+        return wire.dumps(service)
+    except Exception as exc:
+        raise SerializationError(
+            f"service {name!r} of type {type(service).__qualname__} cannot be pickled: {exc}; "
+            "keep unpicklable state (locks, sockets, files) out of the object, or create it in init(self, b)"
+        ) from exc
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class _Progress:
+    """Logs machines coming up: k of n running, and which failed and why."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.up, self.down = n, 0, 0
+
+    def running(self, machine: Machine) -> None:
+        self.up += 1
+        logger.info("machine %s is running (%d of %d)", machine.addr, self.up, self.n)
+
+    def failed(self, machine: Machine, err: BaseException) -> None:
+        self.down += 1
+        logger.warning("machine %s failed to start (%d of %d failed): %s", machine.addr or machine.name,
+                       self.down, self.n, err)
+
+
+B.__module__ = "bigmachine"

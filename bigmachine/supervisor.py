@@ -1,0 +1,127 @@
+"""The supervisor: the service every machine runs, beside the user's services.
+
+It installs services, holds the machine's lease (the machine exits when the driver
+stops renewing it) and reports on the machine's health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import expvar
+from .errors import SerializationError
+from .rpc import wire
+from .rpc.server import Registry
+
+if TYPE_CHECKING:
+    from .session import B
+
+__all__ = ["Supervisor"]
+
+logger = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Built-in service ``Supervisor``; its methods are called by the driver."""
+
+    def __init__(self, session: B, registry: Registry, *, exit: Callable[[str], None],
+                 lease: float, maxprocs: int, parent: int | None = None) -> None:
+        self._session = session
+        self._registry = registry
+        self._exit = exit
+        self._lease_end = time.monotonic() + lease
+        self._parent = parent
+        self._maxprocs = maxprocs
+        self._started = time.time()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def start_watchdog(self) -> None:
+        """Starts the task that ends the machine when its lease lapses or its driver dies."""
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            if time.monotonic() > self._lease_end:
+                self._exit("its lease lapsed: the driver stopped sending keepalives")
+                return
+            if self._parent is not None and os.getppid() != self._parent:
+                self._exit(f"its driver (pid {self._parent}) is gone")
+                return
+
+    async def register(self, services: dict[str, bytes]) -> dict[str, Any]:
+        """Installs the services (pickled one by one) and runs their ``init(b)``; returns ``info()``."""
+        installed = []
+        for name, blob in services.items():
+            try:
+                service = wire.loads(blob)
+            except Exception as exc:
+                raise SerializationError(f"service {name!r} cannot be unpickled on the machine: {exc!r}") from exc
+            self._registry.add(name, service)
+            installed.append(service)
+        for service in installed:
+            init = getattr(service, "init", None)
+            if not callable(init):
+                continue
+            if asyncio.iscoroutinefunction(init):
+                await init(self._session)
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, init, self._session)
+        return self.info()
+
+    def keepalive(self, lease: float) -> float:
+        """Extends the lease by ``lease`` seconds; returns the machine's clock."""
+        self._lease_end = time.monotonic() + lease
+        return time.time()
+
+    def info(self) -> dict[str, Any]:
+        """Who this machine is."""
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "maxprocs": self._maxprocs,
+            "python": sys.version.split()[0],
+            "started": self._started,
+            "services": sorted(n for n in self._registry.services if n != "Supervisor"),
+        }
+
+    def mem_info(self) -> dict[str, Any]:
+        """Memory of the machine's process and host (bytes)."""
+        import psutil
+
+        vm = psutil.virtual_memory()
+        rss = psutil.Process().memory_info()
+        return {"process": {"rss": rss.rss, "vms": rss.vms},
+                "host": {"total": vm.total, "available": vm.available, "used": vm.used, "percent": vm.percent}}
+
+    def load_info(self) -> dict[str, Any]:
+        """CPU load of the host and the machine's process."""
+        import psutil
+
+        one, five, fifteen = os.getloadavg()
+        times = psutil.Process().cpu_times()
+        return {"host": {"load1": one, "load5": five, "load15": fifteen, "cpus": psutil.cpu_count()},
+                "process": {"user": times.user, "system": times.system, "threads": psutil.Process().num_threads()}}
+
+    def disk_info(self) -> dict[str, Any]:
+        """Disk usage of the machine's working directory (bytes)."""
+        import psutil
+
+        usage = psutil.disk_usage(os.getcwd())
+        return {"path": os.getcwd(), "total": usage.total, "used": usage.used, "free": usage.free,
+                "percent": usage.percent}
+
+    def expvars(self) -> dict[str, Any]:
+        """This process's published variables."""
+        return expvar.snapshot()
+
+    def exit(self, reason: str = "asked to by the driver") -> None:
+        """Ends the machine, shortly after replying."""
+        asyncio.get_running_loop().call_later(0.05, self._exit, reason)

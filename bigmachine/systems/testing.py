@@ -1,0 +1,145 @@
+"""The testing system: in-process machines with the real supervisor, RPC and TLS, no new process.
+
+Each machine runs its own event loop in a thread. ``t.kill(m)`` ends one as a crashed
+process would (connections reset, nothing answers), so failure paths test in
+milliseconds. Keepalive timings are configurable, for lease tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MachineStopped
+from .base import Instance, System
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+    from ..session import B
+
+__all__ = ["Testing"]
+
+
+class Testing(System):
+    """In-process machines for tests."""
+
+    name = "testing"
+    start_timeout = 30.0
+
+    def __init__(self, *, keepalive_period: float = 1.0, keepalive_timeout: float = 5.0,
+                 keepalive_rpc_timeout: float = 2.0) -> None:
+        super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
+                         keepalive_rpc_timeout=keepalive_rpc_timeout)
+        self._instances: dict[Machine, TestInstance] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "Testing()"
+
+    async def launch(self, session: B, machines: list[Machine], environ: dict[str, str]) -> list[Instance | BaseException]:
+        launched: list[Instance | BaseException] = []
+        for machine in machines:
+            tls_dir = session.authority.issue(["127.0.0.1", "localhost"], common_name=machine.name).write(
+                session.tmpdir / machine.name)
+            instance = TestInstance(session.name, str(tls_dir), self.keepalive_timeout + self.start_timeout)
+            with self._lock:
+                self._instances[machine] = instance
+            launched.append(instance)
+        return launched
+
+    def kill(self, machine: Machine) -> None:
+        """Makes ``machine`` die as a crashed process would."""
+        self._instance(machine).crash("killed by Testing.kill")
+
+    def exited(self, machine: Machine) -> bool:
+        """Whether the machine's supervisor has exited (killed, or its lease lapsed)."""
+        return self._instance(machine).exited.is_set()
+
+    def n(self) -> int:
+        """How many machines are alive now."""
+        with self._lock:
+            return sum(1 for i in self._instances.values() if not i.exited.is_set())
+
+    def _instance(self, machine: Machine) -> TestInstance:
+        with self._lock:
+            try:
+                return self._instances[machine]
+            except KeyError:
+                raise ValueError(f"{machine!r} was not started by this Testing system") from None
+
+
+class TestInstance(Instance):
+    """A machine served by a thread of this process."""
+
+    def __init__(self, session: str, tls_dir: str, lease: float) -> None:
+        from ..serving import MachineConfig, MachineServer
+
+        self.exited = threading.Event()
+        self.reason = ""
+        self._driver_loop = asyncio.get_running_loop()
+        self._addr: asyncio.Future[str] = self._driver_loop.create_future()
+        self._exit: asyncio.Future[str] = self._driver_loop.create_future()
+        self.server = MachineServer(MachineConfig(session=session, tls_dir=tls_dir, lease=lease, system="testing"),
+                                    on_exit=self.crash)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=f"bigmachine-testing-{id(self):x}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import uvloop
+
+        loop = self._loop = uvloop.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self.server.executor.shutdown(wait=False, cancel_futures=True)
+            self.exited.set()
+            self._driver_loop.call_soon_threadsafe(_set, self._exit, self.reason or "stopped")
+
+    async def _serve(self) -> None:
+        try:
+            addr = await self.server.start()
+        except BaseException as exc:
+            self._driver_loop.call_soon_threadsafe(_fail, self._addr, exc)
+            return
+        self._driver_loop.call_soon_threadsafe(_set, self._addr, addr)
+        await self.server.serve_until_exit()
+
+    def crash(self, reason: str) -> None:
+        """Ends the machine abruptly (any thread)."""
+        if not self.reason:
+            self.reason = reason
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self.server.abort)
+            except RuntimeError:
+                pass  # the loop closed meanwhile: already ended
+
+    async def address(self) -> str:
+        return await asyncio.shield(self._addr)
+
+    async def wait_exit(self) -> BaseException:
+        reason = await asyncio.shield(self._exit)
+        return MachineStopped(f"machine {reason}", machine=self.server.addr)
+
+    async def kill(self) -> None:
+        self.crash("stopped by the driver")
+        await asyncio.shield(self._exit)
+        await asyncio.to_thread(self._thread.join)
+
+    def describe(self) -> dict[str, Any]:
+        return {"thread": self._thread.name}
+
+
+def _set(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

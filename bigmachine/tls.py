@@ -1,0 +1,132 @@
+"""The session's certificate authority: ECDSA P-256 keys, short-lived certificates, mTLS contexts.
+
+The authority's private key is created in the driver and never written anywhere but
+the driver's private temp dir; machines get only a leaf certificate and its key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Authority", "Identity", "client_context", "server_context"]
+
+CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "cert.pem", "key.pem"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A leaf certificate, its key and the authority's certificate, as PEM."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    def write(self, directory: str | os.PathLike[str]) -> Path:
+        """Writes the three files into ``directory`` (created 0700), keys 0600; returns it."""
+        path = Path(directory)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, data in ((CA_FILE, self.ca_pem), (CERT_FILE, self.cert_pem), (KEY_FILE, self.key_pem)):
+            fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        return path
+
+
+class Authority:
+    """An in-process CA issuing leaf certificates good for both server and client auth."""
+
+    def __init__(self, name: str = "bigmachine", *, lifetime: datetime.timedelta = datetime.timedelta(days=7)):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ec, self._ser = x509, hashes, ec, serialization
+        self.lifetime = lifetime
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} authority")])
+        self._cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        self.ca_pem = self._cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self,
+        hosts: list[str],
+        *,
+        common_name: str = "bigmachine",
+        lifetime: datetime.timedelta | None = None,
+        not_before: datetime.datetime | None = None,
+    ) -> Identity:
+        """A new key and certificate valid for ``hosts`` (IP addresses or DNS names)."""
+        x509, ec = self._x509, self._ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = not_before or _now() - datetime.timedelta(minutes=5)
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self._cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + (lifetime or self.lifetime))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(self._key, self._hashes.SHA256())
+        )
+        ser = self._ser
+        key_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+        return Identity(self.ca_pem, cert.public_bytes(ser.Encoding.PEM), key_pem)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def server_context(directory: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A TLS server context that requires a client certificate from the same authority."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load(ctx, Path(directory))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_context(directory: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A TLS client context that presents our certificate and verifies the server's."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
+    _load(ctx, Path(directory))
+    return ctx
+
+
+def _load(ctx: ssl.SSLContext, path: Path) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(path / CERT_FILE, path / KEY_FILE)
+    ctx.load_verify_locations(path / CA_FILE)
