@@ -239,7 +239,8 @@ def merge_cpu(
     return CpuSamples(counts, interval, duration)
 
 
-_PstatsDict = dict[Frame, tuple[int, int, float, float, dict[Frame, tuple[int, int, float, float]]]]
+_CallerStat = tuple[int, int, float, float]  # (cc, nc, tt, ct) of one call edge
+_PstatsDict = dict[Frame, tuple[int, int, float, float, dict[Frame, _CallerStat]]]
 
 
 def _pstats_dict(samples: CpuSamples) -> _PstatsDict:

@@ -200,7 +200,8 @@ def merge_heap(
         else:
             notes += [n for n in snap.notes if n not in notes]
         for size, count, tb in snap.stats:
-            acc = sums.setdefault(tuple(root + [tuple(f) for f in tb]), [0, 0])  # type: ignore[misc]
+            key = tuple(root + [(f[0], f[1], f[2]) for f in tb])  # lists after unpickling
+            acc = sums.setdefault(key, [0, 0])
             acc[0] += size
             acc[1] += count
     stats = [(size, count, list(tb)) for tb, (size, count) in sums.items()]
