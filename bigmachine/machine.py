@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from . import calling
 from .calling import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, Unavailable
+from .metrics import CallStats, atimed, timed
 from .rpc import wire
 from .rpc.client import AsyncPool, SyncPool
 from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
@@ -61,6 +62,7 @@ class Machine:
         self._host_header = b""
         self._reply_times: collections.deque[float] = collections.deque(maxlen=10)
         self._next_keepalive = 0.0
+        self.rpc_stats = CallStats()  # calls made to this machine, per method (bigmachine.metrics)
         self.started = time.time()
         self.stopped: float | None = None
         self.on_stop: list[Any] = []
@@ -208,6 +210,7 @@ class Machine:
         request = calling.encode_call(self._host_header, method, args, kwargs)
         return self._call_sync(request, deadline, timeout)
 
+    @timed
     def _call_sync(self, request: Request, deadline: float, timeout: float | None) -> Any:
         pool = self._sync
         assert pool is not None
@@ -239,21 +242,24 @@ class Machine:
     def _sync_stream(self, conn: Any, deadline: float, method: str, timeout: float | None) -> Iterator[bytes]:
         pool = self._sync
         assert pool is not None
+        frames = conn.frames(deadline)
         try:
-            for kind, payload in conn.frames(deadline):
+            while True:
+                try:
+                    kind, payload = next(frames)
+                except StopIteration:
+                    return
+                except BaseException as exc:
+                    if self._is_transport_error(exc):
+                        with self._cond:
+                            self._cond.wait_for(lambda: self._state == STOPPED, _STOP_GRACE)
+                    raise self._map_error(exc, method, timeout) from None
                 chunk = calling.decode_frame(kind, payload, self.addr)
                 if chunk is None:
                     return
                 yield chunk
-        except BaseException as exc:
-            conn.broken = True
-            if isinstance(exc, GeneratorExit):
-                raise
-            if self._is_transport_error(exc):
-                with self._cond:
-                    self._cond.wait_for(lambda: self._state == STOPPED, _STOP_GRACE)
-            raise self._map_error(exc, method, timeout) from None
         finally:
+            frames.close()
             pool.release(conn)
 
     def submit(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> concurrent.futures.Future[Any]:
@@ -323,6 +329,7 @@ class Machine:
         await self._await_running(deadline)
         return await self._acall(request, deadline, timeout)
 
+    @atimed
     async def _acall(self, request: Request, deadline: float, timeout: float | None) -> Any:
         """Sends a call whatever the state (boot and keepalive calls need that)."""
         pool = self._pool
@@ -354,16 +361,21 @@ class Machine:
         return calling.decode_reply(response, request.method, self.addr)
 
     async def _async_stream(self, conn: Any, deadline: float, method: str, timeout: float | None) -> AsyncIterator[bytes]:
+        frames = conn.reply_stream.frames(deadline)
         try:
-            async for kind, payload in conn.reply_stream.frames(deadline):
+            while True:
+                try:
+                    kind, payload = await frames.__anext__()
+                except StopAsyncIteration:
+                    return
+                except (Error, TimeoutError, OSError) as exc:
+                    raise self._map_error(exc, method, timeout) from None
                 chunk = calling.decode_frame(kind, payload, self.addr)
                 if chunk is None:
                     return
                 yield chunk
-        except (GeneratorExit, asyncio.CancelledError):
-            raise
-        except BaseException as exc:
-            raise self._map_error(exc, method, timeout) from None
+        finally:
+            await frames.aclose()
 
     # ------------------------------------------------------------------ control and info
 

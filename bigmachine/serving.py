@@ -78,6 +78,7 @@ class MachineServer:
             access_log=False,
             log_level="warning",
             timeout_keep_alive=3600,
+            timeout_graceful_shutdown=1,
             ssl_certfile=str(directory / tls.CERT_FILE),
             ssl_keyfile=str(directory / tls.KEY_FILE),
             ssl_ca_certs=str(directory / tls.CA_FILE),

@@ -62,6 +62,7 @@ class B:
         self._count = 0
         self._lock = threading.Lock()
         self._shutdown = False
+        self._closers: list[Any] = []  # called first by shutdown, newest first (the debug server)
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # 0700
         try:
             self.authority = tls.Authority(self.name)
@@ -228,6 +229,12 @@ class B:
         with self._lock:
             return list(self._all)
 
+    def debug_app(self) -> starlette.applications.Starlette:
+        """The debug application (Starlette) of this session: mount it in your own server."""
+        from .web.app import create_app  # lazily: machines never load starlette or jinja2
+
+        return create_app(self)
+
     # ----------------------------------------------------------------- shutdown
 
     def shutdown(self) -> None:
@@ -239,6 +246,8 @@ class B:
         if not self.is_driver:
             self._close_pools()
             return
+        for close in reversed(self._closers):
+            close()
         try:
             self._run(self._ashutdown(), _SHUTDOWN_TIMEOUT)
         except concurrent.futures.TimeoutError:

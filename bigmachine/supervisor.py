@@ -125,3 +125,63 @@ class Supervisor:
     def exit(self, reason: str = "asked to by the driver") -> None:
         """Ends the machine, shortly after replying."""
         asyncio.get_running_loop().call_later(0.05, self._exit, reason)
+
+    # --- observability (debug server) ---
+    # Read by the driver's debug server (bigmachine/web). Heavy imports stay inside the
+    # methods: a machine that is never observed never loads the profilers or prometheus_client.
+
+    def status(self) -> dict[str, Any]:
+        """Everything the status page shows of this machine, in one call."""
+        return {"load": self.load_info(), "cpu_percent": self._cpu_percent(), "mem": self.mem_info(),
+                "disk": self.disk_info(), "rpc": self.stats(), "time": time.time()}
+
+    def _cpu_percent(self) -> float:
+        """CPU use of this process (100 = one core) since the previous status, or since it started."""
+        import psutil
+
+        process = psutil.Process()
+        times = process.cpu_times()
+        now, used = time.monotonic(), times.user + times.system
+        last: tuple[float, float] | None = getattr(self, "_last_cpu", None)
+        self._last_cpu = (now, used)
+        if last is None:
+            span, spent = time.time() - process.create_time(), used
+        else:
+            span, spent = now - last[0], used - last[1]
+        return 100.0 * spent / span if span > 0 else 0.0
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """RPC calls served here per method: calls, errors, mean/p50/p99 latency (s), bytes."""
+        return self._registry.stats.snapshot()
+
+    def metrics(self) -> bytes:
+        """Prometheus text exposition of this machine's registry and served calls."""
+        from .metrics import machine_exposition
+
+        return machine_exposition(self._registry.stats)
+
+    async def profile_cpu(self, seconds: float, interval: float = 0.005) -> Any:
+        """A ``profile.CpuSamples`` of every thread of this machine over ``seconds``."""
+        from .profile import profile_cpu
+
+        return await profile_cpu(seconds, interval)
+
+    def heap(self, frames: int = 25, limit: int = 1000) -> Any:
+        """A ``profile.HeapSnapshot``; tracing starts on the first request and stops when unused."""
+        from .profile import heap_snapshot
+
+        return heap_snapshot(frames, limit=limit)
+
+    async def threads(self) -> list[dict[str, Any]]:
+        """Every thread's stack and the loop's pending tasks."""
+        from .profile import athread_dump
+
+        return await athread_dump()
+
+    async def profile_counts(self) -> dict[str, Any]:
+        """Counts for the pprof index: threads, tasks, traced heap (None when not tracing)."""
+        import threading
+        import tracemalloc
+
+        heap = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+        return {"threads": threading.active_count(), "tasks": len(asyncio.all_tasks()), "heap_bytes": heap}

@@ -191,21 +191,25 @@ class AsyncReplyStream:
                     if self._paused and self._buffered < _STREAM_HIGH_WATER // 2 and self._conn.transport is not None:
                         self._paused = False
                         self._conn.transport.resume_reading()
-                    yield kind, payload
                     if kind != wire.DATA:
+                        while not self._done:  # the end of the HTTP message, so the connection stays clean
+                            await self._wait(deadline)
+                        yield kind, payload
                         return
-                if self._error is not None:
-                    raise self._error
+                    yield kind, payload
                 if self._done:
                     raise ProtocolError("the streamed reply ended without an end frame")
-                self._waiter = asyncio.get_running_loop().create_future()
-                await asyncio.wait_for(self._waiter, _remaining(deadline))
+                await self._wait(deadline)
         except BaseException:
             self._conn.abort()  # abandoned or broken mid-stream: the connection can't be reused
             raise
-        finally:
-            if self._done and self._error is None and self._conn.lost is None:
-                self._conn._pool._release(self._conn)
+        self._conn._pool._release(self._conn)
+
+    async def _wait(self, deadline: float) -> None:
+        if self._error is not None:
+            raise self._error
+        self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(self._waiter, _remaining(deadline))
 
 
 class AsyncPool:
@@ -308,16 +312,22 @@ class SyncConnection:
         """The frames of a streamed reply, read as the caller iterates."""
         frames = self._frames
         assert frames is not None
-        while True:
-            while frames:
-                kind, payload = frames.popleft()
-                yield kind, payload
-                if kind != wire.DATA:
-                    return
-            if self._done:
-                self.broken = True
-                raise ProtocolError("the streamed reply ended without an end frame")
-            self._receive(deadline)
+        try:
+            while True:
+                while frames:
+                    kind, payload = frames.popleft()
+                    if kind != wire.DATA:
+                        while not self._done:  # read the end of the HTTP message: the connection stays clean
+                            self._receive(deadline)
+                        yield kind, payload
+                        return
+                    yield kind, payload
+                if self._done:
+                    raise ProtocolError("the streamed reply ended without an end frame")
+                self._receive(deadline)
+        except BaseException:
+            self.broken = True  # abandoned or broken mid-stream: its bytes would confuse the next call
+            raise
 
     def _receive(self, deadline: float) -> None:
         try:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import Error, NotFound, ProtocolError, SerializationError
+from ..metrics import CallStats
 from . import wire
 
 __all__ = ["Registry", "RpcApp"]
@@ -33,6 +34,7 @@ class Registry:
 
     def __init__(self) -> None:
         self.services: dict[str, Any] = {}
+        self.stats = CallStats()  # per-method latency and bytes served; read by Supervisor.metrics
         self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
 
     def add(self, name: str, service: Any) -> None:
@@ -133,7 +135,7 @@ class RpcApp:
             return
         path: str = scope["path"]
         if path.startswith("/rpc/"):
-            await self._rpc(path[5:], scope, receive, send)
+            await self.registry.stats.measure(path[5:], self._rpc, scope, receive, send)
         elif self._fallback_factory is not None:
             if self._fallback is None:
                 self._fallback = self._fallback_factory()

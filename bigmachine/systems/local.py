@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Callable
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MachineStopped
@@ -53,9 +57,11 @@ class Local(System):
         }
         env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1", "BIGMACHINE_WORKER": json.dumps(spec)}
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bigmachine.worker", env=env, pass_fds=(write_fd,),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            # Popen and raw fds, not asyncio subprocess transports: closing a uvloop loop
+            # that had those sometimes hung for good in uv_run (seen in tests/test_local.py).
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bigmachine.worker"], env=env, pass_fds=(write_fd,),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
         except BaseException:
             os.close(read_fd)
@@ -68,66 +74,117 @@ class Local(System):
 class LocalProcess(Instance):
     """A machine's process: its address arrives on a pipe, its output is forwarded with a prefix."""
 
-    def __init__(self, machine: Machine, process: asyncio.subprocess.Process, report_fd: int) -> None:
+    def __init__(self, machine: Machine, process: subprocess.Popen[bytes], report_fd: int) -> None:
         self._machine = machine
         self.process = process
         self.prefix = machine.name
-        loop = asyncio.get_running_loop()
-        self._address = loop.create_task(self._read_address(report_fd))
-        self._forwarders = [
-            loop.create_task(self._forward(process.stdout, sys.stdout)),
-            loop.create_task(self._forward(process.stderr, sys.stderr)),
+        self._loop = asyncio.get_running_loop()
+        self._address: asyncio.Future[str] = self._loop.create_future()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._report = _LineReader(self._loop, report_fd, self._on_report, owns_fd=True)
+        assert process.stdout is not None and process.stderr is not None
+        self._outputs = [
+            _LineReader(self._loop, process.stdout.fileno(), lambda line: self._forward(line, "stdout")),
+            _LineReader(self._loop, process.stderr.fileno(), lambda line: self._forward(line, "stderr")),
         ]
-        self._exit: asyncio.Task[int] = loop.create_task(process.wait())
+        self._pidfd = os.pidfd_open(process.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.process.pid}
 
-    async def _read_address(self, fd: int) -> str:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
-        try:
-            line = await reader.readline()
-        finally:
-            transport.close()
-        if not line:
-            code = await self._exit
-            raise MachineStopped(f"machine process {self.process.pid} exited ({_describe(code)}) before serving; "
-                                 "its output above says why", machine="")
+    def _on_report(self, line: bytes | None) -> None:
+        if self._address.done():
+            return
+        if line is None:
+            self._address.set_exception(MachineStopped(
+                f"machine process {self.process.pid} ended before serving; its output above says why", machine=""))
+            return
         addr = line.decode().strip()
         self.prefix = addr.removeprefix("https://").rstrip("/")
-        return addr
+        self._address.set_result(addr)
 
-    async def _forward(self, stream: asyncio.StreamReader | None, out: Any) -> None:
-        assert stream is not None
-        while line := await stream.readline():
-            try:
-                out.write(f"{self.prefix}: {line.decode(errors='replace')}")
-                out.flush()
-            except (OSError, ValueError):
-                pass
+    def _forward(self, line: bytes | None, name: str) -> None:
+        """Copies one of the machine's output lines to ours (looked up per line: redirections apply)."""
+        if line is None:
+            return
+        out = getattr(sys, name)
+        try:
+            out.write(f"{self.prefix}: {line.decode(errors='replace')}")
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        code = self.process.wait()
+        for reader in (self._report, *self._outputs):
+            reader.drain_and_close()  # the last lines say why it ended
+        self.process.stdout.close()  # type: ignore[union-attr]
+        self.process.stderr.close()  # type: ignore[union-attr]
+        self._exited.set_result(code)
 
     async def address(self) -> str:
         return await asyncio.shield(self._address)
 
     async def wait_exit(self) -> BaseException:
-        code = await asyncio.shield(self._exit)
-        await asyncio.gather(*self._forwarders, return_exceptions=True)  # the last lines say why
+        code = await asyncio.shield(self._exited)
         return MachineStopped(f"machine process {self.process.pid} {_describe(code)}", machine=self._machine.addr)
 
     async def kill(self) -> None:
-        if self.process.returncode is None:
+        if not self._exited.done():
             try:
                 self.process.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(asyncio.shield(self._exit), _KILL_GRACE)
-            except (TimeoutError, ProcessLookupError):
-                if self.process.returncode is None:
-                    self.process.kill()
-        await asyncio.shield(self._exit)
-        if not self._address.done():
-            self._address.cancel()
-        await asyncio.gather(self._address, *self._forwarders, return_exceptions=True)
+                await asyncio.wait_for(asyncio.shield(self._exited), _KILL_GRACE)
+            except TimeoutError:
+                self.process.kill()
+        await asyncio.shield(self._exited)
+
+
+class _LineReader:
+    """Reads lines from a pipe on the loop (no transports), calling back per line and None at EOF."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_line: Callable[[bytes | None], None],
+                 *, owns_fd: bool = False) -> None:
+        self._loop, self._fd, self._on_line, self._owns_fd = loop, fd, on_line, owns_fd
+        self._buffer = b""
+        self._open = True
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._read)
+
+    def _read(self) -> None:
+        if self._read_once() is False:
+            self.drain_and_close()
+
+    def _read_once(self) -> bool | None:
+        """Reads once: True if it got data, None if there is none now, False at EOF."""
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return False
+        if not data:
+            return False
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            self._on_line(line + b"\n")
+        return True
+
+    def drain_and_close(self) -> None:
+        """Reads what is left, reports the last partial line and EOF, and stops watching the fd."""
+        if not self._open:
+            return
+        self._open = False
+        self._loop.remove_reader(self._fd)
+        while self._read_once():  # what the exited writer left (a grandchild may hold the pipe open)
+            pass
+        if self._owns_fd:
+            os.close(self._fd)
+        if self._buffer:
+            self._on_line(self._buffer + b"\n")
+        self._on_line(None)
 
 
 def _describe(code: int) -> str:

@@ -1,0 +1,164 @@
+"""Fan-out to every machine's supervisor with a deadline each, and what a page knows of a machine.
+
+The web layer reads the session through this module only: ``b.machines()``, each
+machine's public attributes and keepalive times, its driver-side call counters
+(``m.rpc_stats``), what its system instance tells about it (pid, recent output), and
+supervisor calls. Calls hop to the session's loop (``m.submit``) and are awaited here
+on the debug server's loop; a machine that does not answer by its deadline is left
+to finish on its own and shows as slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..state import RUNNING, STARTING, STOPPED
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+    from ..session import B
+
+__all__ = ["History", "Reply", "ask", "fan_out", "find", "key_of", "recent_output", "summary"]
+
+_SLACK = 1.0  # past a machine's own call deadline, how long before the page stops waiting anyway
+
+
+@dataclass
+class Reply:
+    """One machine's answer: its value, or why there is none."""
+
+    value: Any = None
+    error: str | None = None
+    elapsed: float = 0.0
+    slow: bool = False  # no answer within the deadline
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+async def ask(machine: Machine, method: str, *args: Any, timeout: float) -> Reply:
+    """Calls a supervisor method of ``machine``; never raises, never waits past ``timeout`` (+ a little)."""
+    if machine.state != RUNNING:
+        return Reply(error=_not_running(machine))
+    begun = time.monotonic()
+    try:
+        future = asyncio.wrap_future(machine.submit(method, *args, timeout=timeout))
+        future.add_done_callback(_consume)  # a late answer, once nobody waits, is dropped quietly
+        # Shielded: cancelling would cancel the session loop's future under its own feet.
+        value = await asyncio.wait_for(asyncio.shield(future), timeout + _SLACK)
+    except TimeoutError:
+        return Reply(error=f"no reply within {timeout:g} s", elapsed=time.monotonic() - begun, slow=True)
+    except Exception as exc:
+        if machine.state == STOPPED:
+            return Reply(error=_not_running(machine), elapsed=time.monotonic() - begun)
+        return Reply(error=f"{type(exc).__name__}: {exc}", elapsed=time.monotonic() - begun)
+    return Reply(value, elapsed=time.monotonic() - begun)
+
+
+async def fan_out(machines: Sequence[Machine], method: str, *args: Any, timeout: float) -> list[Reply]:
+    """``ask`` every machine at once; replies in the machines' order."""
+    return list(await asyncio.gather(*(ask(m, method, *args, timeout=timeout) for m in machines)))
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _not_running(machine: Machine) -> str:
+    if machine.state == STOPPED:
+        return f"stopped: {machine.err}" if machine.err is not None else "stopped"
+    if machine.state == STARTING:
+        return "starting"
+    return machine.state.name.lower()
+
+
+def key_of(machine: Machine) -> str:
+    """How URLs name a machine: ``host:port`` once it has an address, else its name."""
+    return machine.addr.removeprefix("https://").rstrip("/") or machine.name
+
+
+def find(b: B, key: str) -> Machine | None:
+    """The machine named by ``key``: an address (with or without ``https://``), ``host:port`` or name."""
+    key = key.strip().removeprefix("https://").rstrip("/")
+    for machine in b.machines():
+        if key and key in (key_of(machine), machine.name):
+            return machine
+    return None
+
+
+def _instance(b: B, machine: Machine) -> Any:
+    """The system's instance of a machine the session started (None for dialled ones)."""
+    instances = getattr(b, "_instances", None) or {}
+    return instances.get(machine)
+
+
+def recent_output(b: B, machine: Machine, limit: int = 100) -> list[tuple[float, str, str]] | None:
+    """The machine's last output lines ``(time, stream, line)`` if its system keeps them, else None."""
+    lines = getattr(_instance(b, machine), "output", None)
+    return None if lines is None else list(lines)[-limit:]
+
+
+def summary(b: B, machine: Machine, now: float | None = None) -> dict[str, Any]:
+    """What the driver knows of a machine without asking it (JSON-ready)."""
+    now = time.time() if now is None else now
+    info = dict(machine.info)
+    started = float(info.get("started") or machine.started)
+    end = machine.stopped if machine.state == STOPPED and machine.stopped else now
+    times = machine.keepalive_reply_times()  # newest first
+    err = machine.err
+    instance = _instance(b, machine)
+    next_keepalive = machine.next_keepalive()
+    return {
+        "addr": machine.addr,
+        "key": key_of(machine),
+        "name": machine.name,
+        "state": machine.state.name,
+        "owned": machine.owned,
+        "hostname": machine.hostname,
+        "maxprocs": machine.maxprocs,
+        "info": info,
+        "instance": instance.describe() if instance is not None else {},
+        "started": started,
+        "stopped": machine.stopped,
+        "uptime": max(0.0, end - started),
+        "error": None if err is None else str(err),
+        "error_type": None if err is None else type(err).__name__,
+        "keepalive": {
+            "latest": times[0] if times else None,
+            "history": list(reversed(times)),  # oldest first, for charts
+            "next_in": max(0.0, next_keepalive - now) if next_keepalive and machine.state == RUNNING else None,
+        },
+        "calls": machine.rpc_stats.snapshot(),
+    }
+
+
+class History:
+    """Recent CPU and memory readings per machine, gathered as pages are viewed (for sparklines)."""
+
+    def __init__(self, points: int = 60) -> None:
+        self._points = points
+        self._series: dict[str, collections.deque[tuple[float, float, float]]] = {}
+
+    def add(self, key: str, when: float, cpu: float, rss: float) -> None:
+        series = self._series.setdefault(key, collections.deque(maxlen=self._points))
+        if series and when - series[-1][0] < 0.5:
+            series.pop()  # two views at once: keep one point
+        series.append((when, cpu, rss))
+
+    def cpu(self, key: str) -> list[float]:
+        return [p[1] for p in self._series.get(key, ())]
+
+    def rss(self, key: str) -> list[float]:
+        return [p[2] for p in self._series.get(key, ())]
+
+    def forget(self, keys: Iterable[str]) -> None:
+        for key in list(self._series):
+            if key not in keys:
+                del self._series[key]

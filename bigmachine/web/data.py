@@ -1,0 +1,72 @@
+"""Machine-readable routes: machines and vars as JSON, Prometheus metrics, and http_sd targets."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..metrics import driver_exposition
+from .app import PREFIX, debug_of, json_response
+from .cluster import ask, fan_out, find
+from .promtext import CONTENT_TYPE, aggregate
+
+__all__ = ["metrics", "routes"]
+
+
+async def machines(request: Request) -> Response:
+    """Every machine (``?machine=`` for one): what the driver knows, and its supervisor's status."""
+    debug = debug_of(request)
+    rows = await debug.rows(debug.machines(request, everyone=True))
+    return json_response(rows)
+
+
+async def variables(request: Request) -> Response:
+    """``{addr: {name: value}}`` of every machine's expvars; a machine without an answer maps to ``{"error": why}``."""
+    debug = debug_of(request)
+    targets = [m for m in debug.machines(request, everyone=True) if m.addr]
+    replies = await fan_out(targets, "Supervisor.expvars", timeout=debug.deadline)
+    return json_response({m.addr: r.value if r.ok else {"error": r.error} for m, r in zip(targets, replies)})
+
+
+async def metrics(request: Request) -> Response:
+    """The driver's exposition and every live machine's, labelled ``machine="ADDR"``; or one source."""
+    debug = debug_of(request)
+    key = request.query_params.get("machine")
+    if key == "driver":
+        return Response(driver_exposition(debug.b), media_type=CONTENT_TYPE)
+    if key:
+        machine = find(debug.b, key)
+        if machine is None:
+            raise HTTPException(404, f"no machine {key!r}\n")
+        reply = await ask(machine, "Supervisor.metrics", timeout=debug.deadline)
+        if not reply.ok:
+            raise HTTPException(503, f"{machine.addr}: {reply.error}\n")
+        return Response(reply.value, media_type=CONTENT_TYPE)
+    live = [m for m in debug.b.machines() if m.addr and m.state.name != "STOPPED"]
+    replies = await fan_out(live, "Supervisor.metrics", timeout=debug.deadline)
+    body = aggregate(driver_exposition(debug.b), [(m.addr, r.value if r.ok else None) for m, r in zip(live, replies)])
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+async def targets(request: Request) -> Response:
+    """Prometheus ``http_sd_configs`` targets: the driver and each live machine, scraped through this server."""
+    debug = debug_of(request)
+    path = str(request.scope.get("root_path", "")) + PREFIX + "/metrics"
+    common = {"__metrics_path__": path, "bigmachine_session": debug.b.name}
+    groups = [{"targets": [request.url.netloc], "labels": {**common, "__param_machine": "driver", "machine": "driver"}}]
+    for m in debug.b.machines():
+        if m.addr and m.state.name != "STOPPED":
+            groups.append({"targets": [request.url.netloc],
+                           "labels": {**common, "__param_machine": m.addr, "machine": m.addr}})
+    return json_response(groups)
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(prefix + "/machines", machines),
+        Route(prefix + "/vars", variables),
+        Route(prefix + "/metrics", metrics),
+        Route(prefix + "/targets", targets),
+    ]
