@@ -171,7 +171,8 @@ class B:
                 machine._bind(addr)
                 with self._lock:
                     self._machines[machine.addr] = machine
-                request = calling.encode_call(machine._host_header, "Supervisor.register", (blobs,), {})
+                request = calling.encode_call(machine._host_header, "Supervisor.register",
+                                               (blobs, self.system.keepalive_timeout), {})
                 info = await machine._acall(request, deadline, timeout)
         except BaseException as exc:
             if isinstance(exc, TimeoutError):

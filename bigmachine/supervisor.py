@@ -56,8 +56,8 @@ class Supervisor:
                 self._exit(f"its driver (pid {self._parent}) is gone")
                 return
 
-    async def register(self, services: dict[str, bytes]) -> dict[str, Any]:
-        """Installs the services (pickled one by one) and runs their ``init(b)``; returns ``info()``."""
+    async def register(self, services: dict[str, bytes], lease: float) -> dict[str, Any]:
+        """Installs the services (pickled one by one), runs their ``init(b)``, starts the lease; returns ``info()``."""
         installed = []
         for name, blob in services.items():
             try:
@@ -74,6 +74,7 @@ class Supervisor:
                 await init(self._session)
             else:
                 await asyncio.get_running_loop().run_in_executor(None, init, self._session)
+        self.keepalive(lease)
         return self.info()
 
     def keepalive(self, lease: float) -> float:

@@ -10,8 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MachineStopped
@@ -78,6 +78,7 @@ class LocalProcess(Instance):
         self._machine = machine
         self.process = process
         self.prefix = machine.name
+        self.output: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)  # debug pages
         self._loop = asyncio.get_running_loop()
         self._address: asyncio.Future[str] = self._loop.create_future()
         self._exited: asyncio.Future[int] = self._loop.create_future()
@@ -108,6 +109,7 @@ class LocalProcess(Instance):
         """Copies one of the machine's output lines to ours (looked up per line: redirections apply)."""
         if line is None:
             return
+        self.output.append((time.time(), name, line.decode(errors="replace").rstrip("\n")))
         out = getattr(sys, name)
         try:
             out.write(f"{self.prefix}: {line.decode(errors='replace')}")

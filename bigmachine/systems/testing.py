@@ -24,6 +24,7 @@ __all__ = ["Testing"]
 class Testing(System):
     """In-process machines for tests."""
 
+    __test__ = False  # not a pytest test class, despite the name
     name = "testing"
     start_timeout = 30.0
 
@@ -72,6 +73,8 @@ class Testing(System):
 class TestInstance(Instance):
     """A machine served by a thread of this process."""
 
+    __test__ = False
+
     def __init__(self, session: str, tls_dir: str, lease: float) -> None:
         from ..serving import MachineConfig, MachineServer
 
@@ -92,8 +95,9 @@ class TestInstance(Instance):
         loop = self._loop = uvloop.new_event_loop()
         try:
             loop.run_until_complete(self._serve())
-        finally:
+            loop.run_until_complete(_cancel_all())  # calls cut off by a kill, the lease watchdog
             loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
             loop.close()
             self.server.executor.shutdown(wait=False, cancel_futures=True)
             self.exited.set()
@@ -133,6 +137,13 @@ class TestInstance(Instance):
 
     def describe(self) -> dict[str, Any]:
         return {"thread": self._thread.name}
+
+
+async def _cancel_all() -> None:
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _set(future: asyncio.Future[Any], value: Any) -> None:
