@@ -26,10 +26,6 @@ from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
 __version__ = "0.1.0"
 
 __all__ = [
-    "RUNNING",
-    "STARTING",
-    "STOPPED",
-    "UNSTARTED",
     "B",
     "Cancelled",
     "Environ",
@@ -39,10 +35,14 @@ __all__ = [
     "NotFound",
     "OutOfMemory",
     "ProtocolError",
+    "RUNNING",
     "RemoteError",
+    "STARTING",
+    "STOPPED",
     "SerializationError",
     "Services",
     "State",
+    "UNSTARTED",
     "Unavailable",
     "expvar",
     "start",

@@ -233,7 +233,7 @@ class Machine:
             if self._is_transport_error(exc):
                 with self._cond:
                     self._cond.wait_for(lambda: self._state == STOPPED, _STOP_GRACE)
-            raise self._map_error(exc, request.method, timeout) from None
+            raise self._map_error(exc, request.method, timeout)
         if response.content_type == wire.STREAM:
             return self._sync_stream(conn, deadline, request.method, timeout)
         pool.release(conn)
@@ -253,7 +253,7 @@ class Machine:
                     if self._is_transport_error(exc):
                         with self._cond:
                             self._cond.wait_for(lambda: self._state == STOPPED, _STOP_GRACE)
-                    raise self._map_error(exc, method, timeout) from None
+                    raise self._map_error(exc, method, timeout)
                 chunk = calling.decode_frame(kind, payload, self.addr)
                 if chunk is None:
                     return
@@ -355,7 +355,7 @@ class Machine:
                     await self.await_state(STOPPED, _STOP_GRACE)
                 except TimeoutError:
                     pass
-            raise self._map_error(exc, request.method, timeout) from None
+            raise self._map_error(exc, request.method, timeout)
         if response.content_type == wire.STREAM:
             return self._async_stream(conn, deadline, request.method, timeout)
         return calling.decode_reply(response, request.method, self.addr)
@@ -369,7 +369,7 @@ class Machine:
                 except StopAsyncIteration:
                     return
                 except (Error, TimeoutError, OSError) as exc:
-                    raise self._map_error(exc, method, timeout) from None
+                    raise self._map_error(exc, method, timeout)
                 chunk = calling.decode_frame(kind, payload, self.addr)
                 if chunk is None:
                     return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -16,6 +17,14 @@ import bigmachine
 from bigmachine.systems import Local, Testing
 
 _SETTLE = 10.0  # seconds a test's leftovers get to go away by themselves (threads winding down)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Gives this run a temp dir of its own, so the leak check sees only what this run made."""
+    root = tempfile.mkdtemp(prefix="bigmachine-tests-")
+    os.environ["TMPDIR"] = root  # machines and drivers started by the tests inherit it
+    tempfile.tempdir = root
+    config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
 
 
 def _our_temp_dirs() -> set[str]:

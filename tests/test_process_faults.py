@@ -1,0 +1,98 @@
+"""Processes dying: a SIGKILLed machine, a SIGKILLed driver. Nothing waits forever, nothing is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from services import Echo
+
+import bigmachine
+from bigmachine import RUNNING, STOPPED
+from bigmachine.systems import Local
+
+
+def test_killed_machine_fails_pending_calls_at_once() -> None:
+    with bigmachine.start(Local()) as b:
+        (m,) = b.start(1, bigmachine.Services(Echo=Echo()))
+        m.wait(RUNNING, timeout=60)
+        pid = m.call("Echo.pid")
+        errors: list[BaseException] = []
+
+        def pending() -> None:
+            try:
+                m.call("Echo.sleep", 60)
+            except BaseException as exc:
+                errors.append(exc)
+
+        waiter = threading.Thread(target=pending)
+        waiter.start()
+        future = m.submit("Echo.sleep", 60)
+        time.sleep(0.3)
+        begun = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        waiter.join(10)
+        with pytest.raises(bigmachine.MachineStopped) as info:
+            future.result(10)
+        detected = time.monotonic() - begun
+        assert detected < 10, "a dead machine is detected within 10 s"
+        assert m.state == STOPPED and "SIGKILL" in str(m.err)
+        assert isinstance(errors[0], bigmachine.MachineStopped) and "SIGKILL" in str(errors[0].__cause__)
+        assert info.value.machine == m.addr
+
+
+def test_shutdown_leaves_no_machine_process() -> None:
+    b = bigmachine.start(Local())
+    machines = b.start(3, bigmachine.Services(Echo=Echo()))
+    pids = [m.call("Echo.pid", timeout=60) for m in machines]
+    tmpdir = b.tmpdir
+    b.shutdown()
+    assert all(m.state == STOPPED for m in machines)
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    assert not tmpdir.exists()
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import bigmachine
+    from services import Echo
+    b = bigmachine.start()
+    machines = b.start(2, bigmachine.Services(Echo=Echo()))
+    print(*[m.call("Echo.pid", timeout=60) for m in machines], b.tmpdir, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL])
+def test_killed_driver_leaves_no_machine_behind(tmp_path: Path, sig: signal.Signals) -> None:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(tests=str(Path(__file__).parent)))
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        *pids, tmpdir = driver.stdout.readline().split()  # type: ignore[union-attr]
+        machine_pids = [int(p) for p in pids]
+        assert all(psutil.pid_exists(p) for p in machine_pids)
+        driver.send_signal(sig)
+        driver.wait(10)
+        begun = time.monotonic()
+        gone, alive = psutil.wait_procs([psutil.Process(p) for p in machine_pids if psutil.pid_exists(p)], timeout=30)
+        assert not alive, f"machines still running 30 s after the driver was killed: {alive}"
+        assert time.monotonic() - begun < 30
+    finally:
+        driver.kill()
+        driver.wait()
+        driver.stdout.close()  # type: ignore[union-attr]
+        import shutil
+
+        shutil.rmtree(tmpdir, ignore_errors=True)  # a SIGKILLed driver can't clean its own temp dir
