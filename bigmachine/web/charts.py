@@ -20,7 +20,7 @@ def sparkline(values: Sequence[float], *, width: int = 120, height: int = 28, co
                       f'aria-label="no data yet"><line x1="2" x2="{width - 2}" y1="{height / 2}" '
                       f'y2="{height / 2}" stroke="#cbd5e1" stroke-dasharray="3 3"/></svg>')
     low, high = min(values), max(values)
-    top = high if high > low else (high * 1.1 or 1.0)
+    top = high if high > low else (2 * high or 1.0)  # a flat series sits mid-height
     bottom = low if high > low else 0.0
     pad = 3.0
     step = (width - 2 * pad) / max(len(values) - 1, 1)
@@ -35,7 +35,7 @@ def sparkline(values: Sequence[float], *, width: int = 120, height: int = 28, co
     area = f"{points[0][0]:.1f},{height - pad:.1f} {line} {points[-1][0]:.1f},{height - pad:.1f}"
     last_x, last_y = points[-1]
     title = escape(f"{label + ': ' if label else ''}now {fmt(values[-1])}, min {fmt(low)}, max {fmt(high)} "
-                   f"({len(values)} points)")
+                   f"({len(values)} point{'s' if len(values) != 1 else ''})")
     return Markup(
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{title}"><title>{title}</title>'

@@ -1,46 +1,22 @@
-"""Fixtures of the debug server tests: a Local cluster served on loopback, an HTTP client, real tools."""
+"""Fixtures of the debug server tests: a Local cluster served on loopback, an HTTP client, go's pprof."""
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import shutil
-import socket
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from debug_services import Busy
+from debug_support import Cluster, start_driver
 
 import bigmachine
-from bigmachine import RUNNING, driver
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-PREFIX = "/debug/bigmachine"
-
-
-@dataclass
-class Cluster:
-    b: bigmachine.B
-    machines: list[bigmachine.Machine]
-    base: str  # http://127.0.0.1:PORT/debug/bigmachine
-
-    @property
-    def origin(self) -> str:
-        return self.base.removesuffix(PREFIX)
-
-    def key(self, machine: bigmachine.Machine) -> str:
-        return machine.addr.removeprefix("https://").rstrip("/")
-
-
-def start_driver(system: str = "local") -> bigmachine.B:
-    """A session the way a user's program gets one: ``driver.start`` with a debug server on any free port."""
-    parser = argparse.ArgumentParser()
-    driver.add_arguments(parser)
-    return driver.start(parser.parse_args(["--bigm.system", system, "--bigm.debug", "127.0.0.1:0"]))
+from bigmachine import RUNNING
+from bigmachine.web.cluster import recent_output
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +28,9 @@ def cluster() -> Iterator[Cluster]:
             assert machine.wait(RUNNING, timeout=60) == RUNNING
         machines[0].call("Busy.work", 3)
         assert b.debug_url is not None
+        deadline = time.monotonic() + 10  # the machines' output reaches the driver on its own time
+        while not all(recent_output(b, m) for m in machines) and time.monotonic() < deadline:
+            time.sleep(0.02)
         yield Cluster(b, machines, b.debug_url.removesuffix("/status"))
 
 
@@ -59,12 +38,6 @@ def cluster() -> Iterator[Cluster]:
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=60) as client:
         yield client
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _find_go() -> str | None:
@@ -86,11 +59,3 @@ def go_pprof(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     env.update(HOME=str(home), GOPATH=str(home / "go"), GOCACHE=str(home / "cache"), GOFLAGS="-mod=mod",
                GOTOOLCHAIN="local", GOPROXY="off", PPROF_TMPDIR=str(home / "pprof"))
     return [go, "tool", "pprof"], env
-
-
-def tool(name: str, package: str) -> str:
-    """The path of a system tool, or a skip naming the Debian package that has it."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"`{name}` is not installed (apt install {package})")
-    return path

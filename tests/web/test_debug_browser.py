@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ARTIFACTS, Cluster, tool
+from debug_support import ARTIFACTS, Cluster, tool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,8 +41,12 @@ def _dom(tmp_path: Path, url: str) -> str:
 
 
 def test_status_page_in_chromium(cluster: Cluster, http: httpx.Client, tmp_path: Path) -> None:
-    cluster.machines[1].call("Busy.burn", 0.2)
-    http.get(cluster.base + "/status")  # a first point for the CPU sparklines
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(m.keepalive_reply_times() for m in cluster.machines):
+        time.sleep(0.1)  # a keepalive history to chart
+    for seconds in (0.1, 0.3, 0.2):  # points for the CPU sparklines
+        http.get(cluster.base + "/status")
+        cluster.machines[1].call("Busy.burn", seconds)
     url = cluster.base + "/status"
     _screenshot(tmp_path, url, "debug-status.png", 900)
     dom = _dom(tmp_path, url)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Cluster, free_port, tool
+from debug_support import Cluster, free_port, tool
 from prometheus_client.parser import text_string_to_metric_families
 
 from bigmachine.web.promtext import aggregate

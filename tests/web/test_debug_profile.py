@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Cluster
+from debug_support import Cluster
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from conftest import Cluster
+from debug_support import Cluster
 
 from bigmachine import RUNNING
 

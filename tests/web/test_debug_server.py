@@ -10,7 +10,7 @@ import threading
 
 import httpx
 import pytest
-from conftest import start_driver
+from debug_support import start_driver
 from debug_services import Modules
 from starlette.applications import Starlette
 from starlette.routing import Mount
