@@ -31,9 +31,17 @@ def _our_temp_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "bigmachine-*")))
 
 
+def _is_ours(process: psutil.Process) -> bool:
+    """Whether a child process is one a test should have ended (not multiprocessing's resource tracker)."""
+    try:
+        return "resource_tracker" not in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
 def _snapshot() -> tuple[set[int], set[str], int, set[str]]:
     me = psutil.Process()
-    children = {p.pid for p in me.children(recursive=True)}
+    children = {p.pid for p in me.children(recursive=True) if _is_ours(p)}
     threads = {t.name for t in threading.enumerate() if t.is_alive()}
     return children, threads, me.num_fds(), _our_temp_dirs()
 

@@ -1,0 +1,496 @@
+"""The scenarios, written once against `backends.Backend`.
+
+Each scenario is a function `(backend_name, config) -> list[Measurement]` that
+starts and stops its own cluster. Unless stated, a scenario starts one cluster,
+warms it up, measures `config.repeat` repetitions and shuts it down; cold start
+and scale start a cluster (or a whole process) per repetition, since that is
+what they measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .backends import Backend, Unsupported, load
+from .measure import MIB, Measurement, RssSampler, descendants, percentile, rss
+from .workload import sample
+
+__all__ = ["SCENARIOS", "Config", "Scenario"]
+
+MB = 1e6  # transfer rates are in MB/s (10^6 bytes)
+
+
+@dataclasses.dataclass
+class Config:
+    """Sizes and counts of a run; `quick()` scales them down for a smoke test."""
+
+    repeat: int = 5
+    latency_calls: int = 2000
+    latency_warmup: int = 200
+    inflight: int = 64
+    throughput_seconds: float = 2.0
+    bulk_bytes: int = 64 * MIB
+    bigpi_n: int = 2 * 10**7
+    scale_n: int = 16
+    scale_repeat: int = 3
+    scale_settle: float = 2.0
+    profile_seconds: float = 3.0
+
+    @classmethod
+    def quick(cls, repeat: int | None = None) -> Config:
+        return cls(
+            repeat=repeat or 2,
+            latency_calls=500,
+            throughput_seconds=0.5,
+            bigpi_n=2 * 10**6,
+            scale_repeat=1,
+            scale_settle=0.5,
+            profile_seconds=1.0,
+        )
+
+
+@dataclasses.dataclass
+class Scenario:
+    name: str
+    title: str
+    run: Callable[[str, Config], list[Measurement]]
+    #: Backends it applies to; None for all.
+    only: tuple[str, ...] | None = None
+
+
+@contextlib.contextmanager
+def cluster(name: str, n: int) -> Iterator[Backend]:
+    """A started backend with n workers, always shut down on the way out."""
+    backend = load(name)
+    try:
+        backend.start(n)
+        yield backend
+    finally:
+        backend.shutdown()
+
+
+def _m(name: str, scenario: str, metric: str, unit: str, **kw: Any) -> Measurement:
+    return Measurement(backend=name, scenario=scenario, metric=metric, unit=unit, **kw)
+
+
+# 1. cold start
+
+
+def cold_start(name: str, cfg: Config) -> list[Measurement]:
+    """Process start to 2 workers ready and one call answered, in a fresh interpreter."""
+    runs = [_cold_start_once(name) for _ in range(cfg.repeat + 1)][1:]  # first warms OS caches
+    return [
+        _m(name, "cold_start", key, "s", values=[r[f"{key}_s"] for r in runs])
+        for key in ("ready", "import", "shutdown")
+    ]
+
+
+def _cold_start_once(name: str) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "benchmarks.cold_start", name, repr(time.time())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cold_start {name} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# 2. call latency
+
+
+def latency(name: str, cfg: Config) -> list[Measurement]:
+    """Sequential round trips of echo(1) on one worker: sync, then each async variant."""
+    out = []
+    with cluster(name, 1) as backend:
+        series: dict[str, Callable[[int], list[float]]] = {"sync": lambda k: sync_latencies(backend, k)}
+        for variant in backend.async_variants():
+            series[variant] = lambda k, v=variant: async_latencies(backend, v, k)
+        for variant, run in series.items():
+            with _variant(out, name, "latency", "call latency", variant):
+                run(cfg.latency_warmup)
+                reps = [run(cfg.latency_calls) for _ in range(cfg.repeat)]
+                out.append(_latency_measurement(name, variant, reps))
+    return out
+
+
+@contextlib.contextmanager
+def _variant(out: list[Measurement], name: str, scenario: str, metric: str,
+             variant: str) -> Iterator[None]:
+    """Turns a failing variant into an error row, so the scenario's other variants still run."""
+    try:
+        yield
+    except Exception as exc:
+        traceback.print_exc()
+        out.append(_m(name, scenario, metric, "", variant=variant,
+                      error=f"{type(exc).__name__}: {exc}"[:500]))
+
+
+def _latency_measurement(name: str, variant: str, reps: list[list[float]],
+                         scenario: str = "latency") -> Measurement:
+    ms = [[x * 1e3 for x in rep] for rep in reps]
+    return _m(
+        name, scenario, "call latency", "ms", variant=variant,
+        values=[percentile(rep, 50) for rep in ms],
+        extra={"p99": percentile([x for rep in ms for x in rep], 99),
+               "calls_per_rep": len(ms[0])},
+    )
+
+
+def sync_latencies(backend: Backend, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        backend.call(0, "echo", 1)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def async_latencies(backend: Backend, variant: str, n: int) -> list[float]:
+    async def run() -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await backend.acall(0, "echo", 1)
+            out.append(time.perf_counter() - t)
+        return out
+
+    return backend.run_async(variant, run)
+
+
+# 3. call throughput
+
+
+def throughput(name: str, cfg: Config) -> list[Measurement]:
+    """Calls per second with cfg.inflight echo calls in flight across 2 workers."""
+    out = []
+    with cluster(name, 2) as backend:
+        runs: dict[str, Callable[[int], None]] = {
+            backend.submit_label: lambda k: futures_in_flight(backend, k, cfg.inflight)
+        }
+        for variant in backend.async_variants():
+            runs[variant] = lambda k, v=variant: acalls_in_flight(backend, v, k, cfg.inflight)
+        for variant, run in runs.items():
+            with _variant(out, name, "throughput", "calls/s", variant):
+                ncalls = _calibrate(run, cfg)
+                rates = [ncalls / _timed(run, ncalls) for _ in range(cfg.repeat)]
+                out.append(_m(name, "throughput", "calls/s", "calls/s", better="higher",
+                              variant=variant, values=rates, extra={"calls_per_rep": ncalls}))
+    return out
+
+
+def _calibrate(run: Callable[[int], None], cfg: Config) -> int:
+    """Warms up, then picks a call count that lasts about cfg.throughput_seconds."""
+    probe = 10 * cfg.inflight
+    rate = probe / _timed(run, probe)
+    n = int(rate * cfg.throughput_seconds) // cfg.inflight * cfg.inflight
+    return min(max(n, probe), 200_000)
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def futures_in_flight(backend: Backend, ncalls: int, inflight: int) -> None:
+    """Keeps `inflight` submitted calls outstanding, alternating workers, redeeming oldest first."""
+    pending: deque[Any] = deque()
+    for k in range(ncalls):
+        if len(pending) >= inflight:
+            backend.result(pending.popleft())
+        pending.append(backend.submit(k % backend.n, "echo", k))
+    while pending:
+        backend.result(pending.popleft())
+
+
+def acalls_in_flight(backend: Backend, variant: str, ncalls: int, inflight: int) -> None:
+    """`inflight` coroutines, each making sequential acalls to one worker."""
+    async def lane(j: int) -> None:
+        for _ in range(ncalls // inflight):
+            await backend.acall(j % backend.n, "echo", j)
+
+    async def run() -> None:
+        await asyncio.gather(*(lane(j) for j in range(inflight)))
+
+    backend.run_async(variant, run)
+
+
+# 4. bulk transfer
+
+
+def bulk(name: str, cfg: Config) -> list[Measurement]:
+    """A cfg.bulk_bytes argument up and reply down; MB/s and peak RSS of both sides."""
+    size, out = cfg.bulk_bytes, []
+    with cluster(name, 1) as backend:
+        worker = backend.worker_pids()[0]
+        if backend.streaming:  # first, while neither process has held a whole payload
+            with _temp_file(size) as path:
+                out += _transfers(name, "streamed", _streamed(backend, path, size), worker, cfg)
+        data = b"\xa5" * size
+        backend.call(0, "make_blob", size)
+
+        def up() -> None:
+            _check(backend.call(0, "sink", data), size)
+
+        def down() -> None:
+            _check(len(backend.call(0, "blob")), size)
+
+        out += _transfers(name, "whole", {"up": up, "down": down}, worker, cfg)
+    return sorted(out, key=lambda m: m.variant != "whole")  # whole first, as in other backends
+
+
+def _streamed(backend: Backend, path: str, size: int) -> dict[str, Callable[[], None]]:
+    def up() -> None:
+        with open(path, "rb") as f:
+            _check(backend.call_stream_arg(0, "stream_sink", f), size)
+
+    def down() -> None:
+        _check(sum(len(c) for c in backend.call_stream_reply(0, "stream_blob", size, MIB)), size)
+
+    return {"up": up, "down": down}
+
+
+def _transfers(name: str, variant: str, runs: dict[str, Callable[[], None]],
+               worker: int, cfg: Config) -> list[Measurement]:
+    out = []
+    driver = os.getpid()
+    for direction, run in runs.items():
+        run()  # warm-up
+        base = {"driver": rss(driver), "worker": rss(worker)}
+        rates, peaks = [], {"driver": [], "worker": []}  # type: dict[str, list[float]]
+        for _ in range(cfg.repeat):
+            with RssSampler([driver, worker]) as sampler:
+                seconds = _timed(run)
+            rates.append(cfg.bulk_bytes / MB / seconds)
+            peaks["driver"].append(sampler.peak[driver] / MIB)
+            peaks["worker"].append(sampler.peak[worker] / MIB)
+        out.append(_m(name, "bulk", f"{direction} rate", "MB/s", better="higher",
+                      variant=variant, values=rates))
+        for side, values in peaks.items():
+            out.append(_m(name, "bulk", f"{side} peak RSS ({direction})", "MiB",
+                          variant=variant, values=values,
+                          extra={"note": f"{base[side] / MIB:.0f} MiB before"}))
+    return out
+
+
+def _check(got: Any, want: int) -> None:
+    if got != want:
+        raise AssertionError(f"transferred {got!r} bytes, want {want}")
+
+
+@contextlib.contextmanager
+def _temp_file(size: int) -> Iterator[str]:
+    """A file of size bytes, written a MiB at a time (never whole in memory)."""
+    chunk = b"\xa5" * MIB
+    with _temp_path() as path:
+        with open(path, "wb") as f:
+            for _ in range(size // MIB):
+                f.write(chunk)
+            f.write(chunk[: size % MIB])
+        yield path
+
+
+@contextlib.contextmanager
+def _temp_bytes(content: bytes) -> Iterator[str]:
+    with _temp_path() as path:
+        with open(path, "wb") as f:
+            f.write(content)
+        yield path
+
+
+@contextlib.contextmanager
+def _temp_path() -> Iterator[str]:
+    fd, path = tempfile.mkstemp(prefix="bigmachine-bench-")
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        os.unlink(path)
+
+
+# 5. bigpi
+
+
+def bigpi(name: str, cfg: Config) -> list[Measurement]:
+    """cfg.bigpi_n samples split over 2 workers vs the same work in this process.
+
+    Each repetition times the single-process run here (the workers idle), then
+    the parallel run, so that drift of this noisy machine hits both alike;
+    efficiency = t_single / (2 * t_parallel) per repetition. `run.py` adds the
+    ratio to multiprocessing's efficiency once every backend has run.
+    """
+    n = cfg.bigpi_n
+    single, parallel = [], []
+    with cluster(name, 2) as backend:
+        sample(n // 50)  # warm-up, both sides
+        for f in [backend.submit(i, "sample", n // 50) for i in range(backend.n)]:
+            backend.result(f)
+        for _ in range(cfg.repeat):
+            single.append(_timed(sample, n))
+            parallel.append(_timed(_parallel_pi, backend, n))
+    return [
+        _m(name, "bigpi", "t_single", "s", values=single,
+           extra={"note": f"n={n:,} in the driver process", "versus": False}),
+        _m(name, "bigpi", "t_parallel (2 workers)", "s", values=parallel),
+        _m(name, "bigpi", "efficiency", "", better="higher",
+           values=[t1 / (2 * t2) for t1, t2 in zip(single, parallel)]),
+    ]
+
+
+def _parallel_pi(backend: Backend, n: int) -> float:
+    futures = [backend.submit(i, "sample", n // backend.n) for i in range(backend.n)]
+    pi = 4 * sum(backend.result(f) for f in futures) / n
+    if not 3.1 < pi < 3.2:
+        raise AssertionError(f"pi = {pi}")
+    return pi
+
+
+# 6. scale
+
+
+def scale(name: str, cfg: Config) -> list[Measurement]:
+    """Time to start cfg.scale_n workers from nothing, and their idle RSS per worker."""
+    n = cfg.scale_n
+    with cluster(name, 2):  # warm-up: OS caches, imports
+        pass
+    starts, stops, per_worker, per_tree = [], [], [], []
+    for _ in range(cfg.scale_repeat):
+        backend = load(name)
+        try:
+            starts.append(_timed(backend.start, n))
+            time.sleep(cfg.scale_settle)
+            pids = backend.worker_pids()
+            if len(set(pids)) != n:
+                raise AssertionError(f"{len(set(pids))} distinct worker processes, want {n}")
+            per_worker.append(sum(rss(p) for p in pids) / n / MIB)
+            per_tree.append(sum(rss(p.pid) for p in descendants()) / n / MIB)
+        finally:
+            t = time.perf_counter()
+            backend.shutdown()
+            stops.append(time.perf_counter() - t)
+    return [
+        _m(name, "scale", f"start {n}", "s", values=starts),
+        _m(name, "scale", "idle RSS per machine", "MiB", values=per_worker,
+           extra={"note": "worker processes only"}),
+        _m(name, "scale", "idle RSS per machine, whole tree", "MiB", values=per_tree,
+           extra={"note": f"every process below the driver / {n}"}),
+        _m(name, "scale", f"shutdown {n}", "s", values=stops),
+    ]
+
+
+# 7. profiling cost
+
+
+def profiling(name: str, cfg: Config) -> list[Measurement]:
+    """Call latency while the debug server takes a merged CPU profile of all machines."""
+    import httpx  # only the profiling scenario needs it
+
+    seconds = cfg.profile_seconds
+    with cluster(name, 2) as backend:
+        try:
+            app = backend.debug_app()
+        except Unsupported as exc:
+            return [_m(name, "profiling", "call latency", "ms", error=f"not available yet: {exc}")]
+        with _serve(app) as url:
+            sync_latencies(backend, cfg.latency_warmup)
+            quiet = [_latencies_for(backend, seconds) for _ in range(cfg.repeat)]
+            loaded, took, checks = [], [], set()
+            for _ in range(cfg.repeat):
+                result: dict[str, Any] = {}
+                fetch = threading.Thread(target=_fetch_profile, args=(httpx, url, seconds, result))
+                t = time.perf_counter()
+                fetch.start()
+                loaded.append(_latencies_while(backend, fetch.is_alive))
+                fetch.join()
+                took.append(time.perf_counter() - t)
+                if "error" in result:
+                    raise RuntimeError(f"profile request failed: {result['error']}")
+                checks.add(result["pstats"].split(":")[0])
+    return [
+        _latency_measurement(name, "no profile", quiet, "profiling"),
+        _latency_measurement(name, f"while profiling ({seconds:g} s)", loaded, "profiling"),
+        _m(name, "profiling", "profile request", "s", values=took,
+           extra={"note": f"seconds={seconds:g}, both machines; {', '.join(sorted(checks))}"}),
+    ]
+
+
+def _latencies_for(backend: Backend, seconds: float) -> list[float]:
+    deadline = time.perf_counter() + seconds
+    return _latencies_while(backend, lambda: time.perf_counter() < deadline)
+
+
+def _latencies_while(backend: Backend, cond: Callable[[], bool]) -> list[float]:
+    out = []
+    while cond():
+        out += sync_latencies(backend, 10)
+    return out
+
+
+def _fetch_profile(httpx: Any, url: str, seconds: float, result: dict[str, Any]) -> None:
+    try:
+        r = httpx.get(f"{url}/debug/bigmachine/pprof/profile",
+                      params={"seconds": seconds}, timeout=seconds + 60)
+        r.raise_for_status()
+        result["bytes"] = len(r.content)
+        result["pstats"] = _pstats_check(r.content)
+    except Exception as exc:
+        result["error"] = repr(exc)
+
+
+def _pstats_check(content: bytes) -> str:
+    """Whether the profile loads with `pstats.Stats`, as API.md promises."""
+    import pstats
+
+    with _temp_bytes(content) as path:
+        try:
+            stats = pstats.Stats(path)
+        except Exception as exc:
+            return f"pstats cannot load it: {exc!r}"[:200]
+    return f"pstats loads it: {len(stats.stats)} functions"  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _serve(app: Any) -> Iterator[str]:
+    """Serves an ASGI app on a free port of 127.0.0.1 from a thread; yields its URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, name="debug-server", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("debug server failed to start")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario("cold_start", "1. Cold start: fresh process to 2 workers ready and one call answered", cold_start),
+        Scenario("latency", "2. Call latency: sequential echo(1) round trips, one worker", latency),
+        Scenario("throughput", "3. Call throughput: 64 calls in flight across 2 workers", throughput),
+        Scenario("bulk", "4. Bulk transfer: 64 MiB argument up, 64 MiB reply down, one worker", bulk),
+        Scenario("bigpi", "5. bigpi: parallel efficiency on 2 workers", bigpi),
+        Scenario("scale", "6. Scale: start 16 workers on 2 cores; idle RSS", scale),
+        Scenario("profiling", "7. Profiling cost: call latency during a merged CPU profile",
+                 profiling, only=("bigmachine",)),
+    ]
+}
