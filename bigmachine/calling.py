@@ -65,7 +65,13 @@ def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[st
     path = b"/rpc/" + method.encode()
     streamed = [k for k, v in [*enumerate(args), *kwargs.items()] if _is_stream_argument(v)]
     if not streamed:
-        return Request(method, encode_request(host, path, wire.CALL, wire.encode_args(method, args, kwargs)))
+        body = wire.encode_args(method, args, kwargs)
+        if len(body) > wire.MAX_REQUEST:
+            raise SerializationError(
+                f"{method}: the arguments pickle to {len(body) / (1 << 20):.0f} MiB, over the {wire.MAX_REQUEST >> 20} MiB "
+                "a call can carry whole; pass large data as a binary file or an iterator of bytes, which is streamed"
+            )
+        return Request(method, encode_request(host, path, wire.CALL, body))
     if len(streamed) > 1:
         raise ValueError(f"{method}: only one argument can be streamed; arguments {streamed} are all streams")
     (where,) = streamed

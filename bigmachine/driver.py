@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 from .session import B
@@ -68,12 +70,26 @@ def start(args: argparse.Namespace | None = None) -> B:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     b = B(make_system(args), name=args.bigm_name)
+    _exit_on_sigterm()
     try:
         _serve_debug(b, args.bigm_debug)
     except BaseException:
         b.shutdown()
         raise
     return b
+
+
+def _exit_on_sigterm() -> None:
+    """Makes SIGTERM end the driver as Ctrl-C does, so ``with``/``finally`` shut machines down cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    logger.warning("terminated by %s: shutting machines down", signal.Signals(signum).name)
+    raise SystemExit(128 + signum)
 
 
 def _serve_debug(b: B, address: str) -> Any:

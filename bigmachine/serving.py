@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -20,8 +21,10 @@ import uvicorn
 
 from . import tls
 from .rpc.server import Registry, RpcApp
+from .rpc.uvicorn_protocol import CoalescingHttpToolsProtocol
 from .session import B
 from .supervisor import Supervisor
+from .systems.memory import EXIT_OUT_OF_MEMORY
 
 __all__ = ["MachineConfig", "MachineServer"]
 
@@ -48,15 +51,16 @@ class MachineConfig:
 class MachineServer:
     """A running machine: uvicorn serving the RPC app with mutual TLS on one socket."""
 
-    def __init__(self, config: MachineConfig, *, on_exit: Callable[[str], None]) -> None:
+    def __init__(self, config: MachineConfig, *, on_exit: Callable[[str, int], None]) -> None:
         self.config = config
         self.registry = Registry()
         self.executor = ThreadPoolExecutor(SERVICE_THREADS, thread_name_prefix="bigmachine-service")
         self.session = B._for_machine(config.session, config.system, config.tls_dir)
-        self.supervisor = Supervisor(self.session, self.registry, exit=on_exit, lease=config.lease,
+        self._on_exit = on_exit
+        self.supervisor = Supervisor(self.session, self.registry, exit=lambda reason: on_exit(reason, 0), lease=config.lease,
                                      maxprocs=config.maxprocs, parent=config.parent)
         self.registry.add("Supervisor", self.supervisor)
-        self.app = RpcApp(self.registry, self.executor)
+        self.app = RpcApp(self.registry, self.executor, on_memory_error=self._out_of_memory)
         self.server: uvicorn.Server | None = None
         self.addr = ""
         self._task: asyncio.Task[None] | None = None
@@ -72,7 +76,7 @@ class MachineServer:
         directory = Path(self.config.tls_dir)
         config = uvicorn.Config(
             self.app,
-            http="httptools",
+            http=CoalescingHttpToolsProtocol,
             loop="none",
             lifespan="off",
             access_log=False,
@@ -97,6 +101,20 @@ class MachineServer:
         self.addr = f"https://{'[' + host + ']' if ':' in host else host}:{port}/"
         self.supervisor.start_watchdog()
         return self.addr
+
+    def _out_of_memory(self, method: str, exc: MemoryError) -> None:
+        """MemoryError escaped a service: say so with the figures, and end the machine."""
+        import resource
+
+        try:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            rss = -1
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        limit_text = "none" if limit == resource.RLIM_INFINITY else f"{limit >> 20} MiB"
+        self._on_exit(f"out of memory: MemoryError in {method}; resident {rss >> 20} MiB, "
+                      f"address-space limit {limit_text}", EXIT_OUT_OF_MEMORY)
 
     async def serve_until_exit(self) -> None:
         """Waits until uvicorn stops (on ``stop`` or a signal)."""

@@ -8,6 +8,7 @@ key material and an event loop in a daemon thread. Inside a machine, services ge
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -73,6 +74,7 @@ class B:
             self._thread = threading.Thread(target=self._run_loop, name="bigmachine-loop", daemon=True)
             self._thread.start()
             system.init(self)
+            atexit.register(self.shutdown)  # a driver that forgets shutdown still leaves nothing behind
         except BaseException:
             self._stop_loop()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
@@ -178,7 +180,8 @@ class B:
             if isinstance(exc, TimeoutError):
                 exc = TimeoutError(f"machine {machine.addr or machine.name} did not start within {timeout} s")
             machine._stop(exc)
-            progress.failed(machine, exc)
+            if not self._shutdown:
+                progress.failed(machine, exc)
             return
         machine.info = info
         machine.hostname, machine.maxprocs = machine.hostname or info["hostname"], info["maxprocs"]
@@ -249,6 +252,7 @@ class B:
             return
         for close in reversed(self._closers):
             close()
+        atexit.unregister(self.shutdown)
         try:
             self._run(self._ashutdown(), _SHUTDOWN_TIMEOUT)
         except concurrent.futures.TimeoutError:

@@ -23,15 +23,16 @@ def main() -> None:
     sys.path[:0] = [p for p in spec.pop("path") if p not in sys.path]
     sys.argv = spec.pop("argv")
     report_fd = spec.pop("report_fd")
+    _limit_memory(spec.pop("memory_limit", None), spec.pop("cgroup_procs", None))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from .serving import MachineConfig, MachineServer
 
-    def exit_now(reason: str) -> None:
+    def exit_now(reason: str, code: int = 0) -> None:
         logger.warning("machine exiting: %s", reason)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
 
     async def serve() -> None:
         server = MachineServer(MachineConfig(**spec), on_exit=exit_now)
@@ -44,6 +45,17 @@ def main() -> None:
 
     uvloop.run(serve())
     exit_now("stopped by a signal")
+
+
+def _limit_memory(limit: int | None, cgroup_procs: str | None) -> None:
+    """Joins the memory cgroup the driver made for this machine, or else caps the address space."""
+    if cgroup_procs:
+        with open(cgroup_procs, "w") as f:
+            f.write(str(os.getpid()))
+    elif limit:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 if __name__ == "__main__":

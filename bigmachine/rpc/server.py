@@ -122,8 +122,10 @@ class RpcApp:
     """The ASGI application every machine serves."""
 
     def __init__(self, registry: Registry, executor: ThreadPoolExecutor,
-                 fallback: Callable[[], ASGIApp] | None = None) -> None:
+                 fallback: Callable[[], ASGIApp] | None = None,
+                 on_memory_error: Callable[[str, MemoryError], None] | None = None) -> None:
         self.registry = registry
+        self._on_memory_error = on_memory_error
         self.executor = executor
         self._fallback_factory = fallback
         self._fallback: ASGIApp | None = None
@@ -172,6 +174,11 @@ class RpcApp:
             self.errors[method] += 1
             status = 404 if isinstance(exc, NotFound) else 400
             await _send_reply(send, status, wire.ERROR, wire.encode_error(exc, remote=False))
+            return
+        except MemoryError as exc:
+            if self._on_memory_error is None:
+                raise
+            self._on_memory_error(method, exc)  # the machine is done for: it reports and exits
             return
         except Exception as exc:
             self.errors[method] += 1
@@ -256,11 +263,16 @@ async def _read_body(receive: Any) -> bytes:
     if not message.get("more_body"):
         return body
     chunks = [body]
+    size = len(body)
     while message.get("more_body"):
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ProtocolError("the caller disconnected before sending the whole request")
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > wire.MAX_REQUEST:
+            raise ProtocolError(f"the request is over {wire.MAX_REQUEST >> 20} MiB; stream large arguments instead")
+        chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -45,6 +45,7 @@ ERROR = b"application/x-bigmachine-error"
 # Frame kinds.
 DATA, END, FAIL, HEAD = b"d", b"z", b"e", b"h"
 _FRAME = struct.Struct("!cQ")
+MAX_REQUEST = 512 << 20  # a whole (not streamed) call's body; larger data should be streamed
 _PLAIN = (int, float, str, bytes, bool, type(None))
 
 

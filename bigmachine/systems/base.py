@@ -38,7 +38,8 @@ class System(abc.ABC):
     name = "system"
     start_timeout = 120.0  # from launch to RUNNING, services' init included
 
-    def __init__(self, *, keepalive_period: float, keepalive_timeout: float, keepalive_rpc_timeout: float) -> None:
+    def __init__(self, *, keepalive_period: float, keepalive_timeout: float, keepalive_rpc_timeout: float,
+                 start_timeout: float | None = None) -> None:
         if not 0 < keepalive_period < keepalive_timeout:
             raise ValueError(
                 f"keepalive_period ({keepalive_period}) must be > 0 and below keepalive_timeout ({keepalive_timeout})"
@@ -46,6 +47,10 @@ class System(abc.ABC):
         self.keepalive_period = keepalive_period
         self.keepalive_timeout = keepalive_timeout
         self.keepalive_rpc_timeout = keepalive_rpc_timeout
+        if start_timeout is not None:
+            if start_timeout <= 0:
+                raise ValueError(f"start_timeout must be > 0 seconds, not {start_timeout}")
+            self.start_timeout = start_timeout
 
     def init(self, session: B) -> None:
         """Called once when a driver session starts on this system."""

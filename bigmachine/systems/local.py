@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MachineStopped
+from ..errors import MachineStopped, OutOfMemory
+from .memory import EXIT_OUT_OF_MEMORY, MemoryCgroup, kernel_oom_kill, parse_size
 from .base import Instance, System
 
 if TYPE_CHECKING:
@@ -35,12 +36,16 @@ class Local(System):
     start_timeout = 60.0
 
     def __init__(self, *, keepalive_period: float = 2.0, keepalive_timeout: float = 10.0,
-                 keepalive_rpc_timeout: float = 5.0) -> None:
+                 keepalive_rpc_timeout: float = 5.0, start_timeout: float | None = None,
+                 memory_limit: int | str | None = None) -> None:
+        """``memory_limit`` (bytes, or like ``"512M"``) bounds each machine's memory: a cgroup where
+        one can be made, else its address space; a machine that runs out stops with OutOfMemory."""
         super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
-                         keepalive_rpc_timeout=keepalive_rpc_timeout)
+                         keepalive_rpc_timeout=keepalive_rpc_timeout, start_timeout=start_timeout)
+        self.memory_limit = parse_size(memory_limit) if memory_limit is not None else None
 
     def __repr__(self) -> str:
-        return "Local()"
+        return "Local()" if self.memory_limit is None else f"Local(memory_limit={self.memory_limit})"
 
     async def launch(self, session: B, machines: list[Machine], environ: dict[str, str]) -> list[Instance | BaseException]:
         return list(await asyncio.gather(*(self._launch_one(session, m, environ) for m in machines),
@@ -55,6 +60,10 @@ class Local(System):
             "lease": self.start_timeout + self.keepalive_timeout, "maxprocs": 1, "parent": os.getpid(),
             "system": self.name, "report_fd": write_fd, "path": sys.path, "argv": sys.argv,
         }
+        cgroup = None
+        if self.memory_limit is not None:
+            cgroup = MemoryCgroup.create(f"{session.name}-{machine.name}", self.memory_limit)
+            spec.update(memory_limit=self.memory_limit, cgroup_procs=cgroup.procs_file if cgroup else None)
         env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1", "BIGMACHINE_WORKER": json.dumps(spec)}
         try:
             # Popen and raw fds, not asyncio subprocess transports: closing a uvloop loop
@@ -65,23 +74,27 @@ class Local(System):
             )
         except BaseException:
             os.close(read_fd)
+            if cgroup is not None:
+                cgroup.remove()
             raise
         finally:
             os.close(write_fd)
-        return LocalProcess(machine, process, read_fd)
+        return LocalProcess(machine, process, read_fd, cgroup)
 
 
 class LocalProcess(Instance):
     """A machine's process: its address arrives on a pipe, its output is forwarded with a prefix."""
 
-    def __init__(self, machine: Machine, process: subprocess.Popen[bytes], report_fd: int) -> None:
+    def __init__(self, machine: Machine, process: subprocess.Popen[bytes], report_fd: int,
+                 cgroup: MemoryCgroup | None = None) -> None:
         self._machine = machine
+        self._cgroup = cgroup
         self.process = process
         self.prefix = machine.name
         self.output: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)  # debug pages
         self._loop = asyncio.get_running_loop()
         self._address: asyncio.Future[str] = self._loop.create_future()
-        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._exited: asyncio.Future[MachineStopped] = self._loop.create_future()
         self._report = _LineReader(self._loop, report_fd, self._on_report, owns_fd=True)
         assert process.stdout is not None and process.stderr is not None
         self._outputs = [
@@ -125,14 +138,35 @@ class LocalProcess(Instance):
             reader.drain_and_close()  # the last lines say why it ended
         self.process.stdout.close()  # type: ignore[union-attr]
         self.process.stderr.close()  # type: ignore[union-attr]
-        self._exited.set_result(code)
+        self._exited.set_result(self._exit_error(code))  # while the cgroup, and its OOM count, exist
+        if self._cgroup is not None:
+            self._cgroup.remove()
 
     async def address(self) -> str:
         return await asyncio.shield(self._address)
 
     async def wait_exit(self) -> BaseException:
-        code = await asyncio.shield(self._exited)
-        return MachineStopped(f"machine process {self.process.pid} {_describe(code)}", machine=self._machine.addr)
+        return await asyncio.shield(self._exited)
+
+    def _exit_error(self, code: int) -> MachineStopped:
+        """How the process ended: OutOfMemory when memory ran out, with the figures known."""
+        pid, addr = self.process.pid, self._machine.addr
+        if code == EXIT_OUT_OF_MEMORY:
+            said = next((text for _, _, text in reversed(self.output) if "out of memory: " in text), "")
+            detail = said.split("out of memory: ", 1)[-1].strip() or "MemoryError"
+            return OutOfMemory(f"machine process {pid} ran out of memory: {detail}",
+                               machine=addr)
+        if code == -signal.SIGKILL:
+            cgroup = self._cgroup
+            if cgroup is not None and cgroup.oom_kills():
+                peak = cgroup.peak()
+                figures = f"limit {cgroup.limit >> 20} MiB" + (f", peak {peak >> 20} MiB" if peak else "")
+                return OutOfMemory(f"machine process {pid} was killed by the kernel's OOM killer ({figures})",
+                                   machine=addr)
+            if (line := kernel_oom_kill(pid)) is not None:
+                return OutOfMemory(f"machine process {pid} was killed by the kernel's OOM killer: {line}",
+                                   machine=addr)
+        return MachineStopped(f"machine process {pid} {_describe(code)}", machine=addr)
 
     async def kill(self) -> None:
         if not self._exited.done():

@@ -11,7 +11,8 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MachineStopped
+from ..errors import MachineStopped, OutOfMemory
+from .memory import EXIT_OUT_OF_MEMORY
 from .base import Instance, System
 
 if TYPE_CHECKING:
@@ -29,9 +30,9 @@ class Testing(System):
     start_timeout = 30.0
 
     def __init__(self, *, keepalive_period: float = 1.0, keepalive_timeout: float = 5.0,
-                 keepalive_rpc_timeout: float = 2.0) -> None:
+                 keepalive_rpc_timeout: float = 2.0, start_timeout: float | None = None) -> None:
         super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
-                         keepalive_rpc_timeout=keepalive_rpc_timeout)
+                         keepalive_rpc_timeout=keepalive_rpc_timeout, start_timeout=start_timeout)
         self._instances: dict[Machine, TestInstance] = {}
         self._lock = threading.Lock()
 
@@ -80,6 +81,7 @@ class TestInstance(Instance):
 
         self.exited = threading.Event()
         self.reason = ""
+        self.code = 0
         self._driver_loop = asyncio.get_running_loop()
         self._addr: asyncio.Future[str] = self._driver_loop.create_future()
         self._exit: asyncio.Future[str] = self._driver_loop.create_future()
@@ -112,10 +114,10 @@ class TestInstance(Instance):
         self._driver_loop.call_soon_threadsafe(_set, self._addr, addr)
         await self.server.serve_until_exit()
 
-    def crash(self, reason: str) -> None:
-        """Ends the machine abruptly (any thread)."""
+    def crash(self, reason: str, code: int = 0) -> None:
+        """Ends the machine abruptly (any thread); ``code`` as a process's exit status would say how."""
         if not self.reason:
-            self.reason = reason
+            self.reason, self.code = reason, code
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -128,7 +130,8 @@ class TestInstance(Instance):
 
     async def wait_exit(self) -> BaseException:
         reason = await asyncio.shield(self._exit)
-        return MachineStopped(f"machine {reason}", machine=self.server.addr)
+        kind = OutOfMemory if self.code == EXIT_OUT_OF_MEMORY else MachineStopped
+        return kind(f"machine {reason}", machine=self.server.addr)
 
     async def kill(self) -> None:
         self.crash("stopped by the driver")
