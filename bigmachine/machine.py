@@ -273,7 +273,7 @@ class Machine:
         except BaseException as exc:
             future.set_exception(exc)
             return future
-        self._session.loop.call_soon_threadsafe(self._start_submitted, future, request, deadline, timeout)
+        self._session.call_soon(self._start_submitted, future, request, deadline, timeout)
         return future
 
     def _start_submitted(self, future: concurrent.futures.Future[Any], request: Request, deadline: float,

@@ -12,7 +12,6 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import uvicorn
 
 from . import tls
 from .rpc.server import Registry, RpcApp
+from .rpc.threads import ServiceThreads
 from .rpc.uvicorn_protocol import CoalescingHttpToolsProtocol
 from .session import B
 from .supervisor import Supervisor
@@ -54,7 +54,7 @@ class MachineServer:
     def __init__(self, config: MachineConfig, *, on_exit: Callable[[str, int], None]) -> None:
         self.config = config
         self.registry = Registry()
-        self.executor = ThreadPoolExecutor(SERVICE_THREADS, thread_name_prefix="bigmachine-service")
+        self.executor = ServiceThreads(SERVICE_THREADS, "bigmachine-service")
         self.session = B._for_machine(config.session, config.system, config.tls_dir)
         self._on_exit = on_exit
         self.supervisor = Supervisor(self.session, self.registry, exit=lambda reason: on_exit(reason, 0), lease=config.lease,

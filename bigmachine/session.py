@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import logging
 import os
@@ -64,6 +65,8 @@ class B:
         self._lock = threading.Lock()
         self._shutdown = False
         self._closers: list[Any] = []  # called first by shutdown, newest first (the debug server)
+        self._soon: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
+        self._soon_scheduled = False
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # 0700
         try:
             self.authority = tls.Authority(self.name)
@@ -91,6 +94,7 @@ class B:
         b.debug_url = None
         b._machines, b._all, b._instances, b._tasks = {}, [], {}, set()
         b._count, b._lock, b._shutdown = 0, threading.Lock(), False
+        b._soon, b._soon_scheduled = collections.deque(), False
         b.client_context = tls.client_context(tls_dir)
         b._thread = None  # type: ignore[assignment]
         return b
@@ -108,6 +112,24 @@ class B:
     def on_loop_thread(self) -> bool:
         """Whether the caller runs on this session's event loop thread."""
         return threading.get_ident() == getattr(self, "_loop_thread", None)
+
+    def call_soon(self, fn: Any, *args: Any) -> None:
+        """Runs ``fn(*args)`` on the session's loop, from any thread.
+
+        Calls queued while the loop is busy share one wake-up: ``call_soon_threadsafe``
+        per call would cost a write to the loop's wake-up fd each (PERFORMANCE.md).
+        """
+        self._soon.append((fn, args))
+        if not self._soon_scheduled:  # read after the append: see _run_soon
+            self._soon_scheduled = True
+            self.loop.call_soon_threadsafe(self._run_soon)
+
+    def _run_soon(self) -> None:
+        self._soon_scheduled = False  # before draining: an append racing with us is seen, or reschedules
+        soon = self._soon
+        while soon:
+            fn, args = soon.popleft()
+            fn(*args)
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         """Runs a coroutine on the session's loop and waits for it (rare paths only)."""

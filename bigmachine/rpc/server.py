@@ -13,12 +13,12 @@ import collections
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import Error, NotFound, ProtocolError, SerializationError
 from ..metrics import CallStats
 from . import wire
+from .threads import ServiceThreads
 
 __all__ = ["Registry", "RpcApp"]
 
@@ -121,7 +121,7 @@ class _RequestStream:
 class RpcApp:
     """The ASGI application every machine serves."""
 
-    def __init__(self, registry: Registry, executor: ThreadPoolExecutor,
+    def __init__(self, registry: Registry, executor: ServiceThreads,
                  fallback: Callable[[], ASGIApp] | None = None,
                  on_memory_error: Callable[[str, MemoryError], None] | None = None) -> None:
         self.registry = registry
@@ -161,8 +161,7 @@ class RpcApp:
                     result = await fn(*args, **kwargs)
                     reply = result if _is_stream(result) else wire.encode_result(method, result)
                 else:
-                    loop = asyncio.get_running_loop()
-                    reply = await loop.run_in_executor(self.executor, _call_plain, method, fn, body)
+                    reply = await self.executor.run(_call_plain, method, fn, body)
             elif content_type == wire.CALL_STREAM:
                 stream, args, kwargs = await _read_streamed_call(method, receive, is_async)
                 result = await _invoke(fn, is_async, args, kwargs, self.executor)
@@ -213,10 +212,10 @@ def _call_plain(method: str, fn: Callable[..., Any], body: bytes) -> Any:
 
 
 async def _invoke(fn: Callable[..., Any], is_async: bool, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  executor: ThreadPoolExecutor) -> Any:
+                  executor: ServiceThreads) -> Any:
     if is_async:
         return await fn(*args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(executor, lambda: fn(*args, **kwargs))
+    return await executor.run(lambda: fn(*args, **kwargs))
 
 
 async def _read_streamed_call(method: str, receive: Any, is_async: bool) -> tuple[_RequestStream, tuple[Any, ...], dict[str, Any]]:
@@ -241,15 +240,14 @@ async def _read_streamed_call(method: str, receive: Any, is_async: bool) -> tupl
     return stream, args, kwargs
 
 
-async def _aiterate(source: Any, executor: ThreadPoolExecutor) -> AsyncIterator[Any]:
+async def _aiterate(source: Any, executor: ServiceThreads) -> AsyncIterator[Any]:
     """Iterates a sync or async iterator; a sync one is advanced in the thread pool."""
     if isinstance(source, collections.abc.AsyncIterator):
         async for item in source:
             yield item
         return
-    loop = asyncio.get_running_loop()
     try:
-        while (item := await loop.run_in_executor(executor, next, source, _DONE)) is not _DONE:
+        while (item := await executor.run(next, source, _DONE)) is not _DONE:
             yield item
     finally:
         close = getattr(source, "close", None)
