@@ -49,7 +49,7 @@ def _snapshot() -> tuple[set[int], set[str], int, set[str]]:
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails the test if it leaves child processes, threads, file descriptors or temp dirs behind."""
-    if SHARED_FIXTURES & set(request.fixturenames):
+    if _uses_shared_fixtures(request):
         yield  # machines shared by a module's tests outlive each test: checked once per module
         return
     yield from _check_leaks()
@@ -61,7 +61,12 @@ def no_leaks_per_module() -> Iterator[None]:
     yield from _check_leaks()
 
 
-SHARED_FIXTURES = {"local_session", "machines"}
+def _uses_shared_fixtures(request: pytest.FixtureRequest) -> bool:
+    """Whether the test uses a module- or session-scoped fixture (other than the leak checks)."""
+    for name, defs in request.node._fixtureinfo.name2fixturedefs.items():
+        if name not in ("no_leaks_per_module",) and any(d.scope in ("module", "package", "session") for d in defs):
+            return True
+    return False
 
 
 def _check_leaks() -> Iterator[None]:
