@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -112,3 +113,25 @@ def local_session() -> Iterator[bigmachine.B]:
     """One Local session shared by a module's tests (machines are processes: slow to start)."""
     with bigmachine.start(Local()) as b:
         yield b
+
+
+def _find_go() -> str | None:
+    """The `go` binary: on PATH, or where Debian's golang-go puts it."""
+    found = shutil.which("go")
+    if found:
+        return found
+    candidates = sorted(glob.glob("/usr/lib/go*/bin/go"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture
+def go_pprof(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """Command and environment to run `go tool pprof` offline, or a skip."""
+    go = _find_go()
+    if go is None:
+        pytest.skip("`go` is not installed (apt install golang-go); pprof output not checked by go")
+    home = tmp_path / "gohome"
+    env = dict(os.environ)
+    env.update(HOME=str(home), GOPATH=str(home / "go"), GOCACHE=str(home / "cache"), GOFLAGS="-mod=mod",
+               GOTOOLCHAIN="local", GOPROXY="off", PPROF_TMPDIR=str(home / "pprof"))
+    return [go, "tool", "pprof"], env

@@ -1,13 +1,9 @@
-"""Fixtures of the debug server tests: a Local cluster served on loopback, an HTTP client, go's pprof."""
+"""Fixtures of the debug server tests: a Local cluster served on loopback, an HTTP client."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -38,24 +34,3 @@ def cluster() -> Iterator[Cluster]:
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=60) as client:
         yield client
-
-
-def _find_go() -> str | None:
-    found = shutil.which("go")
-    if found:
-        return found
-    candidates = sorted(glob.glob("/usr/lib/go*/bin/go"))
-    return candidates[-1] if candidates else None
-
-
-@pytest.fixture
-def go_pprof(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
-    """Command and environment to run `go tool pprof` offline, or a skip."""
-    go = _find_go()
-    if go is None:
-        pytest.skip("`go` is not installed (apt install golang-go); pprof output not checked by go")
-    home = tmp_path / "gohome"
-    env = dict(os.environ)
-    env.update(HOME=str(home), GOPATH=str(home / "go"), GOCACHE=str(home / "cache"), GOFLAGS="-mod=mod",
-               GOTOOLCHAIN="local", GOPROXY="off", PPROF_TMPDIR=str(home / "pprof"))
-    return [go, "tool", "pprof"], env
