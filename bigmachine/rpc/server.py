@@ -129,8 +129,6 @@ class RpcApp:
         self.executor = executor
         self._fallback_factory = fallback
         self._fallback: ASGIApp | None = None
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.errors: collections.Counter[str] = collections.Counter()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -146,7 +144,6 @@ class RpcApp:
             await _send_plain(send, 404, b"not found: RPC paths are /rpc/Service.method\n")
 
     async def _rpc(self, method: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        self.calls[method] += 1
         if scope["method"] != "POST":
             await _send_plain(send, 405, b"RPC calls are POST requests\n")
             return
@@ -170,7 +167,6 @@ class RpcApp:
             else:
                 raise ProtocolError(f"{method}: unexpected content type {content_type!r}")
         except Error as exc:  # the library's own: NotFound, SerializationError, ProtocolError
-            self.errors[method] += 1
             status = 404 if isinstance(exc, NotFound) else 400
             await _send_reply(send, status, wire.ERROR, wire.encode_error(exc, remote=False))
             return
@@ -180,7 +176,6 @@ class RpcApp:
             self._on_memory_error(method, exc)  # the machine is done for: it reports and exits
             return
         except Exception as exc:
-            self.errors[method] += 1
             await _send_reply(send, 500, wire.ERROR, wire.encode_error(exc, remote=True))
             return
         if isinstance(reply, bytes):
@@ -197,7 +192,6 @@ class RpcApp:
                 if chunk:
                     await send({"type": "http.response.body", "body": wire.frame(wire.DATA, bytes(chunk)), "more_body": True})
         except Exception as exc:
-            self.errors[method] += 1
             logger.debug("%s: streamed reply failed: %r", method, exc)
             await send({"type": "http.response.body", "body": wire.frame(wire.FAIL, wire.encode_error(exc, remote=True))})
             return
