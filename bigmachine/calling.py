@@ -15,11 +15,12 @@ from typing import Any
 
 from .errors import ProtocolError, SerializationError
 from .rpc import wire
-from .rpc.codec import Response, encode_chunk, encode_request
+from .rpc.codec import Response, encode_chunk, encode_head, encode_request
 
 __all__ = ["Request", "deadline_after", "decode_reply", "encode_call", "remaining", "STREAM_CHUNK"]
 
 STREAM_CHUNK = 1 << 20
+_JOIN_LIMIT = 1 << 16  # bodies past this are sent after their head, not copied onto it
 
 
 @dataclass(slots=True)
@@ -27,7 +28,7 @@ class Request:
     """A call ready to send: the whole request, or its head plus an argument to stream."""
 
     method: str
-    data: bytes
+    data: bytes | tuple[bytes, bytes]  # one buffer; or head and a big body, not copied together
     stream: Any = None  # a binary file, an iterator or an async iterator of bytes
 
 
@@ -71,6 +72,8 @@ def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[st
                 f"{method}: the arguments pickle to {len(body) / (1 << 20):.0f} MiB, over the {wire.MAX_REQUEST >> 20} MiB "
                 "a call can carry whole; pass large data as a binary file or an iterator of bytes, which is streamed"
             )
+        if len(body) > _JOIN_LIMIT:
+            return Request(method, (encode_head(host, path, wire.CALL, len(body)), body))
         return Request(method, encode_request(host, path, wire.CALL, body))
     if len(streamed) > 1:
         raise ValueError(f"{method}: only one argument can be streamed; arguments {streamed} are all streams")
@@ -111,7 +114,7 @@ def decode_reply(response: Response, method: str, machine: str) -> Any:
     """The result of a whole (not streamed) reply, or the error it carries, raised."""
     if response.content_type == wire.RESULT and response.status == 200:
         try:
-            return wire.loads(response.body)
+            return wire.loads(response.chunks)
         except Exception as exc:
             raise SerializationError(f"{method}: the result from {machine} cannot be unpickled here: {exc!r}") from exc
     if response.content_type == wire.ERROR:

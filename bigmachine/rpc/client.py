@@ -115,10 +115,13 @@ class AsyncConnection(asyncio.Protocol):
         # A streamed reply's connection goes back to the pool when its reader is done.
 
     # requests
-    def send(self, data: bytes) -> asyncio.Future[Response]:
+    def send(self, data: bytes | tuple[bytes, ...]) -> asyncio.Future[Response]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
+        if isinstance(data, tuple):
+            self.transport.writelines(data)
+        else:
+            self.transport.write(data)
         return self._waiter
 
     async def write(self, data: bytes) -> None:
@@ -241,7 +244,7 @@ class AsyncPool:
             raise self._closed
         return conn
 
-    async def request(self, data: bytes) -> tuple[Response, AsyncConnection]:
+    async def request(self, data: bytes | tuple[bytes, ...]) -> tuple[Response, AsyncConnection]:
         """Sends a whole request and waits for the response head (and body, unless streamed)."""
         conn = await self.acquire()
         try:
@@ -288,15 +291,16 @@ class SyncConnection:
         self.broken = False
         self.in_use = True
 
-    def request(self, data: bytes, deadline: float) -> Response:
+    def request(self, data: bytes | tuple[bytes, ...], deadline: float) -> Response:
         """Sends a whole request; returns once the response is complete or its stream begins."""
         self.send(data, deadline)
         return self.read_response(deadline)
 
-    def send(self, data: bytes, deadline: float) -> None:
+    def send(self, data: bytes | tuple[bytes, ...], deadline: float) -> None:
         try:
-            self.sock.settimeout(_remaining(deadline))
-            self.sock.sendall(data)
+            for part in data if isinstance(data, tuple) else (data,):
+                self.sock.settimeout(_remaining(deadline))
+                self.sock.sendall(part)
         except BaseException:
             self.broken = True
             raise

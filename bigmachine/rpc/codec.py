@@ -12,21 +12,24 @@ import httptools
 
 from ..errors import ProtocolError
 
-__all__ = ["Response", "ResponseListener", "ResponseParser", "encode_chunk", "encode_request", "LAST_CHUNK"]
+__all__ = ["LAST_CHUNK", "Response", "ResponseListener", "ResponseParser", "encode_chunk", "encode_head", "encode_request"]
 
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def encode_request(host: bytes, path: bytes, content_type: bytes, body: bytes | None) -> bytes:
-    """A POST request, head and body in one buffer; ``body=None`` starts a chunked body."""
-    if body is None:
-        length = b"Transfer-Encoding: chunked\r\n"
-        body = b""
-    else:
-        length = b"Content-Length: %d\r\n" % len(body)
+def encode_head(host: bytes, path: bytes, content_type: bytes, length: int | None) -> bytes:
+    """The head of a POST request; ``length=None`` announces a chunked body."""
+    framing = b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length
     return b"".join(
-        (b"POST ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Type: ", content_type, b"\r\n", length, b"\r\n", body)
+        (b"POST ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Type: ", content_type, b"\r\n", framing, b"\r\n")
     )
+
+
+def encode_request(host: bytes, path: bytes, content_type: bytes, body: bytes | None) -> bytes:
+    """A POST request, head and body in one buffer (one write); ``body=None`` starts a chunked body."""
+    if body is None:
+        return encode_head(host, path, content_type, None)
+    return encode_head(host, path, content_type, len(body)) + body
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -16,6 +16,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 __all__ = ["CoalescingHttpToolsProtocol"]
 
 
+_JOIN_LIMIT = 1 << 16
+
+
 class _HeadHoldingTransport:
     """Wraps a transport for one response: the first write (the head) waits for the next."""
 
@@ -33,7 +36,11 @@ class _HeadHoldingTransport:
             self._head = data
             return
         if self._head:
-            data, self._head = self._head + data, b""
+            head, self._head = self._head, b""
+            if len(data) > _JOIN_LIMIT:  # a big body: two writes beat copying it
+                self._transport.write(head)
+            else:
+                data = head + data
         self._transport.write(data)
 
     def close(self) -> None:

@@ -1,0 +1,361 @@
+"""The driver's side of bootstrapping a machine through an agent (``bigmachine.systems.agent``).
+
+Two authorities are at work. The session's (``bigmachine.tls.Authority``) signs the
+machines' working certificates; its key never leaves the driver. A separate
+``BootstrapAuthority`` signs only what agents start with: a short-lived certificate
+good for serving one bootstrap (server auth only, so it cannot call any machine, and
+from an authority no machine trusts) and the driver's client certificate towards
+agents. Whoever reads an agent's credentials (EC2 user-data is readable on the
+instance and through the EC2 API) can at most pretend to be that one agent, for
+minutes, to a driver that connects to its address; the agent accepts one driver,
+once, and the machine's key is generated on the host and only its CSR travels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import ipaddress
+import logging
+import os
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import tls
+from ..errors import Error, MachineStopped
+from . import agent as wire
+from .base import Instance
+from .shipping import Shipment, environment
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+    from ..session import B
+
+__all__ = ["AgentInstance", "BootstrapAuthority", "sign_request"]
+
+logger = logging.getLogger(__name__)
+
+_PYTHON = ".".join(map(str, sys.version_info[:3]))
+_CONNECT_TIMEOUT = 5.0
+_RETRY_EVERY = 2.0
+
+
+class BootstrapAuthority:
+    """Signs agents' one-bootstrap certificates and the driver's certificate towards agents."""
+
+    def __init__(self, *, lifetime: float = 900.0) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.lifetime = lifetime
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bigmachine bootstrap authority")])
+        now = _now()
+        self._cert = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(self._key, hashes.SHA256()))
+        self.ca_pem = self._cert.public_bytes(serialization.Encoding.PEM).decode()
+        self._client: ssl.SSLContext | None = None
+
+    def credentials(self, name: str, *, lifetime: float | None = None) -> dict[str, Any]:
+        """What the agent called ``name`` starts with (JSON-ready): good for serving one bootstrap, briefly."""
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        life = self.lifetime if lifetime is None else lifetime
+        cert, key = self._issue(wire.agent_name(name), ExtendedKeyUsageOID.SERVER_AUTH, life)
+        return {"version": 1, "name": name, "ca": self.ca_pem, "cert": cert, "key": key, "expires": time.time() + life}
+
+    def client_context(self) -> ssl.SSLContext:
+        """The driver's TLS context towards agents: presents the driver certificate, trusts only this authority."""
+        if self._client is None:
+            from cryptography.x509.oid import ExtendedKeyUsageOID
+
+            cert, key = self._issue(wire.DRIVER_NAME, ExtendedKeyUsageOID.CLIENT_AUTH, 7 * 86400.0)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            ctx.check_hostname = False  # an agent's address is unknown when its certificate is made: the name is checked
+            ctx.load_verify_locations(cadata=self.ca_pem)
+            with tempfile.TemporaryDirectory(prefix="bigmachine-bootstrap-") as tmp:  # ssl loads keys from files only
+                Path(tmp, "cert.pem").write_text(cert)
+                fd = os.open(Path(tmp, "key.pem"), os.O_WRONLY | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(key)
+                ctx.load_cert_chain(Path(tmp, "cert.pem"), Path(tmp, "key.pem"))
+            self._client = ctx
+        return self._client
+
+    def _issue(self, common_name: str, usage: Any, lifetime: float) -> tuple[str, str]:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives import serialization as ser
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self._cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(seconds=lifetime))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=True)
+            .sign(self._key, hashes.SHA256()))
+        key_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()).decode()
+        return cert.public_bytes(ser.Encoding.PEM).decode(), key_pem
+
+
+def sign_request(authority: tls.Authority, csr_pem: str, hosts: list[str], *, common_name: str) -> bytes:
+    """A working certificate from the session's authority for the key of a signing request.
+
+    The driver decides the names (``hosts``); the request only contributes its public key.
+    """
+    # Reaches into the authority's key: tls.Authority issues key pairs, not requests (tell the lead).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    if not csr.is_signature_valid:
+        raise Error("the machine's certificate signing request has a bad signature")
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(hosts):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    now = _now()
+    ca_cert, ca_key = authority._cert, authority._key
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject).public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + authority.lifetime)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class AgentInstance(Instance):
+    """A machine started through an agent: bootstraps it, then relays its output until it ends.
+
+    Subclasses say where the agent is (``_locate``) and may watch for more ways to end
+    (``_suspect`` is called when the agent's pings stop or its connection breaks).
+    """
+
+    def __init__(self, session: B, machine: Machine, authority: BootstrapAuthority, agent: str,
+                 shipment: Shipment, environ: dict[str, str], *, system: str, ping: float) -> None:
+        self.machine = machine
+        self.agent = agent  # the name the agent's credentials were issued for
+        self.prefix = machine.name
+        self.output: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)  # debug pages
+        self.facts: dict[str, Any] = {}
+        self.last_heard = 0.0
+        self._session, self._authority, self._shipment = session, authority, shipment
+        self._environ, self._system, self._ping = environ, system, ping
+        self._host = ""
+        self._writer: asyncio.StreamWriter | None = None
+        loop = asyncio.get_running_loop()
+        self._address: asyncio.Future[str] = loop.create_future()
+        self._exit: asyncio.Future[BaseException] = loop.create_future()
+        self._killing: asyncio.Future[None] | None = None
+        self._task = loop.create_task(self._run())
+
+    # ------------------------------------------------------------------ Instance
+
+    async def address(self) -> str:
+        return await asyncio.shield(self._address)
+
+    async def wait_exit(self) -> BaseException:
+        return await asyncio.shield(self._exit)
+
+    async def kill(self) -> None:
+        if self._killing is None:
+            self._killing = asyncio.get_running_loop().create_future()
+            try:
+                await self._stop()
+            finally:
+                self._killing.set_result(None)
+        await asyncio.shield(self._killing)
+
+    def describe(self) -> dict[str, Any]:
+        facts = {k: self.facts[k] for k in ("hostname", "python", "cpus", "pid") if k in self.facts}
+        return {"agent": self.agent, **({"host": self._host} if self._host else {}), **facts}
+
+    # ------------------------------------------------------------------ hooks
+
+    async def _locate(self) -> tuple[str, int]:
+        """The agent's host and port, once it can be reached."""
+        raise NotImplementedError
+
+    def _suspect(self, why: str) -> None:
+        """The agent went quiet (its pings stopped, or its connection broke)."""
+        logger.info("%s: %s", self.prefix, why)
+
+    async def _stop(self) -> None:
+        """Stops the machine: asks the agent to end it, waits a little, hangs up."""
+        if self._writer is not None and not self._exit.done():
+            try:
+                await asyncio.wait_for(wire.send(self._writer, "kill"), 2.0)
+                await asyncio.wait_for(asyncio.shield(self._exit), 5.0)
+            except (TimeoutError, ConnectionError, OSError, RuntimeError):
+                pass
+        await self._hang_up(MachineStopped(f"machine {self.machine.addr or self.machine.name} was stopped by the "
+                                           "driver", machine=self.machine.addr))
+
+    async def _hang_up(self, err: BaseException) -> None:
+        """Ends the link (its task included) and resolves the exit with ``err`` unless it already ended."""
+        self._end(err)
+        if self._task is not asyncio.current_task():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _end(self, err: BaseException) -> None:
+        if not self._address.done():
+            self._address.set_exception(err)
+            self._address.exception()  # retrieved: the session may never ask
+        if not self._exit.done():
+            self._exit.set_result(err)
+
+    # ------------------------------------------------------------------ the link
+
+    async def _run(self) -> None:
+        try:
+            host, port = await self._locate()
+            self._host = host
+            reader, writer = await self._connect(host, port)
+            self._writer = writer
+            addr = await self._bootstrap(reader, writer, host)
+            self.prefix = addr.removeprefix("https://").rstrip("/")
+            self._address.set_result(addr)
+            await self._follow(reader)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure ends the machine, with its reason
+            if not isinstance(exc, Error):
+                exc = MachineStopped(f"machine {self.machine.name} (agent {self.agent}): {type(exc).__name__}: {exc}",
+                                     machine=self.machine.addr)
+            self._end(exc)
+
+    async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connects to the agent, retrying while it isn't up yet; checks it is the agent expected."""
+        context = self._authority.client_context()
+        attempts = 0
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(self._open(host, port, context), _CONNECT_TIMEOUT)
+                break
+            except ssl.SSLCertVerificationError as exc:
+                raise Error(f"the agent at {host}:{port} presented a certificate the bootstrap authority did not "
+                            f"sign: {exc.verify_message}") from exc
+            except (OSError, TimeoutError) as exc:
+                attempts += 1
+                if attempts == 1 or attempts % 15 == 0:
+                    logger.info("%s: waiting for the agent at %s:%d (%s)", self.prefix, host, port, exc or type(exc))
+                await asyncio.sleep(_RETRY_EVERY)
+        subject = dict(x[0] for x in (writer.get_extra_info("peercert") or {}).get("subject", ()))
+        if subject.get("commonName") != wire.agent_name(self.agent):
+            writer.close()
+            raise Error(f"the agent at {host}:{port} is {subject.get('commonName')!r}, not "
+                        f"{wire.agent_name(self.agent)!r}")
+        return reader, writer
+
+    async def _open(self, host: str, port: int,
+                    context: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(host, port, ssl=context, server_hostname=None)
+
+    async def _bootstrap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> str:
+        session, machine, shipment = self._session, self.machine, self._shipment
+        await wire.send(writer, "hello", python=_PYTHON, session=session.name, machine=machine.name, ping=self._ping)
+        hello = await self._reply(reader, "hello")
+        self.facts = hello
+        hosts = [host, *(a for a in hello.get("addresses", []) if _is_ip(a))]
+        cert = sign_request(session.authority, hello["csr"], hosts, common_name=machine.name)
+        await wire.send(writer, "code", shipment.archive, requirements=shipment.requirements)
+        lease = self._session.system.start_timeout + self._session.system.keepalive_timeout
+        worker = {"session": session.name, "lease": lease, "maxprocs": int(hello.get("cpus") or 1),
+                  "system": self._system, "argv": sys.argv}
+        await wire.send(writer, "start", ca=session.authority.ca_pem.decode(), cert=cert.decode(), worker=worker,
+                        main=shipment.main, environ=environment(self._environ))
+        ready = await self._reply(reader, "ready")
+        return f"https://{'[' + host + ']' if ':' in host else host}:{int(ready['port'])}/"
+
+    async def _reply(self, reader: asyncio.StreamReader, kind: str) -> dict[str, Any]:
+        """The next message of ``kind``, relaying output on the way; the agent's error or exit fails it."""
+        while True:
+            header, _ = await wire.receive(reader)
+            self.last_heard = time.monotonic()
+            if header["type"] == kind:
+                return header
+            if header["type"] == "error":
+                raise MachineStopped(f"machine {self.machine.name}: the agent {self.agent} refused: "
+                                     f"{header.get('message')}", machine="")
+            if header["type"] == "exit":
+                raise MachineStopped(f"machine {self.machine.name}: its process on {self.agent} "
+                                     f"{header.get('reason')} before serving; its output above says why", machine="")
+            self._handle(header)
+
+    async def _follow(self, reader: asyncio.StreamReader) -> None:
+        """Relays the agent's messages until the machine ends; silence or a broken link is suspect."""
+        quiet = max(3 * self._ping, 5.0)
+        while True:
+            try:
+                header, _ = await asyncio.wait_for(wire.receive(reader), quiet)
+            except TimeoutError:
+                self._suspect(f"no word from the agent {self.agent} for {time.monotonic() - self.last_heard:.0f} s")
+                continue
+            except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as exc:
+                self._suspect(f"lost the connection to the agent {self.agent}: {type(exc).__name__}: {exc}")
+                return
+            self.last_heard = time.monotonic()
+            if header["type"] == "exit":
+                self._end(MachineStopped(f"machine {self.machine.addr} process on {self._host or self.agent} "
+                                         f"{header.get('reason')}", machine=self.machine.addr))
+                return
+            self._handle(header)
+
+    def _handle(self, header: dict[str, Any]) -> None:
+        if header["type"] == "out":
+            self._forward(str(header.get("stream", "stdout")), str(header.get("line", "")))
+
+    def _forward(self, name: str, line: str) -> None:
+        """Copies one of the machine's output lines to ours, with its prefix (looked up per line)."""
+        self.output.append((time.time(), name, line))
+        out = sys.stderr if name == "stderr" else sys.stdout
+        try:
+            out.write(f"{self.prefix}: {line}\n")
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _is_ip(text: Any) -> bool:
+    try:
+        ipaddress.ip_address(str(text))
+    except ValueError:
+        return False
+    return True
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
