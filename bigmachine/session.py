@@ -53,20 +53,7 @@ class B:
     """A bigmachine session."""
 
     def __init__(self, system: System, *, name: str | None = None) -> None:
-        self.system = system
-        self.name = f"{name or 'bigmachine'}-{secrets.token_hex(4)}"
-        self.is_driver = True
-        self.debug_url: str | None = None
-        self._machines: dict[str, Machine] = {}
-        self._all: list[Machine] = []
-        self._instances: dict[Machine, Instance] = {}
-        self._tasks: set[asyncio.Future[Any]] = set()
-        self._count = 0
-        self._lock = threading.Lock()
-        self._shutdown = False
-        self._closers: list[Any] = []  # called first by shutdown, newest first (the debug server)
-        self._soon: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
-        self._soon_scheduled = False
+        self._init_state(system, f"{name or 'bigmachine'}-{secrets.token_hex(4)}", is_driver=True)
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # 0700
         try:
             self.authority = tls.Authority(self.name)
@@ -84,19 +71,32 @@ class B:
             raise
         logger.debug("session %s started on %r", self.name, system)
 
+    def _init_state(self, system: Any, name: str, *, is_driver: bool) -> None:
+        """The state every session has, in the driver and in a machine."""
+        self.system = system
+        self.name = name
+        self.is_driver = is_driver
+        self.debug_url: str | None = None
+        self._machines: dict[str, Machine] = {}
+        self._all: list[Machine] = []
+        self._instances: dict[Machine, Instance] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._count = 0
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._closers: list[Any] = []  # called first by shutdown, newest first (the debug server)
+        self._soon: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
+        self._soon_scheduled = False
+
     @classmethod
     def _for_machine(cls, name: str, system: str, tls_dir: str) -> B:
-        """The session services see inside a machine: it dials, it doesn't start machines."""
+        """The session services see inside a machine: it dials, it doesn't start machines.
+
+        ``system`` is the name of the system the machine runs on (the driver's object stays there).
+        """
         b = cls.__new__(cls)
-        b.system = system  # type: ignore[assignment]
-        b.name = name
-        b.is_driver = False
-        b.debug_url = None
-        b._machines, b._all, b._instances, b._tasks = {}, [], {}, set()
-        b._count, b._lock, b._shutdown = 0, threading.Lock(), False
-        b._soon, b._soon_scheduled = collections.deque(), False
+        b._init_state(system, name, is_driver=False)
         b.client_context = tls.client_context(tls_dir)
-        b._thread = None  # type: ignore[assignment]
         return b
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
