@@ -114,9 +114,15 @@ class Machine:
         if not self._set_state(STOPPED, err):
             return
         self.stopped = time.time()
-        for pool in (self._sync, self._pool):
-            if pool is not None:
-                pool.close(_Stopped(str(err)))
+        reason = _Stopped(str(err))
+        if self._sync is not None:
+            self._sync.close(reason)  # thread-safe: shuts sockets down, waking blocked callers
+        if self._pool is not None:
+            session = self._session
+            if session.on_loop_thread():
+                self._pool.close(reason)
+            elif not session.loop.is_closed():  # transports belong to the loop's thread
+                session.loop.call_soon_threadsafe(self._pool.close, reason)
         for hook in self.on_stop:
             hook(self)
 
