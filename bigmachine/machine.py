@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 
 from . import calling
 from .calling import Request, deadline_after, remaining
-from .errors import Cancelled, Error, MachineStopped, Unavailable
+from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
 from .metrics import CallStats, atimed, timed
 from .rpc import wire
 from .rpc.client import AsyncPool, SyncPool
-from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
+from .state import RUNNING, STOPPED, UNSTARTED, State
 
 if TYPE_CHECKING:
     from .session import B
@@ -40,6 +40,25 @@ _PROGRESS_EVERY = 10.0
 
 class _Stopped(ConnectionAbortedError):
     """Closes a stopped machine's connections; mapped to MachineStopped by the caller."""
+
+
+class _SourceError(Exception):
+    """The caller's own stream argument raised (its ``__cause__``): raised as is, never as a transport error."""
+
+
+def _guarded(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    except Exception as exc:
+        raise _SourceError() from exc
+
+
+async def _aguarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:
+        raise _SourceError() from exc
 
 
 class Machine:
@@ -207,6 +226,26 @@ class Machine:
     def _is_transport_error(self, exc: BaseException) -> bool:
         return not isinstance(exc, (Error, TimeoutError, asyncio.CancelledError))
 
+    def _sync_error(self, exc: BaseException, method: str, timeout: float | None) -> BaseException:
+        """The error a sync caller sees; a broken connection first gives the machine a moment to be found dead."""
+        if isinstance(exc, _SourceError):
+            return exc.__cause__  # type: ignore[return-value]  # the caller's own stream argument failed
+        if self._is_transport_error(exc):
+            with self._cond:
+                self._cond.wait_for(lambda: self._state == STOPPED, _STOP_GRACE)
+        return self._map_error(exc, method, timeout)
+
+    async def _async_error(self, exc: BaseException, method: str, timeout: float | None) -> BaseException:
+        """The async twin of ``_sync_error``."""
+        if isinstance(exc, _SourceError):
+            return exc.__cause__  # type: ignore[return-value]
+        if self._is_transport_error(exc) and self._state != STOPPED:
+            try:
+                await self.await_state(STOPPED, _STOP_GRACE)
+            except TimeoutError:
+                pass
+        return self._map_error(exc, method, timeout)
+
     # ------------------------------------------------------------------ sync calls
 
     def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
@@ -227,7 +266,7 @@ class Machine:
                     response = conn.request(request.data, deadline)
                 else:
                     conn.send(request.data, deadline)
-                    for chunk in calling.stream_chunks(request.stream):
+                    for chunk in _guarded(calling.stream_chunks(request.stream)):
                         conn.send(calling.data_chunk(chunk), deadline)
                     conn.send(calling.END_OF_STREAM, deadline)
                     response = conn.read_response(deadline)
@@ -236,10 +275,7 @@ class Machine:
                 pool.release(conn)
                 raise
         except BaseException as exc:
-            if self._is_transport_error(exc):
-                with self._cond:
-                    self._cond.wait_for(lambda: self._state == STOPPED, _STOP_GRACE)
-            raise self._map_error(exc, request.method, timeout)
+            raise self._sync_error(exc, request.method, timeout)
         if response.content_type == wire.STREAM:
             return self._sync_stream(conn, deadline, request.method, timeout)
         pool.release(conn)
@@ -256,10 +292,7 @@ class Machine:
                 except StopIteration:
                     return
                 except BaseException as exc:
-                    if self._is_transport_error(exc):
-                        with self._cond:
-                            self._cond.wait_for(lambda: self._state == STOPPED, _STOP_GRACE)
-                    raise self._map_error(exc, method, timeout)
+                    raise self._sync_error(exc, method, timeout)
                 chunk = calling.decode_frame(kind, payload, self.addr)
                 if chunk is None:
                     return
@@ -307,7 +340,7 @@ class Machine:
             try:
                 return self.call(method, *args, timeout=remaining(deadline), **kwargs)
             except Error as exc:
-                if not exc.temporary:
+                if not exc.temporary or isinstance(exc.__cause__, RemoteError):  # the method itself raised it
                     raise
                 delay = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 if time.monotonic() + delay >= deadline:
@@ -348,7 +381,7 @@ class Machine:
                     conn = await pool.acquire()
                     response_future = conn.send(request.data)
                     try:
-                        async for chunk in _achunks(request.stream):
+                        async for chunk in _aguarded(_achunks(request.stream)):
                             await conn.write(calling.data_chunk(chunk))
                         await conn.write(calling.END_OF_STREAM)
                         response = await response_future
@@ -356,12 +389,7 @@ class Machine:
                         conn.abort()
                         raise
         except BaseException as exc:
-            if self._is_transport_error(exc) and self._state != STOPPED:
-                try:
-                    await self.await_state(STOPPED, _STOP_GRACE)
-                except TimeoutError:
-                    pass
-            raise self._map_error(exc, request.method, timeout)
+            raise await self._async_error(exc, request.method, timeout)
         if response.content_type == wire.STREAM:
             return self._async_stream(conn, deadline, request.method, timeout)
         return calling.decode_reply(response, request.method, self.addr)
@@ -375,7 +403,7 @@ class Machine:
                 except StopAsyncIteration:
                     return
                 except (Error, TimeoutError, OSError) as exc:
-                    raise self._map_error(exc, method, timeout)
+                    raise await self._async_error(exc, method, timeout)
                 chunk = calling.decode_frame(kind, payload, self.addr)
                 if chunk is None:
                     return

@@ -12,7 +12,6 @@ import atexit
 import collections
 import concurrent.futures
 import logging
-import os
 import secrets
 import shutil
 import socket
@@ -227,6 +226,8 @@ class B:
 
     def dial(self, addr: str) -> Machine:
         """The machine at ``addr`` (the same object for the same address); not owned, no keepalive."""
+        if self._shutdown:
+            raise Error(f"session {self.name} is shut down; dial from a session that is running")
         probe = Machine(self, addr, owned=False)
         with self._lock:
             machine = self._machines.get(probe.addr)

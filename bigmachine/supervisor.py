@@ -123,8 +123,8 @@ class Supervisor:
         """This process's published variables."""
         return expvar.snapshot()
 
-    def exit(self, reason: str = "asked to by the driver") -> None:
-        """Ends the machine, shortly after replying."""
+    async def exit(self, reason: str = "asked to by the driver") -> None:
+        """Ends the machine, shortly after replying (async: it schedules on the machine's loop)."""
         asyncio.get_running_loop().call_later(0.05, self._exit, reason)
 
     # --- observability (debug server) ---

@@ -12,10 +12,12 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Authority", "Identity", "client_context", "server_context"]
 
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "cert.pem", "key.pem"
+_CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Authority:
             .issuer_name(subject)
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
@@ -74,37 +76,52 @@ class Authority:
         common_name: str = "bigmachine",
         lifetime: datetime.timedelta | None = None,
         not_before: datetime.datetime | None = None,
+        usages: tuple[str, ...] = ("server", "client"),
     ) -> Identity:
-        """A new key and certificate valid for ``hosts`` (IP addresses or DNS names)."""
-        x509, ec = self._x509, self._ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        """A new key and a certificate for it, valid for ``hosts`` (IP addresses or DNS names)."""
+        from cryptography.hazmat.primitives.asymmetric import ec
 
         key = ec.generate_private_key(ec.SECP256R1())
-        start = not_before or _now() - datetime.timedelta(minutes=5)
-        names: list[x509.GeneralName] = []
-        for host in hosts:
+        cert = self._certify(key.public_key(), hosts, common_name, lifetime, not_before, usages)
+        ser = self._ser
+        key_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+        return Identity(self.ca_pem, cert, key_pem)
+
+    def sign_request(self, csr_pem: bytes, hosts: list[str], *, common_name: str) -> bytes:
+        """A certificate for the key of a signing request: the key never travels, the names are ours."""
+        from .errors import Error
+
+        csr = self._x509.load_pem_x509_csr(csr_pem)
+        if not csr.is_signature_valid:
+            raise Error("the certificate signing request has a bad signature")
+        return self._certify(csr.public_key(), hosts, common_name, None, None, ("server", "client"))
+
+    def _certify(self, public_key: Any, hosts: list[str], common_name: str, lifetime: datetime.timedelta | None,
+                 not_before: datetime.datetime | None, usages: tuple[str, ...]) -> bytes:
+        x509 = self._x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        start = not_before or _now()
+        oids = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self._cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start if not_before else start - _CLOCK_SKEW)  # machines' clocks may lag ours
+            .not_valid_after(start + (lifetime or self.lifetime))
+            .add_extension(x509.ExtendedKeyUsage([oids[u] for u in usages]), critical=True)
+        )
+        names: list[Any] = []
+        for host in dict.fromkeys(hosts):
             try:
                 names.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
                 names.append(x509.DNSName(host))
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + (lifetime or self.lifetime))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .sign(self._key, self._hashes.SHA256())
-        )
-        ser = self._ser
-        key_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
-        return Identity(self.ca_pem, cert.public_bytes(ser.Encoding.PEM), key_pem)
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(self._key, self._hashes.SHA256()).public_bytes(self._ser.Encoding.PEM)
 
 
 def _now() -> datetime.datetime:

@@ -7,11 +7,13 @@ descriptor it was given, and exits when its lease lapses or its driver is gone.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
+import resource
 import sys
+
+from .systems.memory import EXIT_OUT_OF_MEMORY
 
 __all__ = ["main"]
 
@@ -19,6 +21,16 @@ logger = logging.getLogger("bigmachine.worker")
 
 
 def main() -> None:
+    try:
+        _serve()
+    except MemoryError:  # the memory limit is too small even to start: say so as a machine that ran out does
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        os.write(2, b"out of memory: MemoryError while the machine was starting; address-space limit %d MiB\n"
+                 % (limit >> 20))
+        os._exit(EXIT_OUT_OF_MEMORY)
+
+
+def _serve() -> None:
     spec = json.loads(os.environ.pop("BIGMACHINE_WORKER"))
     sys.path[:0] = [p for p in spec.pop("path") if p not in sys.path]
     sys.argv = spec.pop("argv")
@@ -53,8 +65,6 @@ def _limit_memory(limit: int | None, cgroup_procs: str | None) -> None:
         with open(cgroup_procs, "w") as f:
             f.write(str(os.getpid()))
     elif limit:
-        import resource
-
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 

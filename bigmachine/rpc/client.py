@@ -29,6 +29,7 @@ from .codec import Response, ResponseParser
 __all__ = ["AsyncPool", "SyncPool"]
 
 _READ_SIZE = 1 << 18
+CONNECT_TIMEOUT = 10.0  # a host that drops our SYNs fails the call as Unavailable, not after minutes
 _STREAM_HIGH_WATER = 8 << 20  # pause reading a streamed reply past this many buffered bytes
 
 
@@ -146,6 +147,7 @@ class AsyncConnection(asyncio.Protocol):
         waiter, stream = self._waiter, self._stream
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+            waiter.exception()  # its caller may be gone (timed out): no "never retrieved" noise; await still raises
         if stream is not None:
             stream.fail(exc)
 
@@ -223,6 +225,7 @@ class AsyncPool:
         self._context, self._server_hostname = context, server_hostname
         self._idle: list[AsyncConnection] = []
         self._all: set[AsyncConnection] = set()
+        self._connecting: set[asyncio.Future[tuple[asyncio.BaseTransport, AsyncConnection]]] = set()
         self._closed: BaseException | None = None
 
     async def acquire(self) -> AsyncConnection:
@@ -233,11 +236,19 @@ class AsyncPool:
             conn = self._idle.pop()
             if conn.lost is None:
                 return conn
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
+        connecting = asyncio.ensure_future(asyncio.wait_for(asyncio.get_running_loop().create_connection(
             lambda: AsyncConnection(self), self.host, self.port,
             ssl=self._context, server_hostname=self._server_hostname,
-        )
+        ), CONNECT_TIMEOUT))
+        self._connecting.add(connecting)  # a machine that stops while we shake hands cancels it
+        try:
+            _, conn = await connecting
+        except asyncio.CancelledError:
+            if self._closed is not None and connecting.cancelled():
+                raise self._closed from None
+            raise
+        finally:
+            self._connecting.discard(connecting)
         self._all.add(conn)
         if self._closed is not None:
             conn.abort()
@@ -264,6 +275,8 @@ class AsyncPool:
         """Aborts every connection: pending requests fail at once with ``reason``."""
         self._closed = reason
         self._idle.clear()
+        for connecting in list(self._connecting):
+            connecting.cancel()
         for conn in list(self._all):
             conn._fail(reason)
             conn.abort()
@@ -276,13 +289,25 @@ class SyncConnection:
     """A blocking keep-alive TLS socket; used by one thread at a time."""
 
     def __init__(self, pool: SyncPool, deadline: float) -> None:
-        sock = socket.create_connection((pool.host, pool.port), timeout=_remaining(deadline))
+        sock = socket.create_connection((pool.host, pool.port), timeout=_connect_timeout(deadline))
         try:
             _nodelay(sock)
-            self.sock = pool.context.wrap_socket(sock, server_hostname=pool.server_hostname)
+            self.sock = pool.context.wrap_socket(sock, server_hostname=pool.server_hostname,
+                                                 do_handshake_on_connect=False)
         except BaseException:
             sock.close()
             raise
+        pool._connecting.add(self.sock)  # a machine that stops while we shake hands wakes us too
+        try:
+            if pool._closed is not None:
+                raise pool._closed
+            self.sock.settimeout(_remaining(deadline))
+            self.sock.do_handshake()
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            pool._connecting.discard(self.sock)
         self._parser = ResponseParser(self)
         self._response: Response | None = None
         self._frames: collections.deque[tuple[bytes, bytes]] | None = None
@@ -366,10 +391,7 @@ class SyncConnection:
 
     def wake(self) -> None:
         """Shuts the socket down from another thread, so a blocked ``recv`` returns at once."""
-        try:
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shutdown(self.sock)
 
     def close(self) -> None:
         self.sock.close()
@@ -383,6 +405,7 @@ class SyncPool:
         self.context, self.server_hostname = context, server_hostname
         self._local = threading.local()
         self._all: weakref.WeakSet[SyncConnection] = weakref.WeakSet()
+        self._connecting: set[ssl.SSLSocket] = set()
         self._closed: BaseException | None = None
 
     def acquire(self, deadline: float) -> SyncConnection:
@@ -414,6 +437,8 @@ class SyncPool:
     def close(self, reason: BaseException) -> None:
         """Wakes every blocked caller; their connections are closed as they release them."""
         self._closed = reason
+        for sock in list(self._connecting):
+            _shutdown(sock)
         for conn in list(self._all):
             conn.broken = True
             if conn.in_use:
@@ -428,6 +453,20 @@ class _IdleList(list[SyncConnection]):
     def __del__(self) -> None:
         for conn in self:
             conn.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Shuts a socket down (not the TLS layer: safe while another thread is blocked on it)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _connect_timeout(deadline: float) -> float:
+    """A TCP connect waits for the deadline, but never longer than CONNECT_TIMEOUT."""
+    remaining = _remaining(deadline)
+    return CONNECT_TIMEOUT if remaining is None else min(remaining, CONNECT_TIMEOUT)
 
 
 def _remaining(deadline: float) -> float | None:

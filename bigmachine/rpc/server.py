@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from ..errors import Error, NotFound, ProtocolError, SerializationError
+from ..errors import Error, NotFound, ProtocolError
 from ..metrics import CallStats
 from . import wire
 from .threads import ServiceThreads
@@ -78,10 +78,11 @@ class _RequestStream:
     """The streamed argument of a call: data frames read from the request body on demand."""
 
     def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]], reader: wire.FrameReader,
-                 frames: list[tuple[bytes, bytes]], loop: asyncio.AbstractEventLoop) -> None:
+                 frames: list[tuple[bytes, bytes]], loop: asyncio.AbstractEventLoop, *, body_done: bool) -> None:
         self._receive, self._reader, self._loop = receive, reader, loop
         self._frames = collections.deque(frames)
         self._ended = False
+        self._body_done = body_done  # the HTTP body is all read: no frame will come
 
     async def next_chunk(self) -> bytes | None:
         """The next chunk, or None at the end of the stream."""
@@ -96,12 +97,13 @@ class _RequestStream:
                 raise ProtocolError("the caller's stream argument failed: " + payload.decode(errors="replace"))
             if self._ended:
                 return None
+            if self._body_done:
+                raise ProtocolError("the streamed argument ended without an end frame")
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 raise ProtocolError("the caller disconnected while streaming an argument")
             self._frames.extend(self._reader.feed(message.get("body", b"")))
-            if not message.get("more_body") and not self._frames:
-                raise ProtocolError("the streamed argument ended without an end frame")
+            self._body_done = not message.get("more_body")
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while (chunk := await self.next_chunk()) is not None:
@@ -155,7 +157,7 @@ class RpcApp:
                 body = await _read_body(receive)
                 if is_async:
                     args, kwargs = wire.decode_args(method, body)
-                    result = await fn(*args, **kwargs)
+                    result = await _acall_method(fn, args, kwargs)
                     reply = result if _is_stream(result) else wire.encode_result(method, result)
                 else:
                     reply = await self.executor.run(_call_plain, method, fn, body)
@@ -166,6 +168,9 @@ class RpcApp:
                 reply = result if _is_stream(result) else wire.encode_result(method, result)
             else:
                 raise ProtocolError(f"{method}: unexpected content type {content_type!r}")
+        except _MethodRaised as raised:  # whatever the method raised, library errors included, is remote
+            await _send_reply(send, 500, wire.ERROR, wire.encode_error(raised.__cause__, remote=True))  # type: ignore[arg-type]
+            return
         except Error as exc:  # the library's own: NotFound, SerializationError, ProtocolError
             status = 404 if isinstance(exc, NotFound) else 400
             await _send_reply(send, status, wire.ERROR, wire.encode_error(exc, remote=False))
@@ -175,7 +180,7 @@ class RpcApp:
                 raise
             self._on_memory_error(method, exc)  # the machine is done for: it reports and exits
             return
-        except Exception as exc:
+        except Exception as exc:  # a failure around the method (its iterator's setup, say): still the caller's to see
             await _send_reply(send, 500, wire.ERROR, wire.encode_error(exc, remote=True))
             return
         if isinstance(reply, bytes):
@@ -198,18 +203,40 @@ class RpcApp:
         await send({"type": "http.response.body", "body": wire.frame(wire.END)})
 
 
+class _MethodRaised(Exception):
+    """The service method raised its ``__cause__`` (told apart from the library's own failures around it)."""
+
+
+def _call_method(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except MemoryError:
+        raise  # the machine's problem, not the call's: see RpcApp's on_memory_error
+    except Exception as exc:
+        raise _MethodRaised() from exc
+
+
+async def _acall_method(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return await fn(*args, **kwargs)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _MethodRaised() from exc
+
+
 def _call_plain(method: str, fn: Callable[..., Any], body: list[bytes]) -> Any:
     """Runs in a worker thread: unpickle, call, pickle (or hand back an iterator to stream)."""
     args, kwargs = wire.decode_args(method, body)
-    result = fn(*args, **kwargs)
+    result = _call_method(fn, args, kwargs)
     return result if _is_stream(result) else wire.encode_result(method, result)
 
 
 async def _invoke(fn: Callable[..., Any], is_async: bool, args: tuple[Any, ...], kwargs: dict[str, Any],
                   executor: ServiceThreads) -> Any:
     if is_async:
-        return await fn(*args, **kwargs)
-    return await executor.run(lambda: fn(*args, **kwargs))
+        return await _acall_method(fn, args, kwargs)
+    return await executor.run(_call_method, fn, args, kwargs)
 
 
 async def _read_streamed_call(method: str, receive: Any, is_async: bool) -> tuple[_RequestStream, tuple[Any, ...], dict[str, Any]]:
@@ -227,7 +254,7 @@ async def _read_streamed_call(method: str, receive: Any, is_async: bool) -> tupl
     if kind != wire.HEAD:
         raise ProtocolError(f"{method}: the streamed call does not start with a head frame")
     args, kwargs = wire.decode_args(method, head)
-    stream = _RequestStream(receive, reader, frames, asyncio.get_running_loop())
+    stream = _RequestStream(receive, reader, frames, asyncio.get_running_loop(), body_done=not message.get("more_body"))
     value: Any = stream if is_async else iter(stream)
     args = tuple(value if isinstance(a, wire.StreamArgument) else a for a in args)
     kwargs = {k: value if isinstance(v, wire.StreamArgument) else v for k, v in kwargs.items()}

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DRIVER_NAME", "agent_name", "main", "python_mismatch", "receive", "send"]
+__all__ = ["DRIVER_NAME", "Agent", "agent_name", "main", "python_mismatch", "receive", "send"]
 
 logger = logging.getLogger("bigmachine.agent")
 

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import tls
-from ..errors import Error, MachineStopped
+from ..errors import Error, MachineStopped, OutOfMemory
 from . import agent as wire
 from .base import Instance
+from .memory import EXIT_OUT_OF_MEMORY
 from .shipping import Shipment, environment
 
 if TYPE_CHECKING:
@@ -46,43 +47,28 @@ _RETRY_EVERY = 2.0
 
 
 class BootstrapAuthority:
-    """Signs agents' one-bootstrap certificates and the driver's certificate towards agents."""
+    """Signs agents' one-bootstrap certificates and the driver's certificate towards agents.
+
+    An authority of its own, apart from the session's: no machine trusts it, so a bootstrap
+    credential read from an instance's user-data can't call anything.
+    """
 
     def __init__(self, *, lifetime: float = 900.0) -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
         self.lifetime = lifetime
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bigmachine bootstrap authority")])
-        now = _now()
-        self._cert = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(self._key, hashes.SHA256()))
-        self.ca_pem = self._cert.public_bytes(serialization.Encoding.PEM).decode()
+        self._authority = tls.Authority("bigmachine bootstrap")
+        self.ca_pem = self._authority.ca_pem.decode()
         self._client: ssl.SSLContext | None = None
 
     def credentials(self, name: str, *, lifetime: float | None = None) -> dict[str, Any]:
         """What the agent called ``name`` starts with (JSON-ready): good for serving one bootstrap, briefly."""
-        from cryptography.x509.oid import ExtendedKeyUsageOID
-
         life = self.lifetime if lifetime is None else lifetime
-        cert, key = self._issue(wire.agent_name(name), ExtendedKeyUsageOID.SERVER_AUTH, life)
+        cert, key = self._issue(wire.agent_name(name), "server", life)
         return {"version": 1, "name": name, "ca": self.ca_pem, "cert": cert, "key": key, "expires": time.time() + life}
 
     def client_context(self) -> ssl.SSLContext:
         """The driver's TLS context towards agents: presents the driver certificate, trusts only this authority."""
         if self._client is None:
-            from cryptography.x509.oid import ExtendedKeyUsageOID
-
-            cert, key = self._issue(wire.DRIVER_NAME, ExtendedKeyUsageOID.CLIENT_AUTH, 7 * 86400.0)
+            cert, key = self._issue(wire.DRIVER_NAME, "client", 7 * 86400.0)
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
             ctx.check_hostname = False  # an agent's address is unknown when its certificate is made: the name is checked
@@ -96,26 +82,10 @@ class BootstrapAuthority:
             self._client = ctx
         return self._client
 
-    def _issue(self, common_name: str, usage: Any, lifetime: float) -> tuple[str, str]:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives import serialization as ser
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self._cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(seconds=lifetime))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=True)
-            .sign(self._key, hashes.SHA256()))
-        key_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()).decode()
-        return cert.public_bytes(ser.Encoding.PEM).decode(), key_pem
+    def _issue(self, common_name: str, usage: str, lifetime: float) -> tuple[str, str]:
+        identity = self._authority.issue([], common_name=common_name, usages=(usage,),
+                                         lifetime=datetime.timedelta(seconds=lifetime))
+        return identity.cert_pem.decode(), identity.key_pem.decode()
 
 
 def sign_request(authority: tls.Authority, csr_pem: str, hosts: list[str], *, common_name: str) -> bytes:
@@ -123,34 +93,7 @@ def sign_request(authority: tls.Authority, csr_pem: str, hosts: list[str], *, co
 
     The driver decides the names (``hosts``); the request only contributes its public key.
     """
-    # Reaches into the authority's key: tls.Authority issues key pairs, not requests (tell the lead).
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    csr = x509.load_pem_x509_csr(csr_pem.encode())
-    if not csr.is_signature_valid:
-        raise Error("the machine's certificate signing request has a bad signature")
-    names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(hosts):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    now = _now()
-    ca_cert, ca_key = authority._cert, authority._key
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject).public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + authority.lifetime)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return authority.sign_request(csr_pem.encode(), hosts, common_name=common_name)
 
 
 class AgentInstance(Instance):
@@ -196,7 +139,7 @@ class AgentInstance(Instance):
         await asyncio.shield(self._killing)
 
     def describe(self) -> dict[str, Any]:
-        facts = {k: self.facts[k] for k in ("hostname", "python", "cpus", "pid") if k in self.facts}
+        facts: dict[str, Any] = {k: self.facts[k] for k in ("hostname", "python", "cpus", "pid") if k in self.facts}
         return {"agent": self.agent, **({"host": self._host} if self._host else {}), **facts}
 
     # ------------------------------------------------------------------ hooks
@@ -204,6 +147,9 @@ class AgentInstance(Instance):
     async def _locate(self) -> tuple[str, int]:
         """The agent's host and port, once it can be reached."""
         raise NotImplementedError
+
+    async def _waiting(self) -> None:
+        """Called between attempts to reach the agent; raises to give up (the host is gone)."""
 
     def _suspect(self, why: str) -> None:
         """The agent went quiet (its pings stopped, or its connection broke)."""
@@ -226,9 +172,7 @@ class AgentInstance(Instance):
         if self._task is not asyncio.current_task():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        await self._close()
 
     def _end(self, err: BaseException) -> None:
         if not self._address.done():
@@ -243,9 +187,8 @@ class AgentInstance(Instance):
         try:
             host, port = await self._locate()
             self._host = host
-            reader, writer = await self._connect(host, port)
-            self._writer = writer
-            addr = await self._bootstrap(reader, writer, host)
+            reader, self._writer = await self._connect(host, port)
+            addr = await self._bootstrap(reader, self._writer, host)
             self.prefix = addr.removeprefix("https://").rstrip("/")
             self._address.set_result(addr)
             await self._follow(reader)
@@ -256,6 +199,15 @@ class AgentInstance(Instance):
                 exc = MachineStopped(f"machine {self.machine.name} (agent {self.agent}): {type(exc).__name__}: {exc}",
                                      machine=self.machine.addr)
             self._end(exc)
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        """Closes the link to the agent, waiting (briefly) until it is closed."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        await _shut(writer)
 
     async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connects to the agent, retrying while it isn't up yet; checks it is the agent expected."""
@@ -271,11 +223,13 @@ class AgentInstance(Instance):
             except (OSError, TimeoutError) as exc:
                 attempts += 1
                 if attempts == 1 or attempts % 15 == 0:
-                    logger.info("%s: waiting for the agent at %s:%d (%s)", self.prefix, host, port, exc or type(exc))
+                    logger.info("%s: waiting for the agent at %s:%d (%s)", self.prefix, host, port,
+                                exc or type(exc).__name__)
                 await asyncio.sleep(_RETRY_EVERY)
+                await self._waiting()
         subject = dict(x[0] for x in (writer.get_extra_info("peercert") or {}).get("subject", ()))
         if subject.get("commonName") != wire.agent_name(self.agent):
-            writer.close()
+            await _shut(writer)
             raise Error(f"the agent at {host}:{port} is {subject.get('commonName')!r}, not "
                         f"{wire.agent_name(self.agent)!r}")
         return reader, writer
@@ -329,8 +283,9 @@ class AgentInstance(Instance):
                 return
             self.last_heard = time.monotonic()
             if header["type"] == "exit":
-                self._end(MachineStopped(f"machine {self.machine.addr} process on {self._host or self.agent} "
-                                         f"{header.get('reason')}", machine=self.machine.addr))
+                kind = OutOfMemory if header.get("status") == EXIT_OUT_OF_MEMORY else MachineStopped
+                self._end(kind(f"machine {self.machine.addr} process on {self._host or self.agent} "
+                               f"{header.get('reason')}", machine=self.machine.addr))
                 return
             self._handle(header)
 
@@ -349,6 +304,18 @@ class AgentInstance(Instance):
             pass
 
 
+async def _shut(writer: asyncio.StreamWriter) -> None:
+    """Closes a connection and waits (briefly) until it is: a loop must not close with it open."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    except (TimeoutError, ConnectionError, OSError, ssl.SSLError):
+        writer.transport.abort()
+    except BaseException:  # cancelled (the session shuts down): still leave nothing open
+        writer.transport.abort()
+        raise
+
+
 def _is_ip(text: Any) -> bool:
     try:
         ipaddress.ip_address(str(text))
@@ -357,5 +324,3 @@ def _is_ip(text: Any) -> bool:
     return True
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)

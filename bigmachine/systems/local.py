@@ -108,12 +108,8 @@ class LocalProcess(Instance):
         return {"pid": self.process.pid}
 
     def _on_report(self, line: bytes | None) -> None:
-        if self._address.done():
-            return
-        if line is None:
-            self._address.set_exception(MachineStopped(
-                f"machine process {self.process.pid} ended before serving; its output above says why", machine=""))
-            return
+        if self._address.done() or line is None:
+            return  # no address: the process is ending, and _on_exit will say how
         addr = line.decode().strip()
         self.prefix = addr.removeprefix("https://").rstrip("/")
         self._address.set_result(addr)
@@ -138,7 +134,11 @@ class LocalProcess(Instance):
             reader.drain_and_close()  # the last lines say why it ended
         self.process.stdout.close()  # type: ignore[union-attr]
         self.process.stderr.close()  # type: ignore[union-attr]
-        self._exited.set_result(self._exit_error(code))  # while the cgroup, and its OOM count, exist
+        error = self._exit_error(code)  # while the cgroup, and its OOM count, exist
+        self._exited.set_result(error)
+        if not self._address.done():
+            self._address.set_exception(type(error)(
+                f"{error.args[0]} before serving; its output above says why", machine=""))
         if self._cgroup is not None:
             self._cgroup.remove()
 
@@ -151,8 +151,9 @@ class LocalProcess(Instance):
     def _exit_error(self, code: int) -> MachineStopped:
         """How the process ended: OutOfMemory when memory ran out, with the figures known."""
         pid, addr = self.process.pid, self._machine.addr
-        if code == EXIT_OUT_OF_MEMORY:
-            said = next((text for _, _, text in reversed(self.output) if "out of memory: " in text), "")
+        last = self.output[-1][2] if self.output else ""
+        if code == EXIT_OUT_OF_MEMORY or (code == 1 and last.startswith("MemoryError")):  # the latter: in Python's own start
+            said = next((text for _, _, text in reversed(self.output) if "out of memory: " in text), last)
             detail = said.split("out of memory: ", 1)[-1].strip() or "MemoryError"
             return OutOfMemory(f"machine process {pid} ran out of memory: {detail}",
                                machine=addr)

@@ -28,7 +28,7 @@ def parse_size(size: int | str) -> int:
     """Bytes from ``1073741824``, ``"512M"``, ``"2GiB"``, ``"1.5g"``."""
     if isinstance(size, int):
         return size
-    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?b)?\s*", size.lower())
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", size.lower())
     if not match:
         raise ValueError(f"memory size {size!r} is not a number of bytes or like '512M', '2GiB'")
     return int(float(match[1]) * _UNITS[match[2]])

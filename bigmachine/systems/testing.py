@@ -8,6 +8,7 @@ milliseconds. Keepalive timings are configurable, for lease tests.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from ..session import B
 
 __all__ = ["Testing"]
+
+logger = logging.getLogger(__name__)
 
 
 class Testing(System):
@@ -99,11 +102,15 @@ class TestInstance(Instance):
             loop.run_until_complete(self._serve())
             loop.run_until_complete(_cancel_all())  # calls cut off by a kill, the lease watchdog
             loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(asyncio.sleep(0.05))  # let connections cut mid-handshake finish closing
         finally:
-            loop.close()
+            try:
+                loop.close()
+            except OSError as exc:  # a handle still busy: uvloop refuses; the machine is gone all the same
+                logger.warning("in-process machine %s: its loop did not close cleanly: %s", self.server.addr, exc)
             self.server.executor.shutdown(wait=False, cancel_futures=True)
             self.exited.set()
-            self._driver_loop.call_soon_threadsafe(_set, self._exit, self.reason or "stopped")
+            self._tell_driver(self.reason or "stopped")
 
     async def _serve(self) -> None:
         try:
@@ -118,12 +125,20 @@ class TestInstance(Instance):
         """Ends the machine abruptly (any thread); ``code`` as a process's exit status would say how."""
         if not self.reason:
             self.reason, self.code = reason, code
+        self.exited.set()  # a crashed process is gone at once; the thread winds down behind it
+        self._tell_driver(reason)  # and is seen gone at once: pending calls fail now
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(self.server.abort)
             except RuntimeError:
                 pass  # the loop closed meanwhile: already ended
+
+    def _tell_driver(self, reason: str) -> None:
+        try:
+            self._driver_loop.call_soon_threadsafe(_set, self._exit, reason)
+        except RuntimeError:
+            pass  # the driver's session is closed: nobody is waiting
 
     async def address(self) -> str:
         return await asyncio.shield(self._addr)

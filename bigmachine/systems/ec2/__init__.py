@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import functools
 import ipaddress
 import logging
@@ -172,7 +173,7 @@ class EC2(System):
 
     async def _resolve(self) -> tuple[str, str | None]:
         arch = "arm64" if "arm64" in self.info["architectures"] else "x86_64"
-        ami = self.ami or await self._api(self.aws.default_ami, arch)
+        ami = self.ami if self.ami is not None else await self._api(self.aws.default_ami, arch)
         root = await self._api(self.aws.root_device, ami) if self.disk else None
         if self.security_group is None:
             await self._api(self._sweep_groups)
@@ -180,7 +181,7 @@ class EC2(System):
             allow = self.allow or (cidr if self.address == "private" else await self._api(_driver_address))
             assert self._session is not None
             self.security_group = self._created_group = await self._api(
-                self.aws.create_security_group, f"bigmachine-{self._session.name}", vpc, self.port, allow,
+                self.aws.create_security_group, _group_name(self._session.name), vpc, self.port, allow,
                 self._tags())
             logger.info("security group %s: port %d open to %s and the session's machines", self.security_group,
                         self.port, allow)
@@ -230,7 +231,7 @@ class EC2(System):
             "InstanceInitiatedShutdownBehavior": "terminate",
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
-            "ClientToken": f"{self._session.name}-{machine.name}"[:60],
+            "ClientToken": f"{self._session.name}-{machine.name}"[:58],  # the spot call adds "-spot": 64 at most
         }
         if self.subnet and self.address == "public":
             params["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": self.subnet, "AssociatePublicIpAddress": True,
@@ -380,7 +381,7 @@ class EC2Instance(AgentInstance):
         self.market = "spot" if desc.get("InstanceLifecycle") == "spot" else "on-demand"
         self.spot_request: str | None = desc.get("SpotInstanceRequestId")
         launched = desc.get("LaunchTime")
-        self.launched = launched.timestamp() if hasattr(launched, "timestamp") else time.time()
+        self.launched = launched.timestamp() if isinstance(launched, datetime.datetime) else time.time()
         self.state, self.zone, self.public_ip, self.private_ip = "pending", "", "", ""
         self.price: float | None = system.price
         self.ended: float | None = None
@@ -422,6 +423,9 @@ class EC2Instance(AgentInstance):
         where = f"instance {self.id} ({self.instance_type}, {self.market})"
         if desc is not None and self.state in _GONE:
             reason = desc.get("StateReason", {}).get("Message") or desc.get("StateTransitionReason") or "no reason given"
+            if self._host and not self._address.done():  # it ran, but its agent never answered
+                reason += (f"; its agent never answered: see its boot log with `aws ec2 get-console-output "
+                           f"--instance-id {self.id} --region {self.system.region}`")
             self._end(MachineStopped(f"{where} is {self.state}: {reason}", machine=self.machine.addr))
         elif spot is not None and str(spot.get("Status", {}).get("Code", "")).startswith(_SPOT_NOTICES):
             status = spot["Status"]
@@ -436,6 +440,12 @@ class EC2Instance(AgentInstance):
         self.price = await self.system._price(self)
         await self.system._open_to(self)
         return self._host_address(), self.system.port
+
+    async def _waiting(self) -> None:
+        """While the agent doesn't answer yet: an instance that powered off already won't (user-data failed)."""
+        await self.system._round()
+        if self._exit.done():
+            raise self._exit.result()
 
     def _host_address(self) -> str:
         return self.public_ip if self.system.address == "public" else self.private_ip
@@ -464,6 +474,10 @@ class EC2Instance(AgentInstance):
         if self._watch is not None:
             self._watch.cancel()
         await self._hang_up(self._exit.result())
+
+
+def _group_name(session: str) -> str:
+    return "bigmachine-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in session)[:200]
 
 
 def _driver_address() -> str:

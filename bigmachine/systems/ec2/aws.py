@@ -138,7 +138,7 @@ class Aws:
     def create_security_group(self, name: str, vpc: str, port: int, allow: str, tags: dict[str, str]) -> str:
         """A group with only ``port`` open, to ``allow`` and to its own members."""
         group = self.call("CreateSecurityGroup", self.ec2.create_security_group, GroupName=name, VpcId=vpc,
-                          Description=f"bigmachine: machine port {port} for {allow} and the group's members",
+                          Description=f"bigmachine machine port {port} for {allow} and the group members",
                           TagSpecifications=[{"ResourceType": "security-group", "Tags": _tags(tags)}])["GroupId"]
         self.call("AuthorizeSecurityGroupIngress", self.ec2.authorize_security_group_ingress, GroupId=group,
                   IpPermissions=[

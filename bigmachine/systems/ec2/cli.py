@@ -12,6 +12,7 @@ groups the sessions made, once their instances are gone.
 from __future__ import annotations
 
 import argparse
+import datetime
 import socket
 import sys
 import time
@@ -82,7 +83,7 @@ def _list(aws: Aws, session: str | None, mine: bool) -> int:
         launched = i.get("LaunchTime")
         rows.append((i["InstanceId"], i["State"]["Name"], i.get("InstanceType", ""),
                      "spot" if i.get("InstanceLifecycle") == "spot" else "on-demand",
-                     launched.strftime("%Y-%m-%d %H:%M") if hasattr(launched, "strftime") else "",
+                     launched.strftime("%Y-%m-%d %H:%M") if isinstance(launched, datetime.datetime) else "",
                      _tag(i, SESSION_TAG), _tag(i, "bigmachine:machine"),
                      f"{_tag(i, 'bigmachine:user')}@{_tag(i, 'bigmachine:driver-host')}",
                      i.get("PublicIpAddress") or i.get("PrivateIpAddress") or ""))

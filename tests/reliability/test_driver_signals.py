@@ -1,0 +1,100 @@
+"""A driver ended by Ctrl-C (SIGINT) or SIGTERM shuts its machines down itself and removes its
+temp dir; one ended by SIGKILL can't, and its machines end by themselves (parent check).
+
+The SIGKILL case's 30 s bound is in tests/test_process_faults.py; here the tighter bound of the
+parent check is asserted, side by side with the clean shutdowns.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+PARENT_CHECK = 0.25  # seconds between a machine's checks that its driver is alive (supervisor._watch)
+SLACK = 2.0
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {here!r})
+    import bigmachine
+    from bigmachine import driver
+    from reliability_services import Work
+
+    b = driver.start()  # --bigm.debug none, from argv
+    try:
+        with b:
+            machines = b.start(2, bigmachine.Services(Work=Work()))
+            pids = [m.call("Work.pid", timeout=60) for m in machines]
+            try:
+                print(*pids, b.tmpdir, flush=True)
+                time.sleep(600)
+            finally:
+                print("driver: shutting down", flush=True)
+        print("driver: after with", flush=True)
+    finally:  # how the machine processes ended (the driver reaped them)
+        print("exit statuses:", *[i.process.returncode for i in b._instances.values()], flush=True)
+    """
+)
+
+
+def run_driver(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int], Path]:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(here=str(Path(__file__).parent)))
+    driver = subprocess.Popen([sys.executable, str(script), "--bigm.debug", "none"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    line = driver.stdout.readline()  # type: ignore[union-attr]
+    *pids, tmpdir = line.split()
+    return driver, [int(p) for p in pids], Path(tmpdir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_driver_signal_ends_machines(tmp_path: Path, sig: signal.Signals) -> None:
+    driver, pids, tmpdir = run_driver(tmp_path)
+    try:
+        machines = [psutil.Process(p) for p in pids]
+        assert all(p.is_running() for p in machines) and tmpdir.is_dir()
+        begun = time.monotonic()
+        driver.send_signal(sig)
+        out, err = driver.communicate(timeout=30)
+        ended = time.monotonic()
+        if sig == signal.SIGKILL:
+            gone, alive = psutil.wait_procs(machines, timeout=PARENT_CHECK + SLACK)
+            assert not alive, f"machines still running {PARENT_CHECK + SLACK} s after the driver was SIGKILLed"
+            assert driver.returncode == -signal.SIGKILL
+            assert tmpdir.is_dir()  # a SIGKILLed driver can't remove it: the test does
+            return
+        # Ctrl-C / SIGTERM: `with` exits, b.shutdown() stops every machine before the driver ends.
+        assert ended - begun < 10, "the driver took too long to shut down"
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in machines), \
+            "machines outlived the driver's shutdown"
+        assert "driver: shutting down" in out and "driver: after with" not in out
+        assert not tmpdir.exists(), "the driver's temp dir was left behind"
+        # Each machine was asked to stop (SIGTERM) and did, within the grace before SIGKILL.
+        assert f"exit statuses: {-signal.SIGTERM} {-signal.SIGTERM}" in out, out
+        if sig == signal.SIGTERM:
+            assert driver.returncode == 128 + signal.SIGTERM
+            assert "terminated by SIGTERM: shutting machines down" in err
+        else:
+            assert driver.returncode in (-signal.SIGINT, 1), driver.returncode
+            assert "KeyboardInterrupt" in err
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+        for pid in pids:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(tmpdir, ignore_errors=True)
