@@ -1,4 +1,5 @@
-"""Where machines run: ``Local`` processes, in-process ``Testing`` machines, ``EC2`` instances."""
+"""Where machines run: ``Local`` processes, in-process ``Testing`` machines, ``EC2`` instances,
+and ``Hosts`` you already have (each running the bootstrap agent)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from .base import Instance, System
 from .local import Local
 from .testing import Testing
 
-__all__ = ["EC2", "Instance", "Local", "System", "Testing"]
+__all__ = ["EC2", "BootstrapAuthority", "Hosts", "Instance", "Local", "System", "Testing"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +17,12 @@ def __getattr__(name: str) -> Any:
         from .ec2 import EC2
 
         return EC2
+    if name == "Hosts":  # cryptography's x509 is imported only by who bootstraps machines
+        from .hosts import Hosts
+
+        return Hosts
+    if name == "BootstrapAuthority":
+        from .bootstrap import BootstrapAuthority
+
+        return BootstrapAuthority
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
