@@ -57,7 +57,8 @@ class Debug:
         html = self.templates.get_template(name).render(
             base=self.base(request), origin=f"{request.url.scheme}://{request.url.netloc}", page=page,
             refresh=refresh or None, now=time.time(), deadline=self.deadline,
-            session={"name": self.b.name, "system": repr(system), "pid": os.getpid()}, **context)
+            session={"name": self.b.name, "system": repr(system), "pid": os.getpid(),
+                     "cost": system.cost() if callable(getattr(system, "cost", None)) else None}, **context)
         return HTMLResponse(html)
 
     def machines(self, request: Request, *, everyone: bool = False) -> list[Machine]:

@@ -101,3 +101,25 @@ def test_debug_app_mounts_in_another_app_and_machines_never_load_the_web_stack()
         assert 'href="/ops/debug/bigmachine/machine/' in status.text
         assert values.json()[machine.addr]["pid"] == machine.info["pid"]
         assert machine.call("Modules.loaded", ["starlette", "jinja2", "httpx"]) == []
+
+
+def test_status_page_shows_cloud_instances_and_the_session_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an EC2 instance's describe() and the system's cost() say reaches the status page."""
+    from bigmachine.systems.testing import TestInstance
+
+    described = {"instance": "i-0123456789abcdef0", "type": "c7i.large", "market": "spot", "usd_per_hour": 0.0345}
+    monkeypatch.setattr(TestInstance, "describe", lambda self: described)
+    system = systems.Testing()
+    system.cost = lambda: {"instances": 1, "usd_per_hour": 0.0345, "usd_so_far": 1.25}  # type: ignore[attr-defined]
+    with bigmachine.start(system) as b:
+        (machine,) = b.start(1, bigmachine.Services(Modules=Modules()))
+        machine.wait(RUNNING, timeout=30)
+
+        async def fetch() -> httpx.Response:
+            transport = httpx.ASGITransport(app=b.debug_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.get("/debug/bigmachine/status")
+
+        page = asyncio.run(fetch()).text
+    assert "i-0123456789abcdef0 · c7i.large · spot · $0.0345/h" in page
+    assert "$1.25" in page and "1 instances · $0.035/h now" in page
