@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import socket
 import ssl
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import handmade
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -25,7 +25,6 @@ from starlette.routing import Host, Mount, Route
 
 import bigmachine
 from bigmachine import RUNNING, tls
-from bigmachine.rpc import wire
 from bigmachine.systems import Local
 
 pytestmark = pytest.mark.timeout(120)
@@ -130,19 +129,7 @@ class MkdirOnLoad:
 
 def send(m: bigmachine.Machine, context: ssl.SSLContext | None, body: bytes) -> bytes:
     """POSTs ``body`` to Work.echo; returns what came back (b'' if the connection was refused)."""
-    request = (b"POST /rpc/Work.echo HTTP/1.1\r\nHost: x\r\nContent-Type: " + wire.CALL +
-               b"\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
-    port = int(m.addr.rstrip("/").rsplit(":", 1)[1])
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            if context is None:
-                raw.sendall(request)
-                return raw.recv(65536)
-            with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
-                conn.sendall(request)
-                return conn.recv(65536)
-    except (ssl.SSLError, ConnectionError, TimeoutError):
-        return b""
+    return handmade.post(m, context, "Work.echo", body)
 
 
 def context_for(identity: tls.Identity | None, trust: bytes, directory: Path) -> ssl.SSLContext:
