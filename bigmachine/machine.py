@@ -25,6 +25,7 @@ from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
 from .metrics import CallStats, atimed, timed
 from .rpc import wire
 from .rpc.client import AsyncPool, SyncPool
+from .rpc.handoff import Inbox
 from .state import RUNNING, STOPPED, UNSTARTED, State
 
 if TYPE_CHECKING:
@@ -359,10 +360,33 @@ class Machine:
             await self._await_running(deadline)
             request = calling.encode_call(self._host_header, method, args, kwargs)
             return await self._acall(request, deadline, timeout)
-        result = await asyncio.wrap_future(self.submit(method, *args, timeout=timeout, **kwargs))
-        if isinstance(result, _SyncOverAsync):
-            return result.foreign()
+        # Another loop (driver code under asyncio.run, say): one hop there and back, the call
+        # pickled here; results share wake-ups of this loop through its inbox.
+        if self._state == STOPPED:
+            raise self.stopped_error()
+        deadline = deadline_after(timeout)
+        request = calling.encode_call(self._host_header, method, args, kwargs)
+        future = asyncio.get_running_loop().create_future()
+        self._session.call_soon(self._start_for, self._session.inbox(), future, request, deadline, timeout)
+        result = await future
+        if isinstance(result, collections.abc.AsyncIterator):
+            return _SyncOverAsync(result, loop).foreign()
         return result
+
+    def _start_for(self, inbox: Inbox, future: asyncio.Future[Any], request: Request, deadline: float,
+                   timeout: float | None) -> None:
+        """Runs a call for another loop's ``acall`` on the session's loop; hands its outcome back."""
+        task = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
+
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled():
+                inbox.put(future, False, Cancelled(f"{self.addr} {request.method}: the call was cancelled"))
+            elif (exc := task.exception()) is not None:
+                inbox.put(future, False, exc)
+            else:
+                inbox.put(future, True, task.result())
+
+        task.add_done_callback(done)
 
     async def _acall_running(self, request: Request, deadline: float, timeout: float | None) -> Any:
         await self._await_running(deadline)

@@ -17,6 +17,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from .errors import Error, MachineStopped, SerializationError
 from .machine import Machine
 from .params import Param, merge_params
 from .rpc import wire
+from .rpc.handoff import Inbox
 from .state import RUNNING, STARTING, STOPPED
 
 if TYPE_CHECKING:
@@ -86,6 +88,7 @@ class B:
         self._closers: list[Any] = []  # called first by shutdown, newest first (the debug server)
         self._soon: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
         self._soon_scheduled = False
+        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
 
     @classmethod
     def _for_machine(cls, name: str, system: str, tls_dir: str) -> B:
@@ -122,6 +125,14 @@ class B:
         if not self._soon_scheduled:  # read after the append: see _run_soon
             self._soon_scheduled = True
             self.loop.call_soon_threadsafe(self._run_soon)
+
+    def inbox(self) -> Inbox:
+        """The inbox of the running event loop (one per loop), for results handed over from our loop."""
+        loop = asyncio.get_running_loop()
+        inbox = self._inboxes.get(loop)
+        if inbox is None:
+            inbox = self._inboxes[loop] = Inbox(loop)
+        return inbox
 
     def _run_soon(self) -> None:
         self._soon_scheduled = False  # before draining: an append racing with us is seen, or reschedules
