@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -25,7 +26,6 @@ from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
 from .metrics import CallStats, atimed, timed
 from .rpc import wire
 from .rpc.client import AsyncPool, SyncPool
-from .rpc.handoff import Inbox
 from .state import RUNNING, STOPPED, UNSTARTED, State
 
 if TYPE_CHECKING:
@@ -318,18 +318,28 @@ class Machine:
 
     def _start_submitted(self, future: concurrent.futures.Future[Any], request: Request, deadline: float,
                          timeout: float | None) -> None:
+        def deliver(ok: bool, value: Any) -> None:
+            if not ok:
+                future.set_exception(value)
+            elif isinstance(value, collections.abc.AsyncIterator):  # read from the submitting thread
+                future.set_result(_SyncOverAsync(value, self._session.loop))
+            else:
+                future.set_result(value)
+
+        self._start(request, deadline, timeout, deliver)
+
+    def _start(self, request: Request, deadline: float, timeout: float | None,
+               deliver: Callable[[bool, Any], None]) -> None:
+        """Starts a call on the session's loop for another thread or loop; ``deliver(ok, value)`` its outcome."""
         task = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
 
         def done(task: asyncio.Task[Any]) -> None:
             if task.cancelled():
-                future.set_exception(Cancelled(f"{self.addr} {request.method}: the call was cancelled"))
+                deliver(False, Cancelled(f"{self.addr} {request.method}: the call was cancelled"))
             elif (exc := task.exception()) is not None:
-                future.set_exception(exc)
+                deliver(False, exc)
             else:
-                result = task.result()
-                if isinstance(result, collections.abc.AsyncIterator):
-                    result = _sync_iterator(result, self._session.loop)
-                future.set_result(result)
+                deliver(True, task.result())
 
         task.add_done_callback(done)
 
@@ -367,26 +377,12 @@ class Machine:
         deadline = deadline_after(timeout)
         request = calling.encode_call(self._host_header, method, args, kwargs)
         future = asyncio.get_running_loop().create_future()
-        self._session.call_soon(self._start_for, self._session.inbox(), future, request, deadline, timeout)
+        inbox = self._session.inbox()
+        self._session.call_soon(self._start, request, deadline, timeout, functools.partial(inbox.put, future))
         result = await future
         if isinstance(result, collections.abc.AsyncIterator):
             return _SyncOverAsync(result, loop).foreign()
         return result
-
-    def _start_for(self, inbox: Inbox, future: asyncio.Future[Any], request: Request, deadline: float,
-                   timeout: float | None) -> None:
-        """Runs a call for another loop's ``acall`` on the session's loop; hands its outcome back."""
-        task = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
-
-        def done(task: asyncio.Task[Any]) -> None:
-            if task.cancelled():
-                inbox.put(future, False, Cancelled(f"{self.addr} {request.method}: the call was cancelled"))
-            elif (exc := task.exception()) is not None:
-                inbox.put(future, False, exc)
-            else:
-                inbox.put(future, True, task.result())
-
-        task.add_done_callback(done)
 
     async def _acall_running(self, request: Request, deadline: float, timeout: float | None) -> Any:
         await self._await_running(deadline)
@@ -523,10 +519,6 @@ class _SyncOverAsync(collections.abc.Iterator[bytes]):
                     asyncio.run_coroutine_threadsafe(self._source.__anext__(), self._loop))
             except StopAsyncIteration:
                 return
-
-
-def _sync_iterator(source: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> _SyncOverAsync:
-    return _SyncOverAsync(source, loop)
 
 
 for _name in __all__:
