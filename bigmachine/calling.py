@@ -83,8 +83,9 @@ def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[st
         source = args[where]
         args = (*args[:where], marker, *args[where + 1 :])
     else:
-        source = kwargs[where]
-        kwargs = {**kwargs, where: marker}
+        name = str(where)
+        source = kwargs[name]
+        kwargs = {**kwargs, name: marker}
     head = wire.frame(wire.HEAD, wire.encode_args(method, args, kwargs))
     return Request(method, encode_request(host, path, wire.CALL_STREAM, None) + encode_chunk(head), source)
 

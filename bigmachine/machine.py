@@ -506,17 +506,19 @@ class _SyncOverAsync(collections.abc.Iterator[bytes]):
     def __init__(self, source: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
         self._source, self._loop = source, loop
 
+    async def _next(self) -> bytes:
+        return await self._source.__anext__()
+
     def __next__(self) -> bytes:
         try:
-            return asyncio.run_coroutine_threadsafe(self._source.__anext__(), self._loop).result()
+            return asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
         except StopAsyncIteration:
             raise StopIteration from None
 
     async def foreign(self) -> AsyncIterator[bytes]:
         while True:
             try:
-                yield await asyncio.wrap_future(
-                    asyncio.run_coroutine_threadsafe(self._source.__anext__(), self._loop))
+                yield await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(), self._loop))
             except StopAsyncIteration:
                 return
 

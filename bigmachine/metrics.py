@@ -214,7 +214,7 @@ def exposition(*collectors: _Collector) -> bytes:
     """Prometheus text exposition of the default registry plus ``collectors``."""
     from prometheus_client import generate_latest
 
-    return generate_latest(_Joined(*collectors))  # type: ignore[arg-type]
+    return generate_latest(_Joined(*collectors))
 
 
 def machine_exposition(stats: CallStats) -> bytes:

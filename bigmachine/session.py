@@ -61,7 +61,7 @@ class B:
             hosts = ["127.0.0.1", "localhost", socket.gethostname()]
             self.authority.issue(hosts, common_name="driver").write(self.tmpdir / "driver")
             self.client_context = tls.client_context(self.tmpdir / "driver")
-            self.loop = _new_loop()
+            self.loop = new_loop()
             self._thread = threading.Thread(target=self._run_loop, name="bigmachine-loop", daemon=True)
             self._thread.start()
             system.init(self)
@@ -337,7 +337,8 @@ def _pickle_service(name: str, service: Any) -> bytes:
         ) from exc
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop (asyncio's where uvloop is missing)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform

@@ -121,7 +121,8 @@ class Authority:
                 names.append(x509.DNSName(host))
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        return builder.sign(self._key, self._hashes.SHA256()).public_bytes(self._ser.Encoding.PEM)
+        pem: bytes = builder.sign(self._key, self._hashes.SHA256()).public_bytes(self._ser.Encoding.PEM)
+        return pem
 
 
 def _now() -> datetime.datetime:

@@ -276,7 +276,7 @@ def _load_pstats(data: bytes) -> pstats.Stats:
     """A `pstats.Stats` from marshalled bytes, without a temporary file."""
     stats = pstats.Stats(stream=io.StringIO())
     stats.stats = marshal.loads(data)  # type: ignore[attr-defined]
-    stats.get_top_level_stats()  # type: ignore[attr-defined]
+    stats.get_top_level_stats()
     return stats
 
 

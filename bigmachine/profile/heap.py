@@ -69,7 +69,7 @@ def _arm_timer(stop_after: float) -> threading.Timer | None:
     timer.name = "bigmachine-heap-timer"
     timer.daemon = True
     # Passing the timer to its own function lets it tell whether it is stale.
-    timer.args = (timer,)  # type: ignore[attr-defined]
+    timer.args = (timer,)
     _timer = timer
     timer.start()
     return old

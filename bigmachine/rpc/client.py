@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from ..errors import ProtocolError
 from . import wire
@@ -225,7 +226,7 @@ class AsyncPool:
         self._context, self._server_hostname = context, server_hostname
         self._idle: list[AsyncConnection] = []
         self._all: set[AsyncConnection] = set()
-        self._connecting: set[asyncio.Future[tuple[asyncio.BaseTransport, AsyncConnection]]] = set()
+        self._connecting: set[asyncio.Future[Any]] = set()
         self._closed: BaseException | None = None
 
     async def acquire(self) -> AsyncConnection:

@@ -100,7 +100,7 @@ class MemoryCgroup:
 
 def _cgroup_parents() -> list[tuple[int, Path]]:
     """Cgroup directories where this process may make a memory-limited child: v2 first."""
-    parents = []
+    parents: list[tuple[int, Path]] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:

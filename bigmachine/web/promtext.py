@@ -92,7 +92,7 @@ def aggregate(driver: bytes | str, machines: Sequence[tuple[str, bytes | str | N
     for source, n in merged.dropped.items():
         dropped.add_metric([source], n)
     merged.families.setdefault(dropped.name, dropped)
-    return generate_latest(merged)  # type: ignore[arg-type]
+    return generate_latest(merged)
 
 
 def _text(data: Any) -> str:

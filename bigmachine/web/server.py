@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import socket
@@ -11,6 +10,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+
+from ..session import new_loop
 
 if TYPE_CHECKING:
     from ..session import B
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 3333  # taken? then any free port, with a warning
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
-_GRACE = 1.0  # seconds open requests (a long profile) get to finish at shutdown
+_GRACE = 1  # seconds open requests (a long profile) get to finish at shutdown
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -76,12 +77,7 @@ class DebugServer:
             time.sleep(0.005)
 
     def _run(self) -> None:
-        try:
-            import uvloop
-
-            loop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover - uvloop is a dependency
-            loop = asyncio.new_event_loop()
+        loop = new_loop()
         try:
             loop.run_until_complete(self.server.serve(sockets=[self.sock]))
         except BaseException as exc:  # reported by start(), or logged if it ends later
