@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import collections.abc
 import io
-import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolError, SerializationError
 from .rpc import wire
-from .rpc.codec import Response, encode_chunk, encode_head, encode_request
+from .rpc.codec import LAST_CHUNK, Response, encode_chunk, encode_head, encode_request
+from .rpc.deadlines import deadline_after, remaining
 
 __all__ = ["Request", "deadline_after", "decode_reply", "encode_call", "remaining", "STREAM_CHUNK"]
 
@@ -30,25 +29,6 @@ class Request:
     method: str
     data: bytes | tuple[bytes, bytes]  # one buffer; or head and a big body, not copied together
     stream: Any = None  # a binary file, an iterator or an async iterator of bytes
-
-
-def deadline_after(timeout: float | None) -> float:
-    """The ``time.monotonic()`` instant a call with this timeout must end by."""
-    if timeout is None:
-        return math.inf
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
-    return time.monotonic() + timeout
-
-
-def remaining(deadline: float) -> float | None:
-    """Seconds left before ``deadline`` (None for no deadline); raises TimeoutError past it."""
-    if deadline == math.inf:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("deadline exceeded")
-    return left
 
 
 def _is_stream_argument(value: Any) -> bool:
@@ -108,7 +88,7 @@ def data_chunk(chunk: bytes) -> bytes:
     return encode_chunk(wire.frame(wire.DATA, chunk))
 
 
-END_OF_STREAM = encode_chunk(wire.frame(wire.END)) + b"0\r\n\r\n"
+END_OF_STREAM = encode_chunk(wire.frame(wire.END)) + LAST_CHUNK
 
 
 def decode_reply(response: Response, method: str, machine: str) -> Any:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import socket
 import ssl
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 from ..errors import ProtocolError
 from . import wire
 from .codec import Response, ResponseParser
+from .deadlines import remaining
 
 __all__ = ["AsyncPool", "SyncPool"]
 
@@ -215,7 +214,7 @@ class AsyncReplyStream:
         if self._error is not None:
             raise self._error
         self._waiter = asyncio.get_running_loop().create_future()
-        await asyncio.wait_for(self._waiter, _remaining(deadline))
+        await asyncio.wait_for(self._waiter, remaining(deadline))
 
 
 class AsyncPool:
@@ -302,7 +301,7 @@ class SyncConnection:
         try:
             if pool._closed is not None:
                 raise pool._closed
-            self.sock.settimeout(_remaining(deadline))
+            self.sock.settimeout(remaining(deadline))
             self.sock.do_handshake()
         except BaseException:
             self.sock.close()
@@ -325,7 +324,7 @@ class SyncConnection:
     def send(self, data: bytes | tuple[bytes, ...], deadline: float) -> None:
         try:
             for part in data if isinstance(data, tuple) else (data,):
-                self.sock.settimeout(_remaining(deadline))
+                self.sock.settimeout(remaining(deadline))
                 self.sock.sendall(part)
         except BaseException:
             self.broken = True
@@ -361,7 +360,7 @@ class SyncConnection:
 
     def _receive(self, deadline: float) -> None:
         try:
-            self.sock.settimeout(_remaining(deadline))
+            self.sock.settimeout(remaining(deadline))
             data = self.sock.recv(_READ_SIZE)
             if not data:
                 raise _Closed("the machine closed the connection")
@@ -466,14 +465,5 @@ def _shutdown(sock: socket.socket) -> None:
 
 def _connect_timeout(deadline: float) -> float:
     """A TCP connect waits for the deadline, but never longer than CONNECT_TIMEOUT."""
-    remaining = _remaining(deadline)
-    return CONNECT_TIMEOUT if remaining is None else min(remaining, CONNECT_TIMEOUT)
-
-
-def _remaining(deadline: float) -> float | None:
-    if deadline == math.inf:
-        return None
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("deadline exceeded")
-    return remaining
+    left = remaining(deadline)
+    return CONNECT_TIMEOUT if left is None else min(left, CONNECT_TIMEOUT)

@@ -221,7 +221,3 @@ class FrameReader:
             offset = end
         del buffer[:offset]
         return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
