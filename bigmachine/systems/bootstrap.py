@@ -18,12 +18,10 @@ import collections
 import datetime
 import ipaddress
 import logging
-import os
 import ssl
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import tls
@@ -68,17 +66,15 @@ class BootstrapAuthority:
     def client_context(self) -> ssl.SSLContext:
         """The driver's TLS context towards agents: presents the driver certificate, trusts only this authority."""
         if self._client is None:
-            cert, key = self._issue(wire.DRIVER_NAME, "client", 7 * 86400.0)
+            identity = self._authority.issue([], common_name=wire.DRIVER_NAME, usages=("client",),
+                                             lifetime=datetime.timedelta(days=7))
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
             ctx.check_hostname = False  # an agent's address is unknown when its certificate is made: the name is checked
             ctx.load_verify_locations(cadata=self.ca_pem)
             with tempfile.TemporaryDirectory(prefix="bigmachine-bootstrap-") as tmp:  # ssl loads keys from files only
-                Path(tmp, "cert.pem").write_text(cert)
-                fd = os.open(Path(tmp, "key.pem"), os.O_WRONLY | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(key)
-                ctx.load_cert_chain(Path(tmp, "cert.pem"), Path(tmp, "key.pem"))
+                path = identity.write(tmp)
+                ctx.load_cert_chain(path / tls.CERT_FILE, path / tls.KEY_FILE)
             self._client = ctx
         return self._client
 
