@@ -15,7 +15,8 @@ import pytest
 from reliability_services import Flaky
 
 import bigmachine
-from bigmachine import RUNNING, calling
+from bigmachine import RUNNING
+from bigmachine.rpc import deadlines
 from bigmachine import machine as machine_module
 
 CAP = 2.0  # seconds: the longest pause between two attempts
@@ -43,7 +44,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     fake_time = SimpleNamespace(monotonic=fake.monotonic, sleep=fake.sleep, time=time.time)
     monkeypatch.setattr(machine_module, "time", fake_time)
-    monkeypatch.setattr(calling, "time", fake_time)  # deadlines and remaining() on the same clock
+    monkeypatch.setattr(deadlines, "time", fake_time)  # deadlines and remaining() on the same clock
     monkeypatch.setattr(machine_module, "random", random.Random(20240611))
     return fake
 
