@@ -23,13 +23,16 @@ from urllib.parse import urlsplit
 from . import calling
 from .calling import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
+from .liveness import held_stacks
 from .metrics import CallStats, atimed, timed
 from .rpc import wire
+from .rpc.budget import ConnectionBudget
 from .rpc.client import AsyncPool, SyncPool
-from .state import RUNNING, STOPPED, UNSTARTED, State
+from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
 
 if TYPE_CHECKING:
     from .session import B
+    from .systems.base import Instance
 
 __all__ = ["Machine"]
 
@@ -37,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 _STOP_GRACE = 0.5  # after a broken connection, how long to wait for the machine to be found dead
 _PROGRESS_EVERY = 10.0
+_CONTROL = "Supervisor."  # calls of the machine's own service go on the control connections
+CONTROL_CONNECTIONS = 4  # status, profiles and the like: apart from the data connections
 
 
 class _Stopped(ConnectionAbortedError):
@@ -77,8 +82,14 @@ class Machine:
         self._err: BaseException | None = None
         self._cond = threading.Condition()
         self._async_waiters: list[tuple[State, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._sync: SyncPool | None = None
+        self._sync: SyncPool | None = None  # data connections: users' calls
         self._pool: AsyncPool | None = None
+        self._sync_control: SyncPool | None = None  # the control plane: Supervisor methods
+        self._control: AsyncPool | None = None
+        self._lifeline: AsyncPool | None = None  # keepalives and pings alone, one connection
+        self._instance: Instance | None = None
+        self._last_used = 0.0
+        self._watching = False
         self._host_header = b""
         self._reply_times: collections.deque[float] = collections.deque(maxlen=10)
         self._next_keepalive = 0.0
@@ -110,9 +121,28 @@ class Machine:
         self.addr = f"https://{parts.netloc}/"
         self.hostname = parts.hostname
         self._host_header = parts.netloc.encode()
-        session = self._session
-        self._sync = SyncPool(parts.hostname, parts.port, session.client_context, parts.hostname)
-        self._pool = AsyncPool(parts.hostname, parts.port, session.client_context, parts.hostname)
+        host, port, context = parts.hostname, parts.port, self._session.client_context
+        data = ConnectionBudget(self._session.max_connections)
+        self._sync = SyncPool(host, port, context, host, data)
+        self._pool = AsyncPool(host, port, context, host, data)
+        control = ConnectionBudget(CONTROL_CONNECTIONS)
+        self._sync_control = SyncPool(host, port, context, host, control)
+        self._control = AsyncPool(host, port, context, host, control)
+        self._lifeline = AsyncPool(host, port, context, host, ConnectionBudget(1))
+
+    def _pools(self) -> list[Any]:
+        return [p for p in (self._sync, self._pool, self._sync_control, self._control, self._lifeline) if p is not None]
+
+    def close_idle(self, idle_for: float) -> None:
+        """Closes this machine's connections that have been idle ``idle_for`` seconds (on the session loop)."""
+        for pool in self._pools():
+            pool.close_idle(idle_for)
+
+    def connections(self) -> dict[str, int]:
+        """Connections open to this machine now, by path."""
+        data = [p.open for p in (self._sync, self._pool) if p is not None]
+        control = [p.open for p in (self._sync_control, self._control, self._lifeline) if p is not None]
+        return {"data": sum(data), "control": sum(control)}
 
     def _set_state(self, state: State, err: BaseException | None = None) -> bool:
         """Moves the state forward (never back); wakes waiters. Safe from any thread."""
@@ -135,14 +165,15 @@ class Machine:
             return
         self.stopped = time.time()
         reason = _Stopped(str(err))
-        if self._sync is not None:
-            self._sync.close(reason)  # thread-safe: shuts sockets down, waking blocked callers
-        if self._pool is not None:
+        for pool in self._pools():
+            if isinstance(pool, SyncPool):
+                pool.close(reason)  # thread-safe: shuts sockets down, waking blocked callers
+                continue
             session = self._session
             if session.on_loop_thread():
-                self._pool.close(reason)
+                pool.close(reason)
             elif not session.loop.is_closed():  # transports belong to the loop's thread
-                session.loop.call_soon_threadsafe(self._pool.close, reason)
+                session.loop.call_soon_threadsafe(pool.close, reason)
         for hook in self.on_stop:
             hook(self)
 
@@ -189,9 +220,14 @@ class Machine:
         return self._state
 
     def _check_running(self) -> bool:
+        """Whether the machine is RUNNING (MachineStopped if STOPPED); a dialled one is watched while used."""
         state = self._state
         if state == STOPPED:
             raise self.stopped_error()
+        self._last_used = time.monotonic()
+        if not self.owned and not self._watching and state == RUNNING:
+            self._watching = True
+            self._session.call_soon(self._start_watch)
         return state == RUNNING
 
     def _wait_running(self, deadline: float) -> None:
@@ -258,7 +294,7 @@ class Machine:
 
     @timed
     def _call_sync(self, request: Request, deadline: float, timeout: float | None) -> Any:
-        pool = self._sync
+        pool = self._sync_control if request.method.startswith(_CONTROL) else self._sync
         assert pool is not None
         try:
             conn = pool.acquire(deadline)
@@ -283,8 +319,7 @@ class Machine:
         return calling.decode_reply(response, request.method, self.addr)
 
     def _sync_stream(self, conn: Any, deadline: float, method: str, timeout: float | None) -> Iterator[bytes]:
-        pool = self._sync
-        assert pool is not None
+        pool = conn.pool
         frames = conn.frames(deadline)
         try:
             while True:
@@ -390,8 +425,8 @@ class Machine:
 
     @atimed
     async def _acall(self, request: Request, deadline: float, timeout: float | None) -> Any:
-        """Sends a call whatever the state (boot and keepalive calls need that)."""
-        pool = self._pool
+        """Sends a call whatever the state (boot calls need that)."""
+        pool = self._control if request.method.startswith(_CONTROL) else self._pool
         assert pool is not None
         try:
             async with asyncio.timeout(remaining(deadline)):
@@ -457,28 +492,134 @@ class Machine:
         """The ``time.time()`` instant the next keepalive is due to be sent."""
         return self._next_keepalive
 
-    async def keepalive_loop(self, period: float, timeout: float, rpc_timeout: float) -> None:
-        """Renews the machine's lease every ``period``; stops it once renewal fails for ``timeout``."""
+    # ------------------------------------------------------------------ lifecycle (on the session loop)
+
+    async def boot(self, instance: Instance, blobs: dict[str, bytes], progress: Any) -> None:
+        """Brings a launched machine to RUNNING: its address, services installed, keepalives started."""
+        self._instance = instance
+        system = self._session.system
+        timeout = system.start_timeout
+        deadline = calling.deadline_after(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                if not self.addr:
+                    self.bind(await instance.address())
+                request = calling.encode_call(self._host_header, "Supervisor.register",
+                                              (blobs, system.liveness.timeout), {})
+                info = await self._acall(request, deadline, timeout)
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"machine {self.addr or self.name} did not start within {timeout} s")
+            self._stop(exc)
+            if not self._session.is_shut_down:
+                progress.failed(self, exc)
+            return
+        self._running(info)
+        if self._state == RUNNING:
+            progress.running(self)
+            await self._keep_alive()
+
+    async def probe(self) -> None:
+        """Brings a dialled machine to RUNNING once it answers; STOPPED if it does not in time."""
+        timeout = self._session.liveness.rpc_timeout
+        try:
+            info = await self._lifeline_call("Supervisor.info", timeout=timeout)
+        except Exception as exc:
+            self._stop(exc if isinstance(exc, Error) else MachineStopped(
+                f"{self.addr}: no answer within {timeout:g} s: {type(exc).__name__}: {exc}", machine=self.addr))
+            return
+        self._running(info)
+
+    async def watch_exit(self, instance: Instance) -> None:
+        """Stops the machine with its instance's account of how it ended, once it has."""
+        err = await instance.wait_exit()
+        if self._state != STOPPED:
+            logger.error("machine %s: %s", self.addr or self.name, err)
+        self._stop(err)
+
+    def bind(self, addr: str) -> None:
+        """Sets the machine's address, once known (a system may know it at launch)."""
+        if not self.addr:
+            self._bind(addr)
+
+    def starting(self) -> None:
+        self._set_state(STARTING)
+
+    def _running(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.hostname = self.hostname or info["hostname"]
+        self.maxprocs = info["maxprocs"]
+        self._set_state(RUNNING)
+
+    async def _lifeline_call(self, method: str, *args: Any, timeout: float) -> Any:
+        """A call on the lifeline: the one connection only keepalives and pings use."""
+        pool = self._lifeline
+        assert pool is not None
+        request = calling.encode_call(self._host_header, method, args, {})
+        async with asyncio.timeout(timeout):
+            response, _ = await pool.request(request.data)
+        return calling.decode_reply(response, method, self.addr)
+
+    async def _keep_alive(self) -> None:
+        """Renews an owned machine's lease every period; stops it once renewals fail for the timeout."""
+        live = self._session.liveness
         last_ok = time.monotonic()
         while self._state == RUNNING:
-            self._next_keepalive = time.time() + period
-            await asyncio.sleep(period)
+            self._next_keepalive = time.time() + live.period
+            await asyncio.sleep(live.period)
             if self._state != RUNNING:
                 return
             begun = time.monotonic()
             try:
-                await self._acall(
-                    calling.encode_call(self._host_header, "Supervisor.keepalive", (timeout,), {}),
-                    deadline_after(rpc_timeout), rpc_timeout,
-                )
+                await self._lifeline_call("Supervisor.keepalive", live.timeout, timeout=live.rpc_timeout)
             except Exception as exc:
-                lapsed = time.monotonic() - last_ok
-                logger.warning("%s: keepalive failed (%.1f s since the last good one): %s", self.addr, lapsed, exc)
-                if lapsed >= timeout:
-                    self._stop(MachineStopped(f"no keepalive reply for {lapsed:.1f} s: {exc}", machine=self.addr))
+                if self._unanswered("keepalive", last_ok, exc):
+                    return
                 continue
             last_ok = time.monotonic()
             self._reply_times.append(last_ok - begun)
+
+    def _start_watch(self) -> None:
+        self._session._spawn(self._watch())
+
+    async def _watch(self) -> None:
+        """Pings a dialled machine while it is in use; stops it once pings fail for the timeout."""
+        live = self._session.liveness
+        last_ok = time.monotonic()
+        try:
+            while self._state == RUNNING and self._in_use(live.timeout):
+                await asyncio.sleep(live.period)
+                try:
+                    await self._lifeline_call("Supervisor.ping", timeout=live.rpc_timeout)
+                except Exception as exc:
+                    if self._unanswered("ping", last_ok, exc):
+                        return
+                    continue
+                last_ok = time.monotonic()
+        finally:
+            self._watching = False
+        if self._state == RUNNING and self._in_use(live.timeout):  # a call began as we were leaving
+            self._watching = True
+            self._start_watch()
+
+    def _in_use(self, within: float) -> bool:
+        """Whether calls are in flight, or one began in the last ``within`` seconds."""
+        busy = sum(p.busy for p in (self._sync, self._pool) if p is not None)
+        return busy > 0 or time.monotonic() - self._last_used < within
+
+    def _unanswered(self, what: str, last_ok: float, exc: BaseException) -> bool:
+        """Notes a failed keepalive or ping; stops the machine (True) once none has answered for the timeout."""
+        lapsed = time.monotonic() - last_ok
+        timeout = self._session.liveness.timeout
+        if lapsed < timeout:
+            logger.warning("%s: %s failed (%.1f s since the last reply): %s", self.addr, what, lapsed, exc)
+            return False
+        message = f"no {what} reply for {lapsed:.1f} s (last error: {type(exc).__name__}: {exc})"
+        output = getattr(self._instance, "output", ())
+        if stacks := held_stacks(output, time.time() - lapsed):
+            message += f"; its threads, dumped while it was held:\n{stacks}"
+        self._stop(MachineStopped(message, machine=self.addr))
+        return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -20,17 +20,20 @@ import uvicorn
 
 from . import tls
 from .rpc.server import Registry, RpcApp
-from .rpc.threads import ServiceThreads
+from .liveness import Liveness
+from .rpc.client import IDLE_TIMEOUT
+from .rpc.threads import DEFAULT_SERVICE_THREADS, ServiceThreads
 from .rpc.uvicorn_protocol import CoalescingHttpToolsProtocol
 from .session import B
-from .supervisor import Supervisor
+from .supervisor import Supervisor, control_service
 from .systems.memory import EXIT_OUT_OF_MEMORY
 
 __all__ = ["MachineConfig", "MachineServer"]
 
 logger = logging.getLogger(__name__)
 
-SERVICE_THREADS = 64
+SERVER_IDLE_TIMEOUT = int(5 * IDLE_TIMEOUT)  # the client closes idle connections first: it never sends into a closing one
+CONTROL_THREADS = 4  # the Supervisor's plain methods (status, profiles, ...): never behind service calls
 
 
 @dataclass
@@ -45,6 +48,9 @@ class MachineConfig:
     maxprocs: int = 1
     parent: int | None = None
     system: str = "local"
+    service_threads: int = DEFAULT_SERVICE_THREADS
+    keepalive: tuple[float, float, float] = (2.0, 60.0, 10.0)  # period, timeout, RPC timeout: for dialled peers
+    dump_stacks: bool = True  # faulthandler stack dumps when the loop is held (a process of its own only)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,12 +60,14 @@ class MachineServer:
     def __init__(self, config: MachineConfig, *, on_exit: Callable[[str, int], None]) -> None:
         self.config = config
         self.registry = Registry()
-        self.executor = ServiceThreads(SERVICE_THREADS, "bigmachine-service")
-        self.session = B._for_machine(config.session, config.system, config.tls_dir)
+        self.executor = ServiceThreads(config.service_threads, "bigmachine-service")
+        self.control_threads = ServiceThreads(CONTROL_THREADS, "bigmachine-control")
+        self.session = B._for_machine(config.session, config.system, config.tls_dir, Liveness(*config.keepalive))
         self._on_exit = on_exit
         self.supervisor = Supervisor(self.session, self.registry, exit=lambda reason: on_exit(reason, 0), lease=config.lease,
-                                     maxprocs=config.maxprocs, parent=config.parent)
-        self.registry.add("Supervisor", self.supervisor)
+                                     maxprocs=config.maxprocs, parent=config.parent, service_threads=self.executor,
+                                     dump_stacks=config.dump_stacks)
+        self.registry.add("Supervisor", control_service(self.supervisor, self.control_threads))
         self.app = RpcApp(self.registry, self.executor, on_memory_error=self._out_of_memory)
         self.server: uvicorn.Server | None = None
         self.addr = ""
@@ -81,7 +89,7 @@ class MachineServer:
             lifespan="off",
             access_log=False,
             log_level="warning",
-            timeout_keep_alive=3600,
+            timeout_keep_alive=SERVER_IDLE_TIMEOUT,
             timeout_graceful_shutdown=1,
             ssl_certfile=str(directory / tls.CERT_FILE),
             ssl_keyfile=str(directory / tls.KEY_FILE),
@@ -140,3 +148,4 @@ class MachineServer:
                 transport.abort()
         self.session._close_pools()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.control_threads.shutdown(wait=False, cancel_futures=True)

@@ -21,13 +21,15 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import calling, tls
+from . import tls
 from .errors import Error, MachineStopped, SerializationError
+from .liveness import Liveness
 from .machine import Machine
 from .params import Param, merge_params
 from .rpc import wire
+from .rpc.client import DEFAULT_MAX_CONNECTIONS, IDLE_TIMEOUT
 from .rpc.handoff import Inbox
-from .state import RUNNING, STARTING, STOPPED
+from .state import STOPPED
 
 if TYPE_CHECKING:
     import starlette.applications
@@ -54,7 +56,8 @@ class B:
     """A bigmachine session."""
 
     def __init__(self, system: System, *, name: str | None = None) -> None:
-        self._init_state(system, f"{name or 'bigmachine'}-{secrets.token_hex(4)}", is_driver=True)
+        self._init_state(system, f"{name or 'bigmachine'}-{secrets.token_hex(4)}", is_driver=True,
+                         liveness=system.liveness, max_connections=system.max_connections)
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # 0700
         try:
             self.authority = tls.Authority(self.name)
@@ -64,6 +67,7 @@ class B:
             self.loop = new_loop()
             self._thread = threading.Thread(target=self._run_loop, name="bigmachine-loop", daemon=True)
             self._thread.start()
+            self.loop.call_soon_threadsafe(self._spawn, self._sweep_idle())
             system.init(self)
             atexit.register(self.shutdown)  # a driver that forgets shutdown still leaves nothing behind
         except BaseException:
@@ -72,16 +76,20 @@ class B:
             raise
         logger.debug("session %s started on %r", self.name, system)
 
-    def _init_state(self, system: Any, name: str, *, is_driver: bool) -> None:
+    def _init_state(self, system: Any, name: str, *, is_driver: bool, liveness: Liveness,
+                    max_connections: int) -> None:
         """The state every session has, in the driver and in a machine."""
         self.system = system
         self.name = name
         self.is_driver = is_driver
+        self.liveness = liveness  # how machines this session starts or dials are kept alive and watched
+        self.max_connections = max_connections  # to each machine, data calls; more calls wait their turn
         self.debug_url: str | None = None
         self._machines: dict[str, Machine] = {}
         self._all: list[Machine] = []
         self._instances: dict[Machine, Instance] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._launching: set[asyncio.Future[Any]] = set()  # b.start calls under way: shutdown waits for them
         self._count = 0
         self._lock = threading.Lock()
         self._shutdown = False
@@ -91,13 +99,13 @@ class B:
         self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
 
     @classmethod
-    def _for_machine(cls, name: str, system: str, tls_dir: str) -> B:
+    def _for_machine(cls, name: str, system: str, tls_dir: str, liveness: Liveness) -> B:
         """The session services see inside a machine: it dials, it doesn't start machines.
 
         ``system`` is the name of the system the machine runs on (the driver's object stays there).
         """
         b = cls.__new__(cls)
-        b._init_state(system, name, is_driver=False)
+        b._init_state(system, name, is_driver=False, liveness=liveness, max_connections=DEFAULT_MAX_CONNECTIONS)
         b.client_context = tls.client_context(tls_dir)
         return b
 
@@ -105,6 +113,19 @@ class B:
         """Binds a machine's session to the machine's loop (running in its own thread)."""
         self.loop = loop
         self._loop_thread = threading.get_ident()
+        self._spawn(self._sweep_idle())
+
+    @property
+    def is_shut_down(self) -> bool:
+        """Whether ``shutdown`` has begun."""
+        return self._shutdown
+
+    async def _sweep_idle(self) -> None:
+        """Closes connections to any machine that have been idle for a while."""
+        while True:
+            await asyncio.sleep(IDLE_TIMEOUT / 2)
+            for machine in self.machines():
+                machine.close_idle(IDLE_TIMEOUT)
 
     def _run_loop(self) -> None:
         self._loop_thread = threading.get_ident()
@@ -176,8 +197,17 @@ class B:
         return self._run(self._start(machines, blobs, environ))  # type: ignore[no-any-return]
 
     async def _start(self, machines: list[Machine], blobs: dict[str, bytes], environ: dict[str, str]) -> list[Machine]:
+        launching = asyncio.current_task()
+        assert launching is not None
+        self._launching.add(launching)  # a Ctrl-C in b.start must not orphan what this launches
+        try:
+            return await self._launch(machines, blobs, environ)
+        finally:
+            self._launching.discard(launching)
+
+    async def _launch(self, machines: list[Machine], blobs: dict[str, bytes], environ: dict[str, str]) -> list[Machine]:
         for machine in machines:
-            machine._set_state(STARTING)
+            machine.starting()
         launched = await self.system.launch(self, machines, environ)
         progress = _Progress(len(machines))
         started = []
@@ -188,46 +218,15 @@ class B:
                 continue
             self._instances[machine] = instance
             machine.on_stop.append(self._on_stop)
-            self._spawn(self._watch_exit(machine, instance))
-            self._spawn(self._boot(machine, instance, blobs, progress))
+            if (addr := instance.address_nowait()) is not None:
+                machine.bind(addr)  # known at launch: m.addr is set when b.start returns, as in Go
+            self._spawn(machine.watch_exit(instance))
+            self._spawn(machine.boot(instance, blobs, progress))
             started.append(machine)
         if not started:
             errors = "; ".join(f"{m.name}: {m.err}" for m in machines)
             raise Error(f"no machine could be launched on {self.system!r}: {errors}")
         return started
-
-    async def _boot(self, machine: Machine, instance: Instance, blobs: dict[str, bytes], progress: _Progress) -> None:
-        timeout = self.system.start_timeout
-        deadline = calling.deadline_after(timeout)
-        try:
-            async with asyncio.timeout(timeout):
-                addr = await instance.address()
-                machine._bind(addr)
-                with self._lock:
-                    self._machines[machine.addr] = machine
-                request = calling.encode_call(machine._host_header, "Supervisor.register",
-                                               (blobs, self.system.keepalive_timeout), {})
-                info = await machine._acall(request, deadline, timeout)
-        except BaseException as exc:
-            if isinstance(exc, TimeoutError):
-                exc = TimeoutError(f"machine {machine.addr or machine.name} did not start within {timeout} s")
-            machine._stop(exc)
-            if not self._shutdown:
-                progress.failed(machine, exc)
-            return
-        machine.info = info
-        machine.hostname, machine.maxprocs = machine.hostname or info["hostname"], info["maxprocs"]
-        if machine._set_state(RUNNING):
-            progress.running(machine)
-            system = self.system
-            self._spawn(machine.keepalive_loop(system.keepalive_period, system.keepalive_timeout,
-                                               system.keepalive_rpc_timeout))
-
-    async def _watch_exit(self, machine: Machine, instance: Instance) -> None:
-        err = await instance.wait_exit()
-        if machine.state != STOPPED:
-            logger.error("machine %s: %s", machine.addr or machine.name, err)
-        machine._stop(err)
 
     def _on_stop(self, machine: Machine) -> None:
         """A machine stopped (any thread): make sure its instance is gone too."""
@@ -236,31 +235,20 @@ class B:
             self.loop.call_soon_threadsafe(lambda: self._spawn(instance.kill()))
 
     def dial(self, addr: str) -> Machine:
-        """The machine at ``addr`` (the same object for the same address); not owned, no keepalive."""
+        """The machine at ``addr`` (the same object while it is not STOPPED); not owned, no keepalive."""
         if self._shutdown:
             raise Error(f"session {self.name} is shut down; dial from a session that is running")
         probe = Machine(self, addr, owned=False)
         with self._lock:
-            machine = self._machines.get(probe.addr)
-            if machine is not None:
+            machine = self._machines.get(probe.addr) or next(
+                (m for m in self._all if m.owned and m.addr == probe.addr), None)
+            if machine is not None and machine.state != STOPPED:
                 return machine
-            machine = self._machines[probe.addr] = probe
+            machine = self._machines[probe.addr] = probe  # a stopped or cancelled one is replaced
             self._all.append(machine)
-        machine._set_state(STARTING)
-        self.loop.call_soon_threadsafe(lambda: self._spawn(self._probe(machine)))
+        machine.starting()
+        self.loop.call_soon_threadsafe(lambda: self._spawn(machine.probe()))
         return machine
-
-    async def _probe(self, machine: Machine) -> None:
-        timeout = getattr(self.system, "keepalive_rpc_timeout", 10.0) if self.is_driver else 10.0
-        request = calling.encode_call(machine._host_header, "Supervisor.info", (), {})
-        try:
-            info = await machine._acall(request, calling.deadline_after(timeout), timeout)
-        except BaseException as exc:
-            machine._stop(exc if isinstance(exc, Error) else MachineStopped(f"{machine.addr}: {exc}", machine=machine.addr))
-            return
-        machine.info = info
-        machine.maxprocs = info["maxprocs"]
-        machine._set_state(RUNNING)
 
     def machines(self) -> list[Machine]:
         """Every machine this session started or dialled, in any state."""
@@ -292,18 +280,23 @@ class B:
         except concurrent.futures.TimeoutError:
             logger.error("session %s: shutdown did not finish within %s s", self.name, _SHUTDOWN_TIMEOUT)
         finally:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)  # first: nothing below may keep the keys on disk
             self._stop_loop()
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     async def _ashutdown(self) -> None:
+        if self._launching:  # b.start interrupted (Ctrl-C): what it launched must be known to be killed
+            await asyncio.wait(list(self._launching), timeout=_SHUTDOWN_TIMEOUT / 2)
         for machine in self.machines():
             machine._stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
         await asyncio.gather(*(i.kill() for i in self._instances.values()), return_exceptions=True)
         await self.system.shutdown()
-        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(3):  # cancelled tasks may have started others (an instance's kill, say)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _close_pools(self) -> None:
         for machine in self.machines():
@@ -315,6 +308,10 @@ class B:
             return
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(10)
+        if self._thread.is_alive():  # something holds the loop (a user's code run on it): leave it, don't hang
+            logger.error("session %s: its event loop did not stop within 10 s; leaving it to end with the process",
+                         self.name)
+            return
         loop.close()
 
     def __enter__(self) -> B:

@@ -1,29 +1,37 @@
 """The supervisor: the service every machine runs, beside the user's services.
 
 It installs services, holds the machine's lease (the machine exits when the driver
-stops renewing it) and reports on the machine's health.
+stops renewing it) and reports on the machine's health. It is the machine's end of the
+control plane: ``keepalive``, ``ping`` and ``info`` run on the machine's loop, and its
+other plain methods on a small pool of their own (``control_service``), so no number
+of service calls in the service threads ever delays them (issue 9: busy is not dead).
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import functools
+import inspect
 import logging
 import os
 import socket
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import expvar
 from .errors import SerializationError
 from .rpc import wire
-from .rpc.server import Registry
+from .rpc.server import Registry, public_methods
+from .rpc.threads import ServiceThreads
 
 if TYPE_CHECKING:
     from .session import B
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "control_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +40,18 @@ class Supervisor:
     """Built-in service ``Supervisor``; its methods are called by the driver."""
 
     def __init__(self, session: B, registry: Registry, *, exit: Callable[[str], None],
-                 lease: float, maxprocs: int, parent: int | None = None) -> None:
+                 lease: float, maxprocs: int, parent: int | None = None,
+                 service_threads: ServiceThreads | None = None, dump_stacks: bool = False) -> None:
+        """``dump_stacks``: have faulthandler write every thread's stack to stderr when the loop is held
+        past half a lease (a process of its own only: faulthandler is process-wide)."""
         self._session = session
         self._registry = registry
         self._exit = exit
-        self._lease_end = time.monotonic() + lease
+        self._lease = lease
+        self._renewed = time.monotonic()
+        self._lease_end = self._renewed + lease
+        self._service_threads = service_threads
+        self._dump_stacks = dump_stacks
         self._parent = parent
         self._maxprocs = maxprocs
         self._started = time.time()
@@ -49,8 +64,10 @@ class Supervisor:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(0.25)
-            if time.monotonic() > self._lease_end:
-                self._exit("its lease lapsed: the driver stopped sending keepalives")
+            now = time.monotonic()
+            if now > self._lease_end:
+                self._exit(f"its lease lapsed: no keepalive received for {now - self._renewed:.1f} s "
+                           f"(lease {self._lease:g} s)")
                 return
             if self._parent is not None and os.getppid() != self._parent:
                 self._exit(f"its driver (pid {self._parent}) is gone")
@@ -74,15 +91,30 @@ class Supervisor:
                 await init(self._session)
             else:
                 await asyncio.get_running_loop().run_in_executor(None, init, self._session)
-        self.keepalive(lease)
-        return self.info()
+        self._renew(lease)
+        return self._info()
 
-    def keepalive(self, lease: float) -> float:
-        """Extends the lease by ``lease`` seconds; returns the machine's clock."""
-        self._lease_end = time.monotonic() + lease
+    async def keepalive(self, lease: float) -> float:
+        """Extends the lease by ``lease`` seconds; returns the machine's clock (on the loop: never queued)."""
+        self._renew(lease)
         return time.time()
 
-    def info(self) -> dict[str, Any]:
+    def _renew(self, lease: float) -> None:
+        self._lease = lease
+        self._renewed = time.monotonic()
+        self._lease_end = self._renewed + lease
+        if self._dump_stacks:  # re-armed by each renewal: fires only if the loop is held this long
+            faulthandler.dump_traceback_later(lease / 2, exit=False)
+
+    async def ping(self) -> float:
+        """The machine's clock: how a dialled machine is watched (on the loop: never queued)."""
+        return time.time()
+
+    async def info(self) -> dict[str, Any]:
+        """Who this machine is (on the loop: never queued)."""
+        return self._info()
+
+    def _info(self) -> dict[str, Any]:
         """Who this machine is."""
         return {
             "hostname": socket.gethostname(),
@@ -134,7 +166,12 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         """Everything the status page shows of this machine, in one call."""
         return {"load": self.load_info(), "cpu_percent": self._cpu_percent(), "mem": self.mem_info(),
-                "disk": self.disk_info(), "rpc": self.stats(), "time": time.time()}
+                "disk": self.disk_info(), "rpc": self.stats(), "time": time.time(), "calls": self._calls()}
+
+    def _calls(self) -> dict[str, int]:
+        """Service calls queued for a thread and running now, and the thread limit."""
+        threads = self._service_threads
+        return threads.load() if threads is not None else {"queued": 0, "running": 0, "threads": 0}
 
     def _cpu_percent(self) -> float:
         """CPU use of this process (100 = one core) since the previous status, or since it started."""
@@ -186,3 +223,26 @@ class Supervisor:
 
         heap = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
         return {"threads": threading.active_count(), "tasks": len(asyncio.all_tasks()), "heap_bytes": heap}
+
+
+def control_service(service: Any, threads: ServiceThreads) -> Any:
+    """``service`` as the RPC layer sees it, with its plain public methods run on ``threads``.
+
+    Its ``async def`` methods stay on the loop. The registry dispatches coroutine functions on
+    the loop, so the plain ones are wrapped as such, each a hop to the control threads.
+    """
+    view = types.SimpleNamespace()
+    for name in public_methods(service):
+        method = getattr(service, name)
+        if not inspect.iscoroutinefunction(method):
+            method = _on_threads(method, threads)
+        setattr(view, name, method)
+    return view
+
+
+def _on_threads(method: Callable[..., Any], threads: ServiceThreads) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return await threads.run(functools.partial(method, *args, **kwargs))
+
+    return run

@@ -65,6 +65,7 @@ def test_kill_fails_pending_calls_at_once_with_machine_stopped(testing_session: 
 
 
 def test_lapsed_lease_ends_the_machine(testing_system: Testing) -> None:
+    """...and says why, as it is: no keepalive received (not "the driver stopped": it may be busy)."""
     b = bigmachine.start(testing_system)
     try:
         m = start_one(b)
@@ -75,6 +76,8 @@ def test_lapsed_lease_ends_the_machine(testing_system: Testing) -> None:
         while not testing_system.exited(m) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert testing_system.exited(m)
+        reason = b._instances[m].reason  # type: ignore[attr-defined]
+        assert reason.startswith("its lease lapsed: no keepalive received for "), reason
     finally:
         b.shutdown()
 

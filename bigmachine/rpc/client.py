@@ -17,19 +17,22 @@ import collections
 import socket
 import ssl
 import threading
-import weakref
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ..errors import ProtocolError
 from . import wire
+from .budget import ConnectionBudget
 from .codec import Response, ResponseParser
 from .deadlines import remaining
 
-__all__ = ["AsyncPool", "SyncPool"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "IDLE_TIMEOUT", "AsyncPool", "SyncPool"]
 
 _READ_SIZE = 1 << 18
 CONNECT_TIMEOUT = 10.0  # a host that drops our SYNs fails the call as Unavailable, not after minutes
+DEFAULT_MAX_CONNECTIONS = 64  # to one machine from one session; calls past it wait their turn
+IDLE_TIMEOUT = 60.0  # a connection unused this long is closed (the server keeps its side 5x longer)
 _STREAM_HIGH_WATER = 8 << 20  # pause reading a streamed reply past this many buffered bytes
 
 
@@ -59,6 +62,7 @@ class AsyncConnection(asyncio.Protocol):
         self._response: Response | None = None
         self._drain: asyncio.Future[None] | None = None
         self.lost: BaseException | None = None
+        self.idle_since = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -112,7 +116,7 @@ class AsyncConnection(asyncio.Protocol):
         if response is not None and not response.keep_alive:
             self.abort()
         elif stream is None:
-            self._pool._release(self)
+            self._pool.release(self)
         # A streamed reply's connection goes back to the pool when its reader is done.
 
     # requests
@@ -208,7 +212,7 @@ class AsyncReplyStream:
         except BaseException:
             self._conn.abort()  # abandoned or broken mid-stream: the connection can't be reused
             raise
-        self._conn._pool._release(self._conn)
+        self._conn._pool.release(self._conn)
 
     async def _wait(self, deadline: float) -> None:
         if self._error is not None:
@@ -218,24 +222,64 @@ class AsyncReplyStream:
 
 
 class AsyncPool:
-    """Keep-alive connections to one server, for one event loop."""
+    """Keep-alive connections to one server, for one event loop, within a ``ConnectionBudget``."""
 
-    def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str) -> None:
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str,
+                 budget: ConnectionBudget | None = None) -> None:
         self.host, self.port = host, port
         self._context, self._server_hostname = context, server_hostname
-        self._idle: list[AsyncConnection] = []
+        self._budget = budget if budget is not None else ConnectionBudget(DEFAULT_MAX_CONNECTIONS)
+        self._budget.add_reclaimer(self._reclaim_idle)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: collections.deque[AsyncConnection] = collections.deque()
         self._all: set[AsyncConnection] = set()
         self._connecting: set[asyncio.Future[Any]] = set()
         self._closed: BaseException | None = None
 
+    @property
+    def open(self) -> int:
+        """Connections open now, idle ones included."""
+        return len(self._all)
+
+    @property
+    def busy(self) -> int:
+        """Connections carrying a call now."""
+        return len(self._all) - len(self._idle)
+
     async def acquire(self) -> AsyncConnection:
-        """An idle connection, or a new one."""
+        """An idle connection, or a new one once the budget allows (waiting meanwhile)."""
         if self._closed is not None:
             raise self._closed
+        self._loop = asyncio.get_running_loop()
         while self._idle:
             conn = self._idle.pop()
             if conn.lost is None:
                 return conn
+        while True:
+            handed = await self._budget.atake(self)
+            if handed is None:
+                break
+            if self._closed is not None:
+                raise self._closed
+            if handed.lost is None:  # a connection released by another call, straight to us
+                return handed  # type: ignore[no-any-return]
+        try:
+            conn = await self._connect()
+        except BaseException:
+            self._budget.give_back()
+            raise
+        self._all.add(conn)
+        if conn.lost is not None:  # lost before we counted it: connection_lost could not give it back
+            self._forget(conn)
+            raise conn.lost
+        if self._closed is not None:
+            conn.abort()
+            raise self._closed
+        return conn
+
+    async def _connect(self) -> AsyncConnection:
+        if self._closed is not None:
+            raise self._closed
         connecting = asyncio.ensure_future(asyncio.wait_for(asyncio.get_running_loop().create_connection(
             lambda: AsyncConnection(self), self.host, self.port,
             ssl=self._context, server_hostname=self._server_hostname,
@@ -249,10 +293,6 @@ class AsyncPool:
             raise
         finally:
             self._connecting.discard(connecting)
-        self._all.add(conn)
-        if self._closed is not None:
-            conn.abort()
-            raise self._closed
         return conn
 
     async def request(self, data: bytes | tuple[bytes, ...]) -> tuple[Response, AsyncConnection]:
@@ -264,17 +304,52 @@ class AsyncPool:
             conn.abort()  # cancelled or timed out mid-call: its reply would confuse the next caller
             raise
 
-    def _release(self, conn: AsyncConnection) -> None:
-        if self._closed is None and conn.lost is None:
-            self._idle.append(conn)
+    def release(self, conn: AsyncConnection) -> None:
+        """Takes back a connection whose call is done: to the first waiter, else kept idle (on the loop)."""
+        if self._closed is not None or conn.lost is not None:
+            return  # closing, or lost: connection_lost gives its slot back
+        if self._budget.hand_over(self, conn):
+            return
+        if self._budget.waiting:  # a caller of the other pool waits: closing this passes the slot on
+            conn.abort()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
 
     def _forget(self, conn: AsyncConnection) -> None:
-        self._all.discard(conn)
+        """A connection ended (connection_lost): its slot of the budget is free again."""
+        if conn in self._all:
+            self._all.remove(conn)
+            self._budget.give_back()
+
+    def close_idle(self, idle_for: float) -> None:
+        """Closes connections idle for ``idle_for`` seconds or more (on the pool's loop)."""
+        cutoff = time.monotonic() - idle_for
+        while self._idle and self._idle[0].idle_since <= cutoff:
+            self._idle.popleft().abort()
+
+    def _reclaim_idle(self) -> None:
+        """Closes the oldest idle connection, making room for a waiter of the other pool (any thread)."""
+        loop = self._loop
+        if not self._idle or loop is None or loop.is_closed():
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                if self._idle:
+                    self._idle.popleft().abort()  # connection_lost gives its slot back
+                return
+        except RuntimeError:
+            pass
+        try:
+            loop.call_soon_threadsafe(self._reclaim_idle)
+        except RuntimeError:
+            pass
 
     def close(self, reason: BaseException) -> None:
         """Aborts every connection: pending requests fail at once with ``reason``."""
         self._closed = reason
         self._idle.clear()
+        self._budget.close()
         for connecting in list(self._connecting):
             connecting.cancel()
         for conn in list(self._all):
@@ -289,6 +364,7 @@ class SyncConnection:
     """A blocking keep-alive TLS socket; used by one thread at a time."""
 
     def __init__(self, pool: SyncPool, deadline: float) -> None:
+        self.pool = pool
         sock = socket.create_connection((pool.host, pool.port), timeout=_connect_timeout(deadline))
         try:
             _nodelay(sock)
@@ -315,6 +391,7 @@ class SyncConnection:
         self._done = False
         self.broken = False
         self.in_use = True
+        self.idle_since = 0.0
 
     def request(self, data: bytes | tuple[bytes, ...], deadline: float) -> Response:
         """Sends a whole request; returns once the response is complete or its stream begins."""
@@ -398,61 +475,112 @@ class SyncConnection:
 
 
 class SyncPool:
-    """Blocking connections to one server, one idle list per thread."""
+    """Blocking connections to one server, shared by threads (one at a time each), within a ``ConnectionBudget``."""
 
-    def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str) -> None:
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str,
+                 budget: ConnectionBudget | None = None) -> None:
         self.host, self.port = host, port
         self.context, self.server_hostname = context, server_hostname
-        self._local = threading.local()
-        self._all: weakref.WeakSet[SyncConnection] = weakref.WeakSet()
+        self._budget = budget if budget is not None else ConnectionBudget(DEFAULT_MAX_CONNECTIONS)
+        self._budget.add_reclaimer(self._reclaim_idle)
+        self._idle: collections.deque[SyncConnection] = collections.deque()  # pop/append are atomic
+        self._all: set[SyncConnection] = set()
+        self._lock = threading.Lock()
         self._connecting: set[ssl.SSLSocket] = set()
         self._closed: BaseException | None = None
 
+    @property
+    def open(self) -> int:
+        """Connections open now, idle ones included."""
+        return len(self._all)
+
+    @property
+    def busy(self) -> int:
+        """Connections carrying a call now."""
+        return len(self._all) - len(self._idle)
+
     def acquire(self, deadline: float) -> SyncConnection:
+        """The most recently used idle connection, or a new one once the budget allows."""
         if self._closed is not None:
             raise self._closed
-        idle: list[SyncConnection] | None = getattr(self._local, "idle", None)
-        if idle:
-            conn = idle.pop()
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            pass
+        else:
             conn.in_use = True
             return conn
-        conn = SyncConnection(self, deadline)
-        self._all.add(conn)
+        handed = self._budget.take(self, deadline)
+        if handed is not None:  # a connection released by another thread, straight to us
+            handed.in_use = True
+            if self._closed is not None:
+                self._discard(handed)
+                raise self._closed
+            return handed  # type: ignore[no-any-return]
+        try:
+            if self._closed is not None:
+                raise self._closed
+            conn = SyncConnection(self, deadline)
+        except BaseException:
+            self._budget.give_back()
+            raise
+        with self._lock:
+            self._all.add(conn)
         if self._closed is not None:
-            conn.close()
+            self._discard(conn)
             raise self._closed
         return conn
 
     def release(self, conn: SyncConnection) -> None:
-        """Keeps a healthy connection for this thread's next call; closes a broken one."""
+        """Keeps a healthy connection for the next call; closes a broken one."""
         conn.in_use = False
         if conn.broken or self._closed is not None:
-            conn.close()
+            self._discard(conn)
             return
-        idle = getattr(self._local, "idle", None)
-        if idle is None:
-            idle = self._local.idle = _IdleList()
-        idle.append(conn)
+        if self._budget.hand_over(self, conn):
+            return
+        if self._budget.waiting:  # a caller of the other pool waits: closing this passes the slot on
+            self._discard(conn)
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    def _discard(self, conn: SyncConnection) -> None:
+        conn.close()
+        with self._lock:
+            if conn not in self._all:
+                return
+            self._all.remove(conn)
+        self._budget.give_back()
+
+    def close_idle(self, idle_for: float) -> None:
+        """Closes connections idle for ``idle_for`` seconds or more (any thread)."""
+        cutoff = time.monotonic() - idle_for
+        while self._idle and self._idle[0].idle_since <= cutoff:
+            self._reclaim_idle()
+
+    def _reclaim_idle(self) -> None:
+        """Closes the oldest idle connection, if any (any thread)."""
+        try:
+            conn = self._idle.popleft()
+        except IndexError:
+            return
+        self._discard(conn)
 
     def close(self, reason: BaseException) -> None:
         """Wakes every blocked caller; their connections are closed as they release them."""
         self._closed = reason
+        self._budget.close()
         for sock in list(self._connecting):
             _shutdown(sock)
-        for conn in list(self._all):
+        with self._lock:
+            conns = list(self._all)
+        for conn in conns:
             conn.broken = True
             if conn.in_use:
                 conn.wake()
             else:
-                conn.close()
-
-
-class _IdleList(list[SyncConnection]):
-    """A thread's idle connections; closes them when the thread ends and drops its locals."""
-
-    def __del__(self) -> None:
-        for conn in self:
-            conn.close()
+                self._discard(conn)
 
 
 def _shutdown(sock: socket.socket) -> None:

@@ -16,7 +16,9 @@ from typing import Any
 
 from .handoff import Inbox
 
-__all__ = ["ServiceThreads"]
+__all__ = ["DEFAULT_SERVICE_THREADS", "ServiceThreads"]
+
+DEFAULT_SERVICE_THREADS = 64
 
 _STOP = None
 
@@ -31,18 +33,21 @@ class ServiceThreads:
             queue.SimpleQueue())
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        self.queued = 0  # calls waiting for a thread
+        self.running = 0  # calls in a thread now
         self._lock = threading.Lock()
         self._inbox: Inbox | None = None
         self._closed = False
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Runs ``fn(*args)`` in a pool thread; call on the event loop, await the result."""
-        if self._closed:
-            raise RuntimeError("the machine's service threads are shut down")
         future = asyncio.get_running_loop().create_future()
+        if self._closed:  # the machine is ending (a Testing machine killed): it answers nothing, as a dead process
+            return future  # never resolved: cancelled with the machine's loop
         if self._inbox is None:
             self._inbox = Inbox(future.get_loop())
         with self._lock:
+            self.queued += 1
             if self._idle:
                 self._idle -= 1
             elif len(self._threads) < self._max:
@@ -56,6 +61,9 @@ class ServiceThreads:
     def _work_loop(self, inbox: Inbox) -> None:
         while (item := self._work.get()) is not _STOP:
             future, fn, args = item
+            with self._lock:
+                self.queued -= 1
+                self.running += 1
             try:
                 result, ok = fn(*args), True
             except BaseException as exc:  # handed to the awaiting coroutine, like an executor does
@@ -64,7 +72,12 @@ class ServiceThreads:
             inbox.put(future, ok, result)
             del future, result
             with self._lock:
+                self.running -= 1
                 self._idle += 1
+
+    def load(self) -> dict[str, int]:
+        """Calls queued and running now, and the most threads there can be."""
+        return {"queued": self.queued, "running": self.running, "threads": self._max}
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops the threads once their current calls end (``cancel_futures`` drops queued calls)."""

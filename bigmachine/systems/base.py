@@ -5,6 +5,10 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any
 
+from ..liveness import Liveness
+from ..rpc.client import DEFAULT_MAX_CONNECTIONS
+from ..rpc.threads import DEFAULT_SERVICE_THREADS
+
 if TYPE_CHECKING:
     from ..machine import Machine
     from ..session import B
@@ -18,6 +22,10 @@ class Instance(abc.ABC):
     @abc.abstractmethod
     async def address(self) -> str:
         """The machine's ``https://host:port/`` once it serves."""
+
+    def address_nowait(self) -> str | None:
+        """The machine's address if it is known at launch (``m.addr`` is then set when ``b.start`` returns)."""
+        return None
 
     @abc.abstractmethod
     async def wait_exit(self) -> BaseException:
@@ -33,24 +41,40 @@ class Instance(abc.ABC):
 
 
 class System(abc.ABC):
-    """Where machines run. Keepalive timings are in seconds."""
+    """Where machines run. Keepalive timings are in seconds (see ``bigmachine.liveness``)."""
 
     name = "system"
     start_timeout = 120.0  # from launch to RUNNING, services' init included
 
     def __init__(self, *, keepalive_period: float, keepalive_timeout: float, keepalive_rpc_timeout: float,
-                 start_timeout: float | None = None) -> None:
-        if not 0 < keepalive_period < keepalive_timeout:
-            raise ValueError(
-                f"keepalive_period ({keepalive_period}) must be > 0 and below keepalive_timeout ({keepalive_timeout})"
-            )
-        self.keepalive_period = keepalive_period
-        self.keepalive_timeout = keepalive_timeout
-        self.keepalive_rpc_timeout = keepalive_rpc_timeout
+                 start_timeout: float | None = None, service_threads: int = DEFAULT_SERVICE_THREADS,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        """``service_threads`` bounds the threads running a machine's plain service methods (calls past
+        it queue on the machine); ``max_connections`` the connections from a session to one machine
+        (calls past it wait their turn in the caller, within their own deadline)."""
+        self.liveness = Liveness(keepalive_period, keepalive_timeout, keepalive_rpc_timeout)
         if start_timeout is not None:
             if start_timeout <= 0:
                 raise ValueError(f"start_timeout must be > 0 seconds, not {start_timeout}")
             self.start_timeout = start_timeout
+        self.service_threads = _positive_int("service_threads", service_threads)
+        self.max_connections = _positive_int("max_connections", max_connections)
+
+    @property
+    def keepalive_period(self) -> float:
+        return self.liveness.period
+
+    @property
+    def keepalive_timeout(self) -> float:
+        return self.liveness.timeout
+
+    @property
+    def keepalive_rpc_timeout(self) -> float:
+        return self.liveness.rpc_timeout
+
+    def initial_lease(self) -> float:
+        """The lease a starting machine gets before its first keepalive: time to start, then a timeout."""
+        return self.start_timeout + self.liveness.timeout
 
     def init(self, session: B) -> None:
         """Called once when a driver session starts on this system."""
@@ -68,3 +92,9 @@ class System(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _positive_int(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+    return value

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Error
 from .base import Instance, System
@@ -35,10 +35,10 @@ class Hosts(System):
 
     def __init__(self, agents: Sequence[str], *, authority: BootstrapAuthority,
                  requirements: Sequence[str] | None = None, keepalive_period: float = 2.0,
-                 keepalive_timeout: float = 10.0, keepalive_rpc_timeout: float = 5.0,
-                 start_timeout: float | None = None) -> None:
+                 keepalive_timeout: float = 60.0, keepalive_rpc_timeout: float = 10.0, **options: Any) -> None:
+        """``options``: ``start_timeout``, ``service_threads``, ``max_connections`` (see ``System``)."""
         super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
-                         keepalive_rpc_timeout=keepalive_rpc_timeout, start_timeout=start_timeout)
+                         keepalive_rpc_timeout=keepalive_rpc_timeout, **options)
         self.agents = [_check(a) for a in agents]
         self.authority = authority
         self.requirements = None if requirements is None else list(requirements)

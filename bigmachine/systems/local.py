@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MachineStopped, OutOfMemory
@@ -35,13 +36,13 @@ class Local(System):
     name = "local"
     start_timeout = 60.0
 
-    def __init__(self, *, keepalive_period: float = 2.0, keepalive_timeout: float = 10.0,
-                 keepalive_rpc_timeout: float = 5.0, start_timeout: float | None = None,
-                 memory_limit: int | str | None = None) -> None:
+    def __init__(self, *, keepalive_period: float = 2.0, keepalive_timeout: float = 60.0,
+                 keepalive_rpc_timeout: float = 10.0, memory_limit: int | str | None = None, **options: Any) -> None:
         """``memory_limit`` (bytes, or like ``"512M"``) bounds each machine's memory: a cgroup where
-        one can be made, else its address space; a machine that runs out stops with OutOfMemory."""
+        one can be made, else its address space; a machine that runs out stops with OutOfMemory.
+        ``options``: ``start_timeout``, ``service_threads``, ``max_connections`` (see ``System``)."""
         super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
-                         keepalive_rpc_timeout=keepalive_rpc_timeout, start_timeout=start_timeout)
+                         keepalive_rpc_timeout=keepalive_rpc_timeout, **options)
         self.memory_limit = parse_size(memory_limit) if memory_limit is not None else None
 
     def __repr__(self) -> str:
@@ -57,7 +58,8 @@ class Local(System):
         read_fd, write_fd = os.pipe()
         spec = {
             "session": session.name, "tls_dir": str(tls_dir), "host": "127.0.0.1",
-            "lease": self.start_timeout + self.keepalive_timeout, "maxprocs": 1, "parent": os.getpid(),
+            "lease": self.initial_lease(), "maxprocs": 1, "parent": os.getpid(),
+            "service_threads": self.service_threads, "keepalive": astuple(self.liveness),
             "system": self.name, "report_fd": write_fd, "path": sys.path, "argv": sys.argv,
         }
         cgroup = None

@@ -18,6 +18,7 @@ from .base import Instance, System
 
 if TYPE_CHECKING:
     from ..machine import Machine
+    from ..serving import MachineConfig
     from ..session import B
 
 __all__ = ["Testing"]
@@ -33,9 +34,10 @@ class Testing(System):
     start_timeout = 30.0
 
     def __init__(self, *, keepalive_period: float = 1.0, keepalive_timeout: float = 5.0,
-                 keepalive_rpc_timeout: float = 2.0, start_timeout: float | None = None) -> None:
+                 keepalive_rpc_timeout: float = 2.0, **options: Any) -> None:
+        """``options``: ``start_timeout``, ``service_threads``, ``max_connections`` (see ``System``)."""
         super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
-                         keepalive_rpc_timeout=keepalive_rpc_timeout, start_timeout=start_timeout)
+                         keepalive_rpc_timeout=keepalive_rpc_timeout, **options)
         self._instances: dict[Machine, TestInstance] = {}
         self._lock = threading.Lock()
 
@@ -47,11 +49,19 @@ class Testing(System):
         for machine in machines:
             tls_dir = session.authority.issue(["127.0.0.1", "localhost"], common_name=machine.name).write(
                 session.tmpdir / machine.name)
-            instance = TestInstance(session.name, str(tls_dir), self.keepalive_timeout + self.start_timeout)
+            instance = TestInstance(self._config(session.name, str(tls_dir)))
             with self._lock:
                 self._instances[machine] = instance
             launched.append(instance)
         return launched
+
+    def _config(self, session: str, tls_dir: str) -> MachineConfig:
+        from ..serving import MachineConfig  # lazily: systems load before the machine side
+
+        live = self.liveness
+        return MachineConfig(session=session, tls_dir=tls_dir, lease=self.initial_lease(), system=self.name,
+                             service_threads=self.service_threads, dump_stacks=False,  # faulthandler is process-wide
+                             keepalive=(live.period, live.timeout, live.rpc_timeout))
 
     def kill(self, machine: Machine) -> None:
         """Makes ``machine`` die as a crashed process would."""
@@ -79,8 +89,8 @@ class TestInstance(Instance):
 
     __test__ = False
 
-    def __init__(self, session: str, tls_dir: str, lease: float) -> None:
-        from ..serving import MachineConfig, MachineServer
+    def __init__(self, config: MachineConfig) -> None:
+        from ..serving import MachineServer
 
         self.exited = threading.Event()
         self.reason = ""
@@ -88,8 +98,7 @@ class TestInstance(Instance):
         self._driver_loop = asyncio.get_running_loop()
         self._addr: asyncio.Future[str] = self._driver_loop.create_future()
         self._exit: asyncio.Future[str] = self._driver_loop.create_future()
-        self.server = MachineServer(MachineConfig(session=session, tls_dir=tls_dir, lease=lease, system="testing"),
-                                    on_exit=self.crash)
+        self.server = MachineServer(config, on_exit=self.crash)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"bigmachine-testing-{id(self):x}", daemon=True)
         self._thread.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -63,6 +64,11 @@ class Work:
 
     def consume(self, stream: Iterator[bytes]) -> int:
         return sum(len(chunk) for chunk in stream)
+
+    def pipe(self, stream: Iterator[bytes]) -> Iterator[bytes]:
+        """A streamed reply made of a streamed argument, as it arrives."""
+        for chunk in stream:
+            yield chunk
 
     def read_files(self, paths: list[str]) -> dict[str, bytes | None]:
         """The contents of each file this machine can read (None where it can't)."""
@@ -151,3 +157,57 @@ class SlowInit:
 
     def never(self) -> None:
         pass
+
+
+class Busy:
+    """Work that keeps a machine busy: long calls, a held interpreter lock."""
+
+    def sleep(self, seconds: float, tag: Any = None) -> Any:
+        time.sleep(seconds)
+        return tag
+
+    def hold_gil(self, seconds: float) -> float:
+        """Holds the interpreter lock for ``seconds``: libc's usleep called through PyDLL never releases it
+        (as a C extension that forgets to release the GIL, or a huge regex, would)."""
+        import ctypes
+
+        ctypes.PyDLL(None).usleep(int(seconds * 1e6))
+        return seconds
+
+    def chatter(self, lines: int) -> int:
+        """Prints progress as a user's code would: lines, and a bar redrawn with carriage returns."""
+        for i in range(lines):
+            print(f"working on item {i}")
+            sys.stderr.write(f"\rprogress {i + 1}/{lines}")
+        sys.stderr.write("\n")
+        return lines
+
+    async def stall_loop(self, seconds: float) -> float:
+        """Blocks the machine's event loop: it answers nothing meanwhile, as a hung machine."""
+        time.sleep(seconds)
+        return seconds
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Relay:
+    """Calls another machine of the session from inside this one (``b.dial``)."""
+
+    def init(self, b: Any) -> None:
+        self.b = b
+
+    def call(self, addr: str, method: str, *args: Any, timeout: float | None = None) -> Any:
+        return self.b.dial(addr).call(method, *args, timeout=timeout)
+
+    def retry_call(self, addr: str, method: str, *args: Any, timeout: float | None = None) -> Any:
+        return self.b.dial(addr).retry_call(method, *args, timeout=timeout)
+
+    def state(self, addr: str) -> str:
+        return self.b.dial(addr).state.name
+
+    def cancel(self, addr: str) -> None:
+        self.b.dial(addr).cancel()
+
+    def same_object(self, addr: str) -> bool:
+        return self.b.dial(addr) is self.b.dial(addr)

@@ -98,3 +98,56 @@ def test_driver_signal_ends_machines(tmp_path: Path, sig: signal.Signals) -> Non
             except psutil.NoSuchProcess:
                 pass
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+START_16 = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {here!r})
+    import bigmachine
+    from reliability_services import Work
+
+    with bigmachine.start() as b:
+        print(b.tmpdir, flush=True)
+        b.start(16, bigmachine.Services(Work=Work()))
+        print("started", flush=True)
+    """
+)
+
+
+def _tagged_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("BIGMACHINE_TEST_TAG") == tag:
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.03, 0.2])
+def test_ctrl_c_during_start_leaves_no_machine_once_shutdown_returns(tmp_path: Path, delay: float) -> None:
+    """Ctrl-C at any moment of ``b.start(16)``: ``shutdown`` waits for what is being launched and
+    stops it, so no machine process outlives the driver, and no task is left pending."""
+    script = tmp_path / "driver.py"
+    script.write_text(START_16.format(here=str(Path(__file__).parent)))
+    tag = f"ctrl-c-{time.monotonic_ns()}"
+    env = {**__import__("os").environ, "BIGMACHINE_TEST_TAG": tag}
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        tmpdir = Path(driver.stdout.readline().strip())  # type: ignore[union-attr]
+        time.sleep(delay)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+        assert "KeyboardInterrupt" in err or "started" in out, err
+        assert "Task was destroyed but it is pending" not in err, err
+        assert not tmpdir.exists(), "the driver's temp dir was left behind"
+        assert not [p for p in _tagged_processes(tag) if p.pid != driver.pid], "machines outlived shutdown"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+        for process in _tagged_processes(tag):
+            process.kill()

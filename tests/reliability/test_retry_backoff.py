@@ -68,7 +68,7 @@ class Attempts:
 
 def offline_machine() -> bigmachine.Machine:
     """A machine object whose ``call`` the test replaces: no session, no network."""
-    session = SimpleNamespace(client_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    session = SimpleNamespace(client_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), max_connections=64)
     return bigmachine.Machine(session, "https://127.0.0.1:9/", owned=False)  # type: ignore[arg-type]
 
 
