@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import math
 import socket
 import ssl
 import threading
@@ -29,8 +31,10 @@ from .deadlines import remaining
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "IDLE_TIMEOUT", "AsyncPool", "SyncPool"]
 
+logger = logging.getLogger(__name__)
+
 _READ_SIZE = 1 << 18
-CONNECT_TIMEOUT = 10.0  # a host that drops our SYNs fails the call as Unavailable, not after minutes
+CONNECT_TIMEOUT = 10.0  # a connect or TLS handshake past this is tried afresh (a host that dropped our SYN)
 DEFAULT_MAX_CONNECTIONS = 64  # to one machine from one session; calls past it wait their turn
 IDLE_TIMEOUT = 60.0  # a connection unused this long is closed (the server keeps its side 5x longer)
 _STREAM_HIGH_WATER = 8 << 20  # pause reading a streamed reply past this many buffered bytes
@@ -278,22 +282,27 @@ class AsyncPool:
         return conn
 
     async def _connect(self) -> AsyncConnection:
-        if self._closed is not None:
-            raise self._closed
-        connecting = asyncio.ensure_future(asyncio.wait_for(asyncio.get_running_loop().create_connection(
-            lambda: AsyncConnection(self), self.host, self.port,
-            ssl=self._context, server_hostname=self._server_hostname,
-        ), CONNECT_TIMEOUT))
-        self._connecting.add(connecting)  # a machine that stops while we shake hands cancels it
-        try:
-            _, conn = await connecting
-        except asyncio.CancelledError:
-            if self._closed is not None and connecting.cancelled():
-                raise self._closed from None
-            raise
-        finally:
-            self._connecting.discard(connecting)
-        return conn
+        """A new connection. A connect or handshake that takes over CONNECT_TIMEOUT is tried again: the
+        call's own deadline bounds it, and a machine that stops (declared dead by its keepalives) ends it."""
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            connecting = asyncio.ensure_future(asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                lambda: AsyncConnection(self), self.host, self.port,
+                ssl=self._context, server_hostname=self._server_hostname,
+            ), CONNECT_TIMEOUT))
+            self._connecting.add(connecting)  # a machine that stops while we shake hands cancels it
+            try:
+                _, conn = await connecting
+                return conn
+            except asyncio.CancelledError:
+                if self._closed is not None and connecting.cancelled():
+                    raise self._closed from None
+                raise
+            except TimeoutError:
+                logger.debug("%s:%d: no connection within %g s; trying again", self.host, self.port, CONNECT_TIMEOUT)
+            finally:
+                self._connecting.discard(connecting)
 
     async def request(self, data: bytes | tuple[bytes, ...]) -> tuple[Response, AsyncConnection]:
         """Sends a whole request and waits for the response head (and body, unless streamed)."""
@@ -518,9 +527,7 @@ class SyncPool:
                 raise self._closed
             return handed  # type: ignore[no-any-return]
         try:
-            if self._closed is not None:
-                raise self._closed
-            conn = SyncConnection(self, deadline)
+            conn = self._connect(deadline)
         except BaseException:
             self._budget.give_back()
             raise
@@ -530,6 +537,18 @@ class SyncPool:
             self._discard(conn)
             raise self._closed
         return conn
+
+    def _connect(self, deadline: float) -> SyncConnection:
+        """A new connection; one that takes over CONNECT_TIMEOUT is tried again until ``deadline`` (see AsyncPool)."""
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            try:
+                return SyncConnection(self, deadline)
+            except TimeoutError:
+                if deadline != math.inf and time.monotonic() >= deadline:
+                    raise
+                logger.debug("%s:%d: no connection within %g s; trying again", self.host, self.port, CONNECT_TIMEOUT)
 
     def release(self, conn: SyncConnection) -> None:
         """Keeps a healthy connection for the next call; closes a broken one."""

@@ -9,9 +9,13 @@ that no machine is declared dead and every call gets its own answer.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import os
+import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -197,3 +201,31 @@ def test_a_dialled_peer_that_hangs_is_stopped_and_pending_calls_fail(
     assert time.monotonic() - begun < 1.5 + 0.2 + 0.5 + 6 * SLACK
     assert relay.call("Relay.state", peer.addr) in ("STARTING", "STOPPED")  # a new dial, or the stopped one
     stall.cancel()
+
+
+def test_calls_without_a_deadline_to_a_hung_machine_end_with_machine_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGSTOPped machine accepts TCP but never finishes a TLS handshake: new connections time out and are
+    tried again, so calls without a deadline end with MachineStopped once keepalives declare it dead,
+    never with "TimeoutError: no reply within None s"."""
+    from bigmachine.rpc import client
+
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT", 0.5)
+    with bigmachine.start(Local(**SHORT)) as b:
+        (m,) = start(b)
+        pid = m.call("Busy.pid")  # a sync connection now idle: the sync call below reuses it
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            submitted = m.submit("Busy.sleep", 0, "never")  # needs a new (async) connection
+
+            async def acall() -> Any:
+                return await m.acall("Busy.sleep", 0, "never")
+
+            in_thread = concurrent.futures.ThreadPoolExecutor(1).submit(asyncio.run, acall())
+            bound = sum(SHORT.values()) + 4 * SLACK
+            for future in (submitted, in_thread):
+                with pytest.raises(bigmachine.MachineStopped, match="no keepalive reply for"):
+                    future.result(timeout=bound)
+            with pytest.raises(bigmachine.MachineStopped):
+                m.call("Busy.sleep", 0, "never")
+        finally:
+            os.kill(pid, signal.SIGCONT)
