@@ -480,6 +480,10 @@ class Machine:
             last_ok = time.monotonic()
             self._reply_times.append(last_ok - begun)
 
+    def _repr_html_(self) -> str:
+        from .notebook import machine_html  # Jupyter's rich view: state pill, address, uptime, calls
+        return machine_html(self)
+
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from . import tls
+from . import functions, tls
 from .rpc.server import Registry, RpcApp
 from .rpc.threads import ServiceThreads
 from .rpc.uvicorn_protocol import CoalescingHttpToolsProtocol
@@ -60,6 +60,7 @@ class MachineServer:
         self.supervisor = Supervisor(self.session, self.registry, exit=lambda reason: on_exit(reason, 0), lease=config.lease,
                                      maxprocs=config.maxprocs, parent=config.parent)
         self.registry.add("Supervisor", self.supervisor)
+        self.registry.add(functions.SERVICE, functions.Functions())  # runs bigmachine.Executor's calls
         self.app = RpcApp(self.registry, self.executor, on_memory_error=self._out_of_memory)
         self.server: uvicorn.Server | None = None
         self.addr = ""
