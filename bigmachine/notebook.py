@@ -25,10 +25,12 @@ def session_html(b: B) -> str:
     """The session's name and system, a table of its machines and the debug server's link."""
     machines = b.machines()
     running = sum(1 for m in machines if m.state.name == "RUNNING")
-    debug = (f' · <a href="{html.escape(b.debug_url)}" target="_blank">debug server</a>' if b.debug_url else "")
+    shut_down = getattr(b, "_shutdown", False)
+    debug = (f' · <a href="{html.escape(b.debug_url)}" target="_blank">debug server</a>'
+             if b.debug_url and not shut_down else "")
     head = (f"<b>bigmachine</b> session <code>{html.escape(b.name)}</code> on "
             f"<code>{html.escape(repr(b.system))}</code> · {len(machines)} machines, {running} running{debug}")
-    if getattr(b, "_shutdown", False):
+    if shut_down:
         head += " · <i>shut down</i>"
     return f'<div class="bigmachine-session">{head}{_table(machines)}</div>'
 
