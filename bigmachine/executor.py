@@ -138,7 +138,7 @@ class Executor(concurrent.futures.Executor):
         items = list(zip(*iterables))
         chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
         futures = self._enqueue([(_RUN_CHUNK, (fn, chunk)) for chunk in chunks])
-        tracker = _Tracker(len(items), getattr(fn, "__qualname__", repr(fn)), progress)
+        tracker = _Tracker(len(items), getattr(fn, "__name__", repr(fn)), progress)
         for future, chunk in zip(futures, chunks):
             future.add_done_callback(functools.partial(tracker.completed, len(chunk)))
         return _results(futures, deadline, tracker)

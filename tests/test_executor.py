@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 import bigmachine
+import bigmachine.executor
 from bigmachine.executor import Progress
 from bigmachine.systems import Testing
 
@@ -96,6 +98,18 @@ def test_a_machine_killed_mid_map_loses_nothing(local_session: bigmachine.B, cap
     assert f"machine {victim.addr} stopped" in caplog.text
     assert seen[-1].done == seen[-1].total == 300 and seen[-1].rate > 0 and seen[-1].eta == 0
     machines[1].cancel()
+
+
+def test_a_long_map_logs_done_total_rate_and_eta(testing_session: bigmachine.B, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(bigmachine.executor, "_LOG_EVERY", 0.05)  # what counts as long, and how often it logs
+    testing_session.start(1, bigmachine.Services(Noop=object()))
+    caplog.set_level(logging.INFO, "bigmachine.executor")
+    with testing_session.executor(calls_per_machine=2) as executor:
+        assert list(executor.map(lambda x: (time.sleep(0.01), x)[1], range(40))) == list(range(40))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(re.fullmatch(r"map of <lambda>: \d+/40 done, [\d.]+/s, ETA (\d+ s|\?)", line) for line in lines), lines
+    assert re.fullmatch(r"map of <lambda>: 40 items done in [\d.]+ s \([\d.]+/s\)", lines[-1])
 
 
 def test_with_no_machine_left_calls_fail_with_machine_stopped(testing_system: Testing) -> None:
