@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from .session import B
 from .systems.base import System
@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bigm.name", dest="bigm_name", default=_env("name", "bigmachine"), metavar="NAME",
                        help="session name prefix (BIGMACHINE_NAME; default: %(default)s)")
     _add_go_aliases(group)
-    if not issubclass(parser.formatter_class, _CompactUsage):
-        parser.formatter_class = type("CompactUsage", (_CompactUsage, parser.formatter_class), {})
+    formatter: Any = parser.formatter_class
+    if isinstance(formatter, type) and not issubclass(formatter, _CompactUsage):
+        parser.formatter_class = cast(Any, type("CompactUsage", (_CompactUsage, formatter), {}))
     for name, (title, _) in SYSTEM_OPTIONS.items():
         module = _system_options(name)
         if module is None:  # its dependencies are missing (boto3 for EC2): its options can't be offered
@@ -111,8 +112,9 @@ def _add_go_aliases(group: argparse._ArgumentGroup) -> None:
                                        type=_go_not if invert else _go_bool,
                                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
                 else:
-                    group.add_argument(alias, dest=action.dest, type=action.type, choices=action.choices,
-                                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                    typed: dict[str, Any] = {"type": action.type} if action.type is not None else {}
+                    group.add_argument(alias, dest=action.dest, choices=action.choices, default=argparse.SUPPRESS,
+                                       help=argparse.SUPPRESS, **typed)
 
 
 def _go_bool(value: str) -> bool:
