@@ -34,6 +34,7 @@ SYSTEM_OPTIONS = {"ec2": ("EC2", "bigmachine.systems.ec2")}
 ``add_arguments(group, env)`` (its options, in a ``--help`` group of their own) and ``from_arguments(args)``."""
 
 DEFAULT_DEBUG = "127.0.0.1:3333"
+_DEBUG_OFF = ("none", "off", "")
 # Go's flags whose names differ beyond the dash: Go name -> (ours, whether a flag's sense is inverted).
 _GO_NAMES = {"-bigm.ec2type": ("--bigm.ec2.instance-type", False), "-bigm.ec2ondemand": ("--bigm.ec2.spot", True)}
 
@@ -91,11 +92,14 @@ def _system_options(name: str) -> ModuleType | None:
 
 def _debug_address(value: str) -> str:
     """``--bigm.debug``'s value, checked while parsing so a bad one is a usage error, not a traceback."""
-    if value.strip().lower() in ("none", "off", ""):
+    if value.strip().lower() in _DEBUG_OFF:
         return value
-    host, sep, port = value.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT (port 0 picks a free port) or 'none', not {value!r}")
+    from .web.server import parse_address
+
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or 'none' for no debug server") from None
     return value
 
 
@@ -182,7 +186,7 @@ def _raise_exit(signum: int, frame: Any) -> None:
 
 
 def _serve_debug(b: B, address: str) -> Any:
-    if address.lower() in ("none", "off", ""):
+    if address.strip().lower() in _DEBUG_OFF:
         return None
     from .web.server import serve_debug
 

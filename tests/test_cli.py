@@ -56,8 +56,8 @@ def test_go_single_dash_spellings_are_aliases() -> None:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--bigm.debug=nonsense"], "argument --bigm.debug: must be HOST:PORT"),
-    (["-bigm.debug=host:99999"], "argument -bigm.debug: must be HOST:PORT"),
+    (["--bigm.debug=nonsense"], "argument --bigm.debug: debug address must look like HOST:PORT"),
+    (["-bigm.debug=host:99999"], "argument -bigm.debug: debug address must look like HOST:PORT"),
     (["--bigm.system=mainframe"], "invalid choice: 'mainframe'"),
     (["--bigm.ec2.port=abc"], "argument --bigm.ec2.port: must be an integer, not 'abc'"),
     (["--bigm.ec2.max-price=cheap"], "must be a number, not 'cheap'"),
@@ -75,7 +75,7 @@ def test_bad_environment_value_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("BIGMACHINE_DEBUG", "nonsense")
     with pytest.raises(SystemExit):
         parser().parse_args([])
-    assert "must be HOST:PORT" in capsys.readouterr().err
+    assert "must look like HOST:PORT" in capsys.readouterr().err
 
 
 def test_a_bad_value_found_when_the_system_is_made_is_a_clean_error() -> None:
@@ -88,7 +88,7 @@ def test_a_bad_value_found_when_the_system_is_made_is_a_clean_error() -> None:
     (["-n", "0"], "argument -n: must be at least 1, not 0"),
     (["--nmach", "0"], "argument --nmach: must be at least 1, not 0"),
     (["--nmach", "two"], "argument --nmach: must be an integer, not 'two'"),
-    (["--bigm.debug=nonsense"], "must be HOST:PORT"),
+    (["--bigm.debug=nonsense"], "must look like HOST:PORT"),
 ])
 def test_bigpi_rejects_bad_counts_with_usage_not_a_traceback(argv: list[str], message: str) -> None:
     done = run("examples/bigpi.py", *argv)
