@@ -101,16 +101,16 @@ class Executor(concurrent.futures.Executor):
         self.session: B = b
         self._machines = list(machines) if machines is not None else None
         self._owns_machines = n is not None
-        if n is not None:
-            try:
+        try:
+            if n is not None:
                 self._machines = b.start(n, Services(**{SERVICE: Functions()}))
-            except BaseException:
-                if self._owns_session:
-                    b.shutdown()
-                raise
-        if not self._candidates():
-            raise ValueError(f"session {b.name} has no running or starting machine for the Executor: start some "
-                             "with b.start(...), or let the Executor start them with n=")
+            if not self._candidates():
+                raise ValueError(f"session {b.name} has no running or starting machine for the Executor: start some "
+                                 "with b.start(...), or let the Executor start them with n=")
+        except BaseException:
+            if self._owns_session:
+                b.shutdown()
+            raise
         self._per_machine = calls_per_machine
         self._lock = threading.Lock()
         self._queue: collections.deque[_Work] = collections.deque()
