@@ -158,13 +158,24 @@ def test_map_timeout_raises_and_cancels_the_rest(testing_session: bigmachine.B) 
             next(results)
 
 
-def test_own_session_is_made_and_shut_down(caplog: pytest.LogCaptureFixture) -> None:
-    with bigmachine.Executor(n=2, system=Testing()) as executor:
-        assert sorted(executor.map(str.upper, ["a", "b"])) == ["A", "B"]
+@pytest.mark.parametrize("system", [None, Testing()], ids=["Local", "Testing"])
+def test_own_session_is_made_and_shut_down(system: Testing | None) -> None:
+    with bigmachine.Executor(n=2, system=system) as executor:
+        assert list(executor.map(str.upper, ["a", "b"])) == ["A", "B"]
         session = executor.session
+        assert type(session.system).__name__ == ("Local" if system is None else "Testing")
     assert all(m.state == bigmachine.STOPPED for m in session.machines())
     with pytest.raises(bigmachine.Error, match="shut down"):
         session.start(1, bigmachine.Services(Noop=object()))
+
+
+def test_a_session_executor_uses_machines_started_later(testing_session: bigmachine.B) -> None:
+    [first] = testing_session.start(1, bigmachine.Services(Noop=object()))
+    with testing_session.executor(calls_per_machine=1) as executor:
+        second = testing_session.start(1, bigmachine.Services(Noop=object()))[0]
+        list(executor.map(time.sleep, [0.05] * 8))
+    assert first.rpc_stats.snapshot()["Functions.run_chunk"]["calls"] >= 2
+    assert second.rpc_stats.snapshot()["Functions.run_chunk"]["calls"] >= 2
 
 
 def test_bad_arguments_say_what_to_give(testing_session: bigmachine.B) -> None:
