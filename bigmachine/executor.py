@@ -239,8 +239,10 @@ class Executor(concurrent.futures.Executor):
         work.future.set_result(result)
 
     def _none_left(self, method: str) -> MachineStopped:
-        lost = sorted(self._lost, key=lambda m: m.stopped or 0.0)
-        last = lost[-1] if lost else None
+        """The error of a call no machine is left to run; its cause is the error the last machine stopped with."""
+        machines = self._machines if self._machines is not None else self.session.machines()
+        stopped = sorted((m for m in machines if m.state == STOPPED), key=lambda m: m.stopped or 0.0)
+        last = stopped[-1] if stopped else None
         err = MachineStopped(f"no machine is left to run {method}: every machine of the executor is stopped"
                              + (f"; the last, {last.addr or last.name}, by: {last.err}" if last else ""),
                              machine=last.addr if last else "")

@@ -121,8 +121,9 @@ def test_with_no_machine_left_calls_fail_with_machine_stopped(testing_system: Te
             queued = [executor.submit(abs, -1) for _ in range(20)]
             testing_system.kill(machine)
             for future in [running, *queued]:
-                with pytest.raises(bigmachine.MachineStopped, match="no machine is left"):
+                with pytest.raises(bigmachine.MachineStopped, match="no machine is left") as raised:
                     future.result(timeout=30)
+                assert raised.value.machine == machine.addr and raised.value.__cause__ is machine.err
 
 
 def test_shutdown_with_cancel_futures_drops_queued_work(testing_session: bigmachine.B) -> None:
