@@ -8,6 +8,8 @@ by value); its exception reaches the caller with its type and remote traceback.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +24,13 @@ class Functions:
 
     def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``fn(*args, **kwargs)``; keyword arguments travel as a dict so none clashes with ``timeout``."""
-        return fn(*args, **kwargs)
+        return _awaited(fn(*args, **kwargs))
 
     def run_chunk(self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
         """``[fn(*args) for args in chunk]``: one call for ``chunksize`` items of an ``Executor.map``."""
-        return [fn(*args) for args in chunk]
+        return [_awaited(fn(*args)) for args in chunk]
+
+
+def _awaited(result: Any) -> Any:
+    """An ``async def`` function's result: its coroutine run to the end in this (service) thread's own loop."""
+    return asyncio.run(result) if inspect.iscoroutine(result) else result

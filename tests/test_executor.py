@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
@@ -72,10 +73,17 @@ def test_exceptions_keep_their_type_and_the_remote_traceback(local_session: bigm
             next(results)
 
 
-def test_keywords_reach_the_function_even_timeout(testing_session: bigmachine.B) -> None:
+async def double_later(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return 2 * x
+
+
+def test_keywords_reach_the_function_even_timeout_and_async_functions_run(testing_session: bigmachine.B) -> None:
     testing_session.start(1, bigmachine.Services(Noop=object()))
     with testing_session.executor() as executor:
         assert executor.submit(lambda a, timeout: (a, timeout), 1, timeout=5).result(timeout=30) == (1, 5)
+        assert executor.submit(double_later, 4).result(timeout=30) == 8
+        assert list(executor.map(double_later, range(5), chunksize=2)) == [0, 2, 4, 6, 8]
 
 
 def test_a_machine_killed_mid_map_loses_nothing(local_session: bigmachine.B, caplog: pytest.LogCaptureFixture) -> None:
