@@ -37,7 +37,7 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
 
 
 def add_arguments(group: argparse._ArgumentGroup, env: Callable[[str, str], str]) -> None:
-    """Adds the EC2 options to the driver's option group."""
+    """Adds the EC2 options to ``group`` (the driver gives each system a --help group of its own)."""
     for option, keyword, kind, text in _OPTIONS:
         variable = f"ec2.{option.replace('-', '_')}"
         group.add_argument(f"--bigm.ec2.{option}", dest=f"bigm_ec2_{keyword}", default=env(variable, ""),
