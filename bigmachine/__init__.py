@@ -18,6 +18,7 @@ from .errors import (
     SerializationError,
     Unavailable,
 )
+from .executor import Executor
 from .machine import Machine
 from .params import Environ, Services
 from .session import B, start
@@ -30,6 +31,7 @@ __all__ = [
     "Cancelled",
     "Environ",
     "Error",
+    "Executor",
     "Machine",
     "MachineStopped",
     "NotFound",

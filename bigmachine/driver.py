@@ -4,26 +4,39 @@
     driver.add_arguments(parser)
     with driver.start(parser.parse_args()) as b:
         ...
+
+Go bigmachine's single-dash spellings (``-bigm.system=ec2``, ``-bigm.ec2type``) are
+accepted too, hidden from ``--help`` (docs/porting-from-go.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
 import threading
-from typing import Any
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any, cast
 
 from .session import B
 from .systems.base import System
 
-__all__ = ["add_arguments", "make_system", "start"]
+__all__ = ["SYSTEM_OPTIONS", "add_arguments", "make_system", "start"]
 
 logger = logging.getLogger(__name__)
 
 SYSTEMS = ("local", "testing", "ec2")
+SYSTEM_OPTIONS = {"ec2": ("EC2", "bigmachine.systems.ec2")}
+"""Systems with ``--bigm.<system>.*`` options of their own: name -> (title, module). The module has
+``add_arguments(group, env)`` (its options, in a ``--help`` group of their own) and ``from_arguments(args)``."""
+
 DEFAULT_DEBUG = "127.0.0.1:3333"
+_DEBUG_OFF = ("none", "off", "")
+# Go's flags whose names differ beyond the dash: Go name -> (ours, whether a flag's sense is inverted).
+_GO_NAMES = {"-bigm.ec2type": ("--bigm.ec2.instance-type", False), "-bigm.ec2ondemand": ("--bigm.ec2.spot", True)}
 
 
 def _env(name: str, default: str) -> str:
@@ -36,15 +49,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bigm.system", dest="bigm_system", choices=SYSTEMS, default=_env("system", "local"),
                        help="where machines run (BIGMACHINE_SYSTEM; default: %(default)s)")
     group.add_argument("--bigm.debug", dest="bigm_debug", default=_env("debug", DEFAULT_DEBUG), metavar="HOST:PORT",
+                       type=_debug_address,
                        help="debug server address; port 0 picks a free port, 'none' turns it off "
                             "(BIGMACHINE_DEBUG; default: %(default)s)")
-    group.add_argument("--bigm.name", dest="bigm_name", default=_env("name", "bigmachine"),
+    group.add_argument("--bigm.name", dest="bigm_name", default=_env("name", "bigmachine"), metavar="NAME",
                        help="session name prefix (BIGMACHINE_NAME; default: %(default)s)")
+    _add_go_aliases(group)
+    formatter: Any = parser.formatter_class
+    if isinstance(formatter, type) and not issubclass(formatter, _CompactUsage):
+        parser.formatter_class = cast(Any, type("CompactUsage", (_CompactUsage, formatter), {}))
+    for name, (title, _) in SYSTEM_OPTIONS.items():
+        module = _system_options(name)
+        if module is None:  # its dependencies are missing (boto3 for EC2): its options can't be offered
+            continue
+        system_group = parser.add_argument_group(f"bigmachine on {title}", f"with --bigm.system={name}")
+        module.add_arguments(system_group, _env)
+        _add_go_aliases(system_group)
+
+
+class _CompactUsage(argparse.HelpFormatter):
+    """Shows each system's options as one ``[--bigm.ec2.*]`` in the usage line; ``--help`` lists them in their group."""
+
+    def add_usage(self, usage: str | None, actions: Iterable[argparse.Action],
+                  groups: Iterable[argparse._MutuallyExclusiveGroup], prefix: str | None = None) -> None:
+        kept, folded = [], []
+        for action in actions:
+            system = next((name for name in SYSTEM_OPTIONS if action.dest.startswith(f"bigm_{name}_")), None)
+            if system is None:
+                kept.append(action)
+            elif system not in folded:
+                folded.append(system)
+                kept.append(argparse.Action([f"--bigm.{system}.*"], dest=f"bigm_{system}", nargs=0))
+        super().add_usage(usage, kept, groups, prefix)
+
+
+def _system_options(name: str) -> ModuleType | None:
     try:
-        from .systems import ec2
-    except ImportError:  # boto3 missing: the EC2 options can't be offered
-        return
-    ec2.add_arguments(group, _env)
+        return importlib.import_module(SYSTEM_OPTIONS[name][1])
+    except ImportError:
+        return None
+
+
+def _debug_address(value: str) -> str:
+    """``--bigm.debug``'s value, checked while parsing so a bad one is a usage error, not a traceback."""
+    if value.strip().lower() in _DEBUG_OFF:
+        return value
+    from .web.server import parse_address
+
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or 'none' for no debug server") from None
+    return value
+
+
+def _add_go_aliases(group: argparse._ArgumentGroup) -> None:
+    """Accepts each ``--bigm.x`` option of ``group`` as Go's ``-bigm.x`` too, without showing it in ``--help``."""
+    for action in list(group._group_actions):  # argparse keeps a group's actions there; no public accessor
+        for option in action.option_strings:
+            if not option.startswith("--bigm."):
+                continue
+            aliases = [(option[1:], False)] + [(go, invert) for go, (ours, invert) in _GO_NAMES.items() if ours == option]
+            for alias, invert in aliases:
+                if action.nargs == 0:  # a flag; Go's take -flag, -flag=true, -flag=false
+                    group.add_argument(alias, dest=action.dest, nargs="?", const=not invert,
+                                       type=_go_not if invert else _go_bool,
+                                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                else:
+                    typed: dict[str, Any] = {"type": action.type} if action.type is not None else {}
+                    group.add_argument(alias, dest=action.dest, choices=action.choices, default=argparse.SUPPRESS,
+                                       help=argparse.SUPPRESS, **typed)
+
+
+def _go_bool(value: str) -> bool:
+    if value.lower() in ("1", "t", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "f", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, not {value!r}")
+
+
+def _go_not(value: str) -> bool:
+    return not _go_bool(value)
 
 
 def make_system(args: argparse.Namespace) -> System:
@@ -56,9 +142,12 @@ def make_system(args: argparse.Namespace) -> System:
         return Local()
     if kind == "testing":
         return Testing()
-    from .systems import ec2
-
-    return ec2.from_arguments(args)
+    module = _system_options(kind)
+    if module is None:
+        raise ValueError(f"--bigm.system={kind} needs {SYSTEM_OPTIONS[kind][1]}, which cannot be imported here: "
+                         "install its dependencies (EC2: pip install boto3)")
+    system: System = module.from_arguments(args)
+    return system
 
 
 def start(args: argparse.Namespace | None = None) -> B:
@@ -69,7 +158,11 @@ def start(args: argparse.Namespace | None = None) -> B:
         args, _ = parser.parse_known_args()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    b = B(make_system(args), name=args.bigm_name)
+    try:
+        system = make_system(args)
+    except ValueError as exc:  # a bad --bigm.* value found only when the system is made
+        raise SystemExit(f"bigmachine: error: {exc}") from None
+    b = B(system, name=args.bigm_name)
     _exit_on_sigterm()
     try:
         _serve_debug(b, args.bigm_debug)
@@ -93,7 +186,7 @@ def _raise_exit(signum: int, frame: Any) -> None:
 
 
 def _serve_debug(b: B, address: str) -> Any:
-    if address.lower() in ("none", "off", ""):
+    if address.strip().lower() in _DEBUG_OFF:
         return None
     from .web.server import serve_debug
 

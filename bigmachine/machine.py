@@ -621,6 +621,10 @@ class Machine:
         self._stop(MachineStopped(message, machine=self.addr))
         return True
 
+    def _repr_html_(self) -> str:
+        from .notebook import machine_html  # Jupyter's rich view: state pill, address, uptime, calls
+        return machine_html(self)
+
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():

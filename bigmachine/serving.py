@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from . import tls
+from . import functions, tls
 from .rpc.server import Registry, RpcApp
 from .liveness import Liveness
 from .rpc.client import IDLE_TIMEOUT
@@ -68,6 +68,7 @@ class MachineServer:
                                      maxprocs=config.maxprocs, parent=config.parent, service_threads=self.executor,
                                      dump_stacks=config.dump_stacks)
         self.registry.add("Supervisor", control_service(self.supervisor, self.control_threads))
+        self.registry.add(functions.SERVICE, functions.Functions())  # runs bigmachine.Executor's calls
         self.app = RpcApp(self.registry, self.executor, on_memory_error=self._out_of_memory)
         self.server: uvicorn.Server | None = None
         self.addr = ""

@@ -323,6 +323,15 @@ class B:
     def __repr__(self) -> str:
         return f"<B {self.name} on {self.system!r}>"
 
+    def executor(self, **options: Any) -> concurrent.futures.Executor:
+        """A ``bigmachine.Executor`` running plain functions on this session's machines (options: its keywords)."""
+        from .executor import Executor
+        return Executor(self, **options)
+
+    def _repr_html_(self) -> str:
+        from .notebook import session_html  # Jupyter's rich view: machines, states, debug link
+        return session_html(self)
+
 
 def _pickle_service(name: str, service: Any) -> bytes:
     try:

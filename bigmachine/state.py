@@ -15,6 +15,13 @@ class State(enum.IntEnum):
     RUNNING = 2
     STOPPED = 3
 
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        """Formats as the name (``f"{m.state}"`` is ``RUNNING``, as Go's ``State.String``), not the number."""
+        return format(self.name, spec)
+
 
 State.__module__ = "bigmachine"
 UNSTARTED, STARTING, RUNNING, STOPPED = State.UNSTARTED, State.STARTING, State.RUNNING, State.STOPPED

@@ -22,7 +22,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import expvar
+from . import expvar, functions
 from .errors import SerializationError
 from .rpc import wire
 from .rpc.server import Registry, public_methods
@@ -122,7 +122,7 @@ class Supervisor:
             "maxprocs": self._maxprocs,
             "python": sys.version.split()[0],
             "started": self._started,
-            "services": sorted(n for n in self._registry.services if n != "Supervisor"),
+            "services": sorted(n for n in self._registry.services if n not in ("Supervisor", functions.SERVICE)),
         }
 
     def mem_info(self) -> dict[str, Any]:

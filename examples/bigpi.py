@@ -25,10 +25,21 @@ class CirclePI:
         return sum(1 for _ in range(n) if (r.random() - 0.5) ** 2 + (r.random() - 0.5) ** 2 < 0.25)
 
 
+def positive(text: str) -> int:
+    """An integer >= 1, else a usage error (not a ZeroDivisionError later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=10**7, help="number of samples (default: %(default)s)")
-    parser.add_argument("--nmach", type=int, default=2, help="number of machines (default: %(default)s)")
+    parser.add_argument("-n", type=positive, default=10**7, help="number of samples (default: %(default)s)")
+    parser.add_argument("--nmach", type=positive, default=2, help="number of machines (default: %(default)s)")
     driver.add_arguments(parser)
     args = parser.parse_args()
     with driver.start(args) as b:

@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10)
     driver.add_arguments(parser)
     args = parser.parse_args()
+    if args.nmach < 1 or args.top < 1:
+        parser.error("--nmach and --top must be at least 1")
     lines: list[str] = []
     for name in args.files or ["-"]:
         with open(sys.stdin.fileno() if name == "-" else name, closefd=name != "-") as f:

@@ -9,7 +9,7 @@ import bigmachine.systems
 CONTRACT = {
     "start", "B", "Services", "Environ", "Machine", "State", "UNSTARTED", "STARTING", "RUNNING", "STOPPED",
     "Error", "RemoteError", "MachineStopped", "OutOfMemory", "Cancelled", "NotFound", "SerializationError",
-    "expvar", "systems",
+    "expvar", "systems", "Executor",
 }
 
 
@@ -25,7 +25,7 @@ def test_all_is_sorted_and_public() -> None:
 
 
 def test_exported_classes_show_the_public_module() -> None:
-    for name in ("B", "Machine", "Services", "Environ", "State", "Error", "MachineStopped", "RemoteError"):
+    for name in ("B", "Machine", "Services", "Environ", "State", "Error", "MachineStopped", "RemoteError", "Executor"):
         assert getattr(bigmachine, name).__module__ == "bigmachine", name
 
 

@@ -37,11 +37,11 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
 
 
 def add_arguments(group: argparse._ArgumentGroup, env: Callable[[str, str], str]) -> None:
-    """Adds the EC2 options to the driver's option group."""
-    for option, keyword, _, text in _OPTIONS:
+    """Adds the EC2 options to ``group`` (the driver gives each system a --help group of its own)."""
+    for option, keyword, kind, text in _OPTIONS:
         variable = f"ec2.{option.replace('-', '_')}"
         group.add_argument(f"--bigm.ec2.{option}", dest=f"bigm_ec2_{keyword}", default=env(variable, ""),
-                           metavar=keyword.split("_")[-1].upper(),
+                           type=_checked(kind), metavar=keyword.split("_")[-1].upper(),
                            help=f"{text} (BIGMACHINE_EC2_{option.replace('-', '_').upper()})")
     spot = env("ec2.spot", "").lower() in ("1", "true", "yes", "on")
     group.add_argument("--bigm.ec2.spot", dest="bigm_ec2_spot", action=argparse.BooleanOptionalAction, default=spot,
@@ -50,6 +50,20 @@ def add_arguments(group: argparse._ArgumentGroup, env: Callable[[str, str], str]
     group.add_argument("--bigm.ec2.fallback", dest="bigm_ec2_fallback", action=argparse.BooleanOptionalAction,
                        default=fallback, help="launch on demand when spot capacity is short (BIGMACHINE_EC2_FALLBACK; "
                                               "default: on)")
+
+
+_KINDS: dict[Any, str] = {int: "an integer", float: "a number"}
+
+
+def _checked(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Checks a value while parsing, so a bad one is a usage error; '' (unset) passes."""
+    def check(text: str) -> Any:
+        try:
+            return kind(text) if text else text
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {_KINDS.get(kind, 'valid')}, not {text!r}") from None
+
+    return check
 
 
 def from_arguments(args: argparse.Namespace) -> EC2:
