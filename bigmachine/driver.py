@@ -22,7 +22,7 @@ __all__ = ["add_arguments", "make_system", "start"]
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS = ("local", "testing", "ec2")
+SYSTEMS = ("local", "testing", "ec2", "slurm")
 DEFAULT_DEBUG = "127.0.0.1:3333"
 
 
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(BIGMACHINE_DEBUG; default: %(default)s)")
     group.add_argument("--bigm.name", dest="bigm_name", default=_env("name", "bigmachine"),
                        help="session name prefix (BIGMACHINE_NAME; default: %(default)s)")
+    from .systems.slurm import options as slurm
+
+    slurm.add_arguments(group, _env)
     try:
         from .systems import ec2
     except ImportError:  # boto3 missing: the EC2 options can't be offered
@@ -56,6 +59,10 @@ def make_system(args: argparse.Namespace) -> System:
         return Local()
     if kind == "testing":
         return Testing()
+    if kind == "slurm":
+        from .systems.slurm import options as slurm
+
+        return slurm.from_arguments(args)
     from .systems import ec2
 
     return ec2.from_arguments(args)
