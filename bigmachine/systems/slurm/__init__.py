@@ -8,8 +8,8 @@
 (``bigmachine.systems.agent``) with the driver's interpreter, which must be on the
 filesystem the nodes share, as must the session's directory (``workdir``), where
 each job finds its short-lived bootstrap credentials (``script.py`` says how they
-are removed). The driver reads the job's node from ``squeue`` and the agent's port
-from the job's output, then ships its code and starts the machine over mutual TLS,
+are removed). The driver reads the job's node and the agent's port from the job's
+output file (``squeue`` names the node too), then ships its code and starts the machine over mutual TLS,
 as on EC2. ``squeue`` is polled at most every ``poll_interval`` seconds for the
 whole session: a job PENDING past ``start_timeout`` is cancelled and its machine
 stopped with Slurm's pending reason; a job cancelled, preempted or out of time
@@ -60,6 +60,7 @@ _ENDED_BY_SLURM = {
     "REVOKED": "was revoked (federation)",
 }
 _UNSEEN_GRACE = 30.0  # a submitted job missing from squeue this long is taken as gone
+_READ_EVERY = 0.25  # seconds between reads of a starting job's output file
 
 
 class Slurm(System):
@@ -344,21 +345,20 @@ class SlurmInstance(AgentInstance):
     # ------------------------------------------------------------------ the agent
 
     async def _locate(self) -> tuple[str, int]:
+        """The node and port the job's output reports (read often: cheaper than squeue, and sooner)."""
         deadline = self.submitted + max(self.system.start_timeout - self.system.poll_interval - 1.0,
                                         self.system.start_timeout / 2)
-        while not (self.state == "RUNNING" and self.node):
+        output = self.directory / script.OUTPUT
+        while (found := await asyncio.to_thread(script.report, output)) is None:
             if self._exit.done():
                 raise self._exit.result()
-            if time.monotonic() > deadline:
-                await self._give_up(deadline)
-            await self.system._round()
-        while (port := await asyncio.to_thread(script.agent_port, self.directory / script.OUTPUT)) is None:
-            if self._exit.done():
-                raise self._exit.result()
-            await asyncio.sleep(0.2)
-        return self.node, port
+            if time.monotonic() > deadline and self.state == "PENDING":
+                await self._give_up()
+            await asyncio.sleep(_READ_EVERY)
+        self.node = found[0]
+        return found
 
-    async def _give_up(self, deadline: float) -> None:
+    async def _give_up(self) -> None:
         """The job is still queued at the deadline: cancel it, and say why Slurm kept it waiting."""
         waited = time.monotonic() - self.submitted
         self.verdict = MachineStopped(

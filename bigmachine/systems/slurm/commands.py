@@ -67,7 +67,7 @@ def run(command: Sequence[str], *, input: str | None = None, timeout: float = TI
         raise SlurmError(f"`{command[0]}` was not found: the Slurm system runs Slurm's commands, so run the driver "
                          "where `sbatch` and `squeue` work (a login node), or put them on PATH") from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"`{shown}` did not answer within {timeout:.0f} s; is slurmctld up? (`scontrol ping`)",
+        raise SlurmError(f"`{shown}` did not answer within {timeout:g} s; is slurmctld up? (`scontrol ping`)",
                          temporary=True) from None
     if done.returncode != 0:
         said = (done.stderr.strip() or done.stdout.strip() or "no message").replace("\n", " | ")

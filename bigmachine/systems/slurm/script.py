@@ -4,8 +4,8 @@
 credentials are: ``bootstrap.json`` in the job's directory (0600, the job's user
 alone can read it), opened as the agent's stdin and removed before the agent reads
 it, so the file is gone from the shared filesystem as soon as the job starts. The
-agent prints ``listening on HOST:PORT`` to the job's output file, where the driver
-reads its port; whenever the agent ends (its machine ended, nobody bootstrapped it
+job's output file tells the driver where the agent is: the script prints the node's
+name, the agent ``listening on HOST:PORT``; whenever the agent ends (its machine ended, nobody bootstrapped it
 before its credentials expired), the job ends.
 """
 
@@ -15,15 +15,17 @@ import re
 import shlex
 from pathlib import Path
 
-__all__ = ["CREDENTIALS", "OUTPUT", "agent_port", "render"]
+__all__ = ["CREDENTIALS", "OUTPUT", "render", "report"]
 
 CREDENTIALS = "bootstrap.json"
 OUTPUT = "job.out"
+_NODE = re.compile(r"^bigmachine: node (\S+)$", re.MULTILINE)
 _LISTENING = re.compile(r"^listening on (?:\S+):(\d+)$", re.MULTILINE)
 
 _SCRIPT = """\
 #!/bin/sh
 # bigmachine {version}: machine {machine} of session {session}.
+echo "bigmachine: node $SLURMD_NODENAME"
 {{ rm -f {credentials}; exec {python} -m bigmachine.systems.agent --listen 0.0.0.0:0 --credentials /dev/stdin; }} \\
   < {credentials}
 """
@@ -35,13 +37,14 @@ def render(*, python: str, session: str, machine: str, version: str) -> str:
                           credentials=CREDENTIALS, python=shlex.quote(python))
 
 
-def agent_port(output: Path) -> int | None:
-    """The port the job's agent reported in its output file (None until it has)."""
+def report(output: Path) -> tuple[str, int] | None:
+    """The node and the agent's port, from the job's output file (None until the agent listens)."""
     try:
-        found = _LISTENING.search(output.read_text(errors="replace"))
+        text = output.read_text(errors="replace")
     except FileNotFoundError:
         return None
-    return int(found.group(1)) if found else None
+    node, port = _NODE.search(text), _LISTENING.search(text)
+    return (node.group(1), int(port.group(1))) if node and port else None
 
 
 def _clean(text: str) -> str:
