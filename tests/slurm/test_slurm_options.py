@@ -64,3 +64,13 @@ def test_cores_per_machine_sets_cpus_per_task_and_maxprocs(slurm_cluster: Cluste
         assert m.maxprocs == 2
         cpus = slurm_cluster.run("squeue", "--noheader", f"--name=bigmachine:{b.name}", "--format=%C").split()
         assert cpus == ["2"]
+
+
+def test_a_job_that_fails_before_its_agent_answers_says_why(slurm_cluster: Cluster, tmp_path: Path) -> None:
+    system = Slurm(python="/nonexistent/python3", workdir=tmp_path / "shared", poll_interval=1.0, start_timeout=30)
+    with bigmachine.start(system) as b:
+        (m,) = b.start(1, bigmachine.Services(E=Echo()))
+        m.wait(bigmachine.STOPPED, timeout=20)
+    assert isinstance(m.err, bigmachine.MachineStopped)
+    assert "FAILED" in str(m.err) and "before its agent answered" in str(m.err)
+    assert "/nonexistent/python3" in str(m.err)  # the shell's complaint, from the job's output

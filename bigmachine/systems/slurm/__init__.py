@@ -317,9 +317,11 @@ class SlurmInstance(AgentInstance):
             kind = OutOfMemory if state == "OUT_OF_MEMORY" else MachineStopped
             self.verdict = kind(f"{where} {_ENDED_BY_SLURM[state]}: {state}{said}", machine=self.machine.addr)
             AgentInstance._end(self, self.verdict)
-        elif not self._address.done():  # it ended before its agent ever answered: its output says why
-            AgentInstance._end(self, MachineStopped(f"{where} ended {state}{said} before its agent answered; "
-                                                    f"its output ends: {self._output_tail()}", machine=""))
+        elif self._confirming is None:  # else the agent's link has told how, and that is about to be used
+            ended = "is no longer in squeue" if state == "GONE" else f"ended {state}{said}"
+            if not self._address.done():  # before its agent ever answered: its output says why
+                ended += f" before its agent answered; its output ends: {self._output_tail()}"
+            AgentInstance._end(self, MachineStopped(f"{where} {ended}", machine=self.machine.addr))
 
     def _end(self, err: BaseException) -> None:
         """The link ended: unless we know already, ask squeue whether Slurm ended the job, to say so."""
