@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import bigmachine
@@ -46,6 +47,17 @@ def test_status_shows_job_node_partition_state_and_core_hours(slurm_session: big
         f"bigmachine:{slurm_session.name}")
     time.sleep(1.1)
     assert slurm_session.system.cost()["core_hours"] > 0  # type: ignore[attr-defined]
+    from bigmachine.web.server import serve_debug
+
+    serve_debug(slurm_session, "127.0.0.1:0")  # stopped by the session's shutdown
+    assert slurm_session.debug_url is not None
+    with httpx.Client(timeout=60) as http:
+        page = http.get(slurm_session.debug_url, params={"refresh": "0"})
+        assert page.status_code == 200, page.text[-2000:]
+        rows = http.get(slurm_session.debug_url.removesuffix("/status") + "/machines").json()
+    assert f"Slurm job {described['job']} · {slurm_cluster.host} · debug · RUNNING" in page.text
+    assert "Core-hours" in page.text
+    assert [r["instance"]["job"] for r in rows if r["addr"] == m.addr] == [described["job"]]
     m.cancel()
 
 
