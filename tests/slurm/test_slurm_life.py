@@ -119,7 +119,11 @@ def test_shutdown_leaves_no_job_and_no_bootstrap_file(slurm_cluster: Cluster, tm
     # Jobs that never started still hold their credentials file until the session ends.
     with bigmachine.start(Slurm(workdir=shared, poll_interval=1.0, sbatch_args=["--begin=now+600"])) as b:
         b.start(2, bigmachine.Services(E=Echo()))
-        assert len(list(shared.glob(f"{b.name}/*/bootstrap.json"))) == 2
+        credentials = list(shared.glob(f"{b.name}/*/bootstrap.json"))
+        assert len(credentials) == 2
+        for path in credentials:  # readable by the job's user alone
+            assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+            assert path.parent.parent.stat().st_mode & 0o777 == 0o700
         assert len(slurm_cluster.live_jobs(f"bigmachine:{b.name}")) == 2
         queued = b.name
     assert slurm_cluster.live_jobs(f"bigmachine:{queued}") == []

@@ -98,6 +98,7 @@ class Slurm(System):
 
     def init(self, session: B) -> None:
         self._session = session
+        self.instances = {}
         self.authority = BootstrapAuthority(lifetime=self.start_timeout + 60)
         self.directory = self.workdir / session.name
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -235,7 +236,7 @@ class Slurm(System):
                          "%s` retries", " ".join(jobs), exc, self._session.name if self._session else "?")
         self._cancelled.update(jobs)
 
-    async def _until_gone(self, name: str, patience: float = 30.0) -> None:
+    async def _until_gone(self, name: str, patience: float = 15.0) -> None:
         """Waits (briefly) until no job of the session is live, so its directory can go."""
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
