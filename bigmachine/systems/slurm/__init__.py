@@ -243,7 +243,7 @@ class Slurm(System):
             live = await asyncio.to_thread(commands.queue, name=name, user=commands.current_user(), ended=False)
             if not live:
                 return
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
         logger.warning("Slurm jobs of %s still live after %.0f s of cancelling", name, patience)
 
 
