@@ -124,8 +124,8 @@ class Slurm(System):
         return list(launched)
 
     async def shutdown(self) -> None:
-        if self._session is None:
-            return
+        if self._session is None or self._watcher is None:
+            return  # nothing was ever submitted
         name = commands.job_name(self._session.name)
         try:
             await asyncio.to_thread(commands.cancel, name=name, user=commands.current_user())
