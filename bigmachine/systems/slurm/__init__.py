@@ -317,12 +317,12 @@ class SlurmInstance(AgentInstance):
         if state in _ENDED_BY_SLURM:
             kind = OutOfMemory if state == "OUT_OF_MEMORY" else MachineStopped
             self.verdict = kind(f"{where} {_ENDED_BY_SLURM[state]}: {state}{said}", machine=self.machine.addr)
-            AgentInstance._end(self, self.verdict)
+            super()._end(self.verdict)
         elif self._confirming is None:  # else the agent's link has told how, and that is about to be used
             ended = "is no longer in squeue" if state == "GONE" else f"ended {state}{said}"
             if not self._address.done():  # before its agent ever answered: its output says why
                 ended += f" before its agent answered; its output ends: {self._output_tail()}"
-            AgentInstance._end(self, MachineStopped(f"{where} {ended}", machine=self.machine.addr))
+            super()._end(MachineStopped(f"{where} {ended}", machine=self.machine.addr))
 
     def _end(self, err: BaseException) -> None:
         """The link ended: unless we know already, ask squeue whether Slurm ended the job, to say so."""
