@@ -28,8 +28,8 @@ __all__ = ["SYSTEM_OPTIONS", "add_arguments", "make_system", "start"]
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS = ("local", "testing", "ec2")
-SYSTEM_OPTIONS = {"ec2": ("EC2", "bigmachine.systems.ec2")}
+SYSTEMS = ("local", "testing", "ec2", "slurm")
+SYSTEM_OPTIONS = {"ec2": ("EC2", "bigmachine.systems.ec2"), "slurm": ("Slurm", "bigmachine.systems.slurm.options")}
 """Systems with ``--bigm.<system>.*`` options of their own: name -> (title, module). The module has
 ``add_arguments(group, env)`` (its options, in a ``--help`` group of their own) and ``from_arguments(args)``."""
 

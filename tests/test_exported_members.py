@@ -30,7 +30,7 @@ def test_exported_classes_show_the_public_module() -> None:
 
 
 def test_systems_and_driver() -> None:
-    assert {"System", "Local", "Testing", "EC2", "Hosts"} <= set(bigmachine.systems.__all__)
+    assert {"System", "Local", "Testing", "EC2", "Hosts", "Slurm"} <= set(bigmachine.systems.__all__)
     for name in bigmachine.systems.__all__:
         assert getattr(bigmachine.systems, name)
     from bigmachine import driver

@@ -1,5 +1,5 @@
 """Where machines run: ``Local`` processes, in-process ``Testing`` machines, ``EC2`` instances,
-and ``Hosts`` you already have (each running the bootstrap agent)."""
+``Slurm`` jobs, and ``Hosts`` you already have (each running the bootstrap agent)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .base import Instance, System
 from .local import Local
 from .testing import Testing
 
-__all__ = ["EC2", "BootstrapAuthority", "Hosts", "Instance", "Local", "System", "Testing"]
+__all__ = ["EC2", "BootstrapAuthority", "Hosts", "Instance", "Local", "Slurm", "System", "Testing"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,6 +17,10 @@ def __getattr__(name: str) -> Any:
         from .ec2 import EC2
 
         return EC2
+    if name == "Slurm":
+        from .slurm import Slurm
+
+        return Slurm
     if name == "Hosts":  # cryptography's x509 is imported only by who bootstraps machines
         from .hosts import Hosts
 

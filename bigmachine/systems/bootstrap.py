@@ -144,6 +144,10 @@ class AgentInstance(Instance):
         """The agent's host and port, once it can be reached."""
         raise NotImplementedError
 
+    def _maxprocs(self, hello: dict[str, Any]) -> int:
+        """Processors the machine may use: by default all the agent's host reported."""
+        return int(hello.get("cpus") or 1)
+
     async def _waiting(self) -> None:
         """Called between attempts to reach the agent; raises to give up (the host is gone)."""
 
@@ -243,7 +247,7 @@ class AgentInstance(Instance):
         cert = sign_request(session.authority, hello["csr"], hosts, common_name=machine.name)
         await wire.send(writer, "code", shipment.archive, requirements=shipment.requirements)
         lease = self._session.system.start_timeout + self._session.system.keepalive_timeout
-        worker = {"session": session.name, "lease": lease, "maxprocs": int(hello.get("cpus") or 1),
+        worker = {"session": session.name, "lease": lease, "maxprocs": self._maxprocs(hello),
                   "system": self._system, "argv": sys.argv}
         await wire.send(writer, "start", ca=session.authority.ca_pem.decode(), cert=cert.decode(), worker=worker,
                         main=shipment.main, environ=environment(self._environ))
