@@ -45,6 +45,7 @@ class MachineConfig:
     maxprocs: int = 1
     parent: int | None = None
     system: str = "local"
+    listen_fd: int | None = None  # a socket the driver bound for us (its address known before we serve)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,10 +68,13 @@ class MachineServer:
 
     async def start(self) -> str:
         """Binds, starts serving and the lease watchdog; returns the address."""
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.config.host, self.config.port))
+        if self.config.listen_fd is not None:
+            sock = socket.socket(fileno=self.config.listen_fd)
+        else:
+            family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.config.host, self.config.port))
         sock.listen(1024)
         sock.setblocking(False)
         directory = Path(self.config.tls_dir)
