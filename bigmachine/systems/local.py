@@ -75,6 +75,7 @@ class Local(System):
         cgroup = None
         try:
             listener.bind(("127.0.0.1", 0))
+            listener.listen(1024)  # connections made before the machine serves wait in the backlog
             address = f"https://127.0.0.1:{listener.getsockname()[1]}/"
             spec = {
                 "session": session.name, "tls_dir": str(tls_dir), "host": "127.0.0.1",
