@@ -86,6 +86,38 @@ def test_a_progress_bar_forever_uses_bounded_memory_and_shows_its_state_once_a_s
     assert splitter.close() == [b" 99999"]
 
 
+def test_the_agent_relays_long_lines_in_pieces_and_a_progress_bar_as_its_states() -> None:
+    """The agent's relay (EC2, Hosts) used StreamReader lines: a 64 KiB line without a newline broke it."""
+    from bigmachine.systems.agent import _Bootstrap
+
+    relay = _Bootstrap.__new__(_Bootstrap)
+    relay.connected = True
+    said: list[tuple[str, str]] = []
+
+    async def say(kind: str, payload: bytes = b"", **fields: str) -> None:
+        said.append((fields["stream"], fields["line"]))
+
+    relay._say = say  # type: ignore[method-assign]
+
+    async def main() -> None:
+        stream = asyncio.StreamReader()
+        stream.feed_data(b"a" * (200 << 10) + b"\n")
+        task = asyncio.create_task(relay._relay(stream, "stderr"))
+        stream.feed_data(b"\r  5%\r 10%")  # the first state goes out at once
+        await asyncio.sleep(0.1)
+        stream.feed_data(b"\r 20%")
+        await asyncio.sleep(1.5)  # the bar stalls: its latest state goes out within a second or so
+        stream.feed_data(b"\r100%\n")
+        stream.feed_eof()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    pieces = [line for _, line in said if line.startswith("a")]
+    assert [len(p) for p in pieces] == [64 << 10] * 3 + [8 << 10]
+    assert [line for _, line in said if not line.startswith("a")] == [" 10%", " 20%", "100%"]
+    assert {stream for stream, _ in said} == {"stderr"}
+
+
 # ------------------------------------------------------------------ the writer
 
 
