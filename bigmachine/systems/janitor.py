@@ -10,7 +10,9 @@ shutdown or when the kernel does so for a killed driver, the janitor kills every
 cgroup it still watches, removes the cgroups, and exits.
 
 A process that leaves its machine's process group (``setsid``) is only caught where the
-machine has a cgroup (``Local(memory_limit=...)`` on a host that lets us make one).
+machine has a cgroup (``Local(memory_limit=...)`` on a host that lets us make one). A child
+the driver forks without exec (``multiprocessing``'s fork) holds the pipe too: the janitor
+then acts when the last of them ends.
 """
 
 from __future__ import annotations

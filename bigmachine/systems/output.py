@@ -260,6 +260,8 @@ def _write(batch: collections.deque[tuple[str, str]]) -> None:
             out.flush()
         except (OSError, ValueError):  # closed, or a broken pipe: the output has nowhere to go
             pass
+        except Exception as exc:  # noqa: BLE001 - a replaced sys.stdout that fails must not end the writer
+            logger.warning("could not write machine output to sys.%s (%r): %s", stream, out, exc)
 
 
 _WRITER = _Writer()
