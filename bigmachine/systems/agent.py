@@ -293,7 +293,7 @@ class _Bootstrap:
         return f"the machine process {reason}"
 
     async def _relay(self, stream: asyncio.StreamReader | None, name: str) -> None:
-        """Relays the machine's output line by line: long lines in pieces, a ``\r`` progress bar's latest state."""
+        """Relays the machine's output line by line: long lines in pieces, a ``\\r`` progress bar's latest state."""
         assert stream is not None
         splitter = LineSplitter()
         data = b"more"
