@@ -615,8 +615,8 @@ class Machine:
             logger.warning("%s: %s failed (%.1f s since the last reply): %s", self.addr, what, lapsed, exc)
             return False
         message = f"no {what} reply for {lapsed:.1f} s (last error: {type(exc).__name__}: {exc})"
-        output = getattr(self._instance, "output", ())
-        if stacks := held_stacks(output, time.time() - lapsed):
+        output = self._instance.output if self._instance is not None else None
+        if stacks := held_stacks(output or (), time.time() - lapsed):
             message += f"; its threads, dumped while it was held:\n{stacks}"
         self._stop(MachineStopped(message, machine=self.addr))
         return True

@@ -51,6 +51,7 @@ class MachineConfig:
     service_threads: int = DEFAULT_SERVICE_THREADS
     keepalive: tuple[float, float, float] = (2.0, 60.0, 10.0)  # period, timeout, RPC timeout: for dialled peers
     dump_stacks: bool = True  # faulthandler stack dumps when the loop is held (a process of its own only)
+    listen_fd: int | None = None  # a socket the driver bound for us (its address known before we serve)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,10 +77,13 @@ class MachineServer:
 
     async def start(self) -> str:
         """Binds, starts serving and the lease watchdog; returns the address."""
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.config.host, self.config.port))
+        if self.config.listen_fd is not None:
+            sock = socket.socket(fileno=self.config.listen_fd)
+        else:
+            family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.config.host, self.config.port))
         sock.listen(1024)
         sock.setblocking(False)
         directory = Path(self.config.tls_dir)

@@ -7,11 +7,14 @@ descriptor it was given, and exits when its lease lapses or its driver is gone.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import resource
+import signal
 import sys
+from typing import Any
 
 from .systems.memory import EXIT_OUT_OF_MEMORY
 
@@ -19,10 +22,14 @@ __all__ = ["main"]
 
 logger = logging.getLogger("bigmachine.worker")
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
 
 def main() -> None:
+    spec = json.loads(os.environ.pop("BIGMACHINE_WORKER"))
+    _die_with_parent(spec.get("parent"))
     try:
-        _serve()
+        _serve(spec)
     except MemoryError:  # the memory limit is too small even to start: say so as a machine that ran out does
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
         os.write(2, b"out of memory: MemoryError while the machine was starting; address-space limit %d MiB\n"
@@ -30,8 +37,27 @@ def main() -> None:
         os._exit(EXIT_OUT_OF_MEMORY)
 
 
-def _serve() -> None:
-    spec = json.loads(os.environ.pop("BIGMACHINE_WORKER"))
+def _die_with_parent(parent: int | None) -> None:
+    """Has the kernel SIGKILL this process the moment its parent ends, even while a thread holds the GIL.
+
+    The supervisor's own parent check needs the interpreter; this needs nothing. The signal
+    comes when the parent *thread* that forked us ends: the driver forks machines on its
+    session loop thread, which lives until they are all stopped (bigmachine/systems/local.py).
+    """
+    if parent is None:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            logger.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError):  # no prctl (not Linux): the supervisor's parent check remains
+        pass
+    if os.getppid() != parent:  # the parent ended before the prctl took hold: it will never fire
+        os.write(2, b"machine exiting: its parent (pid %d) ended before the machine started\n" % parent)
+        os._exit(0)
+
+
+def _serve(spec: dict[str, Any]) -> None:
     sys.path[:0] = [p for p in spec.pop("path") if p not in sys.path]
     sys.argv = spec.pop("argv")
     report_fd = spec.pop("report_fd")

@@ -215,6 +215,31 @@ def test_output_is_forwarded_with_the_machine_prefix(machines: list[bigmachine.M
     assert f"{prefix}: hello from a machine (stderr)\n" in err
 
 
+def test_the_driver_picks_the_address_before_the_machine_serves(local_session: bigmachine.B) -> None:
+    """Issue 15: the address is known (and connectable) as soon as the process is launched."""
+    from bigmachine.machine import Machine
+
+    async def launch() -> tuple[str | None, str]:
+        machine = Machine(local_session, owned=True, name="early")
+        (instance,) = await local_session.system.launch(local_session, [machine], {})
+        assert not isinstance(instance, BaseException)
+        early = instance.address_nowait()
+        host, port = early.removeprefix("https://").rstrip("/").split(":") if early else ("", "0")
+        _, writer = await asyncio.open_connection(host, int(port))  # before it serves: waits in the backlog
+        writer.close()
+        served = await instance.address()
+        await instance.kill()
+        return early, served
+
+    early, served = asyncio.run_coroutine_threadsafe(launch(), local_session.loop).result(60)
+    assert early is not None and early.startswith("https://127.0.0.1:")
+    assert served == early
+
+
+def test_address_nowait_is_the_machines_address(local_session: bigmachine.B, machines: list[bigmachine.Machine]) -> None:
+    assert [local_session._instances[m].address_nowait() for m in machines] == [m.addr for m in machines]
+
+
 def test_environment_and_argv_reach_machines(machines: list[bigmachine.Machine]) -> None:
     assert machines[0].call("Echo.environ", "BIGMACHINE_TEST_VAR") == "from-environ"
     assert machines[0].call("Echo.argv") == sys.argv

@@ -48,6 +48,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .janitor import kill_group
+from .output import LineSplitter
+
 __all__ = ["DRIVER_NAME", "Agent", "agent_name", "main", "python_mismatch", "receive", "send"]
 
 logger = logging.getLogger("bigmachine.agent")
@@ -266,7 +269,7 @@ class _Bootstrap:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _WORKER_BOOT,  # type: ignore[attr-defined]
                 env=env, cwd=machine_dir, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # its own group: see below
         finally:
             os.close(write_fd)
         relays = [asyncio.create_task(self._relay(self.process.stdout, "stdout")),
@@ -284,18 +287,28 @@ class _Bootstrap:
                 task.cancel()
             await asyncio.gather(listener, pinger, *relays, return_exceptions=True)
             await self._stop_process()
+            kill_group(self.process.pid)  # what its services started ends with it
         reason = _describe(code)
         await self._say("exit", status=code, reason=reason)
         return f"the machine process {reason}"
 
     async def _relay(self, stream: asyncio.StreamReader | None, name: str) -> None:
+        """Relays the machine's output line by line: long lines in pieces, a ``\\r`` progress bar's latest state."""
         assert stream is not None
-        async for raw in stream:
-            line = raw.decode(errors="replace").rstrip("\n")
-            if self.connected:
-                await self._say("out", stream=name, line=line)
-            else:  # nobody listens: keep it in the agent's own log
-                print(f"machine: {line}", file=sys.stderr, flush=True)
+        splitter = LineSplitter()
+        data = b"more"
+        while data:
+            try:
+                data = await asyncio.wait_for(stream.read(65536), splitter.progress_due(time.monotonic()))
+                lines = splitter.feed(data, time.monotonic()) if data else splitter.close()
+            except TimeoutError:  # a rewritten line's state is due, though no more output came
+                lines = splitter.progress(time.monotonic())
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                if self.connected:
+                    await self._say("out", stream=name, line=line)
+                else:  # nobody listens: keep it in the agent's own log
+                    print(f"machine: {line}", file=sys.stderr, flush=True)
 
     async def _listen(self) -> None:
         """Follows the driver's requests (``kill``) until it goes away."""

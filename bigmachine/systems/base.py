@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import collections
 from typing import TYPE_CHECKING, Any
 
 from ..liveness import Liveness
@@ -19,13 +20,17 @@ __all__ = ["Instance", "System"]
 class Instance(abc.ABC):
     """One launched machine as its system sees it: a process, a thread, a cloud instance."""
 
+    # The machine's recent output lines, (time, "stdout"/"stderr", line), for the debug pages;
+    # None where the system keeps none (its machines print into the driver's own streams).
+    output: collections.deque[tuple[float, str, str]] | None = None
+
+    def address_nowait(self) -> str | None:
+        """The machine's ``https://host:port/`` if known before it serves (the system chose it), else None."""
+        return None
+
     @abc.abstractmethod
     async def address(self) -> str:
         """The machine's ``https://host:port/`` once it serves."""
-
-    def address_nowait(self) -> str | None:
-        """The machine's address if it is known at launch (``m.addr`` is then set when ``b.start`` returns)."""
-        return None
 
     @abc.abstractmethod
     async def wait_exit(self) -> BaseException:

@@ -14,7 +14,6 @@ once, and the machine's key is generated on the host and only its CSR travels.
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime
 import ipaddress
 import logging
@@ -22,13 +21,16 @@ import ssl
 import sys
 import tempfile
 import time
+from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
 from .. import tls
 from ..errors import Error, MachineStopped, OutOfMemory
 from . import agent as wire
+from . import output
 from .base import Instance
 from .memory import EXIT_OUT_OF_MEMORY
+from .output import Forwarder
 from .shipping import Shipment, environment
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 _PYTHON = ".".join(map(str, sys.version_info[:3]))
 _CONNECT_TIMEOUT = 5.0
 _RETRY_EVERY = 2.0
+_OUTPUT_GRACE = 1.0  # seconds a stopped machine's last output gets to be written
 
 
 class BootstrapAuthority:
@@ -103,8 +106,8 @@ class AgentInstance(Instance):
                  shipment: Shipment, environ: dict[str, str], *, system: str, ping: float) -> None:
         self.machine = machine
         self.agent = agent  # the name the agent's credentials were issued for
-        self.prefix = machine.name
-        self.output: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)  # debug pages
+        self._forwarder = Forwarder(machine.name)
+        self.output = self._forwarder.recent
         self.facts: dict[str, Any] = {}
         self.last_heard = 0.0
         self._session, self._authority, self._shipment = session, authority, shipment
@@ -130,9 +133,15 @@ class AgentInstance(Instance):
             self._killing = asyncio.get_running_loop().create_future()
             try:
                 await self._stop()
+                await output.drained(_OUTPUT_GRACE)
             finally:
                 self._killing.set_result(None)
         await asyncio.shield(self._killing)
+
+    @property
+    def prefix(self) -> str:
+        """What each forwarded line of this machine starts with: its ``host:port`` once known."""
+        return self._forwarder.prefix
 
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {k: self.facts[k] for k in ("hostname", "python", "cpus", "pid") if k in self.facts}
@@ -175,6 +184,7 @@ class AgentInstance(Instance):
         await self._close()
 
     def _end(self, err: BaseException) -> None:
+        self._forwarder.close()
         if not self._address.done():
             self._address.set_exception(err)
             self._address.exception()  # retrieved: the session may never ask
@@ -189,7 +199,7 @@ class AgentInstance(Instance):
             self._host = host
             reader, self._writer = await self._connect(host, port)
             addr = await self._bootstrap(reader, self._writer, host)
-            self.prefix = addr.removeprefix("https://").rstrip("/")
+            self._forwarder.prefix = addr.removeprefix("https://").rstrip("/")
             self._address.set_result(addr)
             await self._follow(reader)
         except asyncio.CancelledError:
@@ -246,9 +256,10 @@ class AgentInstance(Instance):
         hosts = [host, *(a for a in hello.get("addresses", []) if _is_ip(a))]
         cert = sign_request(session.authority, hello["csr"], hosts, common_name=machine.name)
         await wire.send(writer, "code", shipment.archive, requirements=shipment.requirements)
-        lease = self._session.system.start_timeout + self._session.system.keepalive_timeout
-        worker = {"session": session.name, "lease": lease, "maxprocs": self._maxprocs(hello),
-                  "system": self._system, "argv": sys.argv}
+        system = session.system
+        worker = {"session": session.name, "lease": system.initial_lease(), "maxprocs": self._maxprocs(hello),
+                  "system": self._system, "argv": sys.argv, "service_threads": system.service_threads,
+                  "keepalive": astuple(system.liveness)}
         await wire.send(writer, "start", ca=session.authority.ca_pem.decode(), cert=cert.decode(), worker=worker,
                         main=shipment.main, environ=environment(self._environ))
         ready = await self._reply(reader, "ready")
@@ -291,17 +302,8 @@ class AgentInstance(Instance):
 
     def _handle(self, header: dict[str, Any]) -> None:
         if header["type"] == "out":
-            self._forward(str(header.get("stream", "stdout")), str(header.get("line", "")))
-
-    def _forward(self, name: str, line: str) -> None:
-        """Copies one of the machine's output lines to ours, with its prefix (looked up per line)."""
-        self.output.append((time.time(), name, line))
-        out = sys.stderr if name == "stderr" else sys.stdout
-        try:
-            out.write(f"{self.prefix}: {line}\n")
-            out.flush()
-        except (OSError, ValueError):
-            pass
+            stream = "stderr" if header.get("stream") == "stderr" else "stdout"
+            self._forwarder.line(stream, str(header.get("line", "")))
 
 
 async def _shut(writer: asyncio.StreamWriter) -> None:

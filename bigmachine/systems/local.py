@@ -8,16 +8,19 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MachineStopped, OutOfMemory
-from .memory import EXIT_OUT_OF_MEMORY, MemoryCgroup, kernel_oom_kill, parse_size
+from . import output
 from .base import Instance, System
+from .janitor import Janitor, kill_group
+from .memory import EXIT_OUT_OF_MEMORY, MemoryCgroup, kernel_oom_kill, parse_size
+from .output import Forwarder
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -28,6 +31,7 @@ __all__ = ["Local"]
 logger = logging.getLogger(__name__)
 
 _KILL_GRACE = 2.0
+_OUTPUT_GRACE = 1.0  # seconds shutdown waits for machines' last output to be written
 
 
 class Local(System):
@@ -37,42 +41,62 @@ class Local(System):
     start_timeout = 60.0
 
     def __init__(self, *, keepalive_period: float = 2.0, keepalive_timeout: float = 60.0,
-                 keepalive_rpc_timeout: float = 10.0, memory_limit: int | str | None = None, **options: Any) -> None:
-        """``memory_limit`` (bytes, or like ``"512M"``) bounds each machine's memory: a cgroup where
+                 keepalive_rpc_timeout: float = 10.0, memory_limit: int | float | str | None = None, **options: Any) -> None:
+        """``memory_limit`` (bytes > 0, or like ``"512M"``) bounds each machine's memory: a cgroup where
         one can be made, else its address space; a machine that runs out stops with OutOfMemory.
         ``options``: ``start_timeout``, ``service_threads``, ``max_connections`` (see ``System``)."""
         super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
                          keepalive_rpc_timeout=keepalive_rpc_timeout, **options)
         self.memory_limit = parse_size(memory_limit) if memory_limit is not None else None
+        self._janitor: Janitor | None = None
 
     def __repr__(self) -> str:
         return "Local()" if self.memory_limit is None else f"Local(memory_limit={self.memory_limit})"
 
     async def launch(self, session: B, machines: list[Machine], environ: dict[str, str]) -> list[Instance | BaseException]:
-        return list(await asyncio.gather(*(self._launch_one(session, m, environ) for m in machines),
+        if self._janitor is None:
+            self._janitor = Janitor()
+        return list(await asyncio.gather(*(self._launch_one(session, m, environ, self._janitor) for m in machines),
                                          return_exceptions=True))
 
-    async def _launch_one(self, session: B, machine: Machine, environ: dict[str, str]) -> Instance:
+    async def shutdown(self) -> None:
+        """Stops the janitor once no machine is left for it to watch, and lets forwarded output finish."""
+        janitor = self._janitor
+        if janitor is not None and not janitor.watching:
+            self._janitor = None
+            await janitor.aclose()
+        await output.drained(_OUTPUT_GRACE)
+
+    async def _launch_one(self, session: B, machine: Machine, environ: dict[str, str], janitor: Janitor) -> Instance:
         tls_dir = session.authority.issue(["127.0.0.1", "localhost"], common_name=machine.name).write(
             session.tmpdir / machine.name)
+        # The driver picks the address (issue 15): it is known when b.start returns, before the machine serves.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         read_fd, write_fd = os.pipe()
-        spec = {
-            "session": session.name, "tls_dir": str(tls_dir), "host": "127.0.0.1",
-            "lease": self.initial_lease(), "maxprocs": 1, "parent": os.getpid(),
-            "service_threads": self.service_threads, "keepalive": astuple(self.liveness),
-            "system": self.name, "report_fd": write_fd, "path": sys.path, "argv": sys.argv,
-        }
         cgroup = None
-        if self.memory_limit is not None:
-            cgroup = MemoryCgroup.create(f"{session.name}-{machine.name}", self.memory_limit)
-            spec.update(memory_limit=self.memory_limit, cgroup_procs=cgroup.procs_file if cgroup else None)
-        env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1", "BIGMACHINE_WORKER": json.dumps(spec)}
         try:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1024)  # connections made before the machine serves wait in the backlog
+            address = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+            spec = {
+                "session": session.name, "tls_dir": str(tls_dir), "host": "127.0.0.1",
+                "lease": self.initial_lease(), "maxprocs": 1, "parent": os.getpid(),
+                "service_threads": self.service_threads, "keepalive": astuple(self.liveness),
+                "system": self.name, "report_fd": write_fd, "listen_fd": listener.fileno(), "path": sys.path,
+                "argv": sys.argv,
+            }
+            if self.memory_limit is not None:
+                cgroup = MemoryCgroup.create(f"{session.name}-{machine.name}", self.memory_limit)
+                spec.update(memory_limit=self.memory_limit, cgroup_procs=cgroup.procs_file if cgroup else None)
+            env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1", "BIGMACHINE_WORKER": json.dumps(spec)}
             # Popen and raw fds, not asyncio subprocess transports: closing a uvloop loop
             # that had those sometimes hung for good in uv_run (seen in tests/test_local.py).
+            # Popen runs here, on the session's loop thread, which lives until every machine is
+            # stopped: the machine's PR_SET_PDEATHSIG fires when the *thread* that forked it ends.
+            # Each machine leads a process group of its own, which ends with it (start_new_session).
             process = subprocess.Popen(
-                [sys.executable, "-m", "bigmachine.worker"], env=env, pass_fds=(write_fd,),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [sys.executable, "-m", "bigmachine.worker"], env=env, pass_fds=(write_fd, listener.fileno()),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             )
         except BaseException:
             os.close(read_fd)
@@ -81,59 +105,70 @@ class Local(System):
             raise
         finally:
             os.close(write_fd)
-        return LocalProcess(machine, process, read_fd, cgroup)
+            listener.close()  # the machine's copy serves; ours would keep the port open after it ends
+        janitor.watch(process.pid, str(cgroup.path) if cgroup else None)
+        return LocalProcess(machine, process, read_fd, cgroup, address=address, janitor=janitor)
 
 
 class LocalProcess(Instance):
-    """A machine's process: its address arrives on a pipe, its output is forwarded with a prefix."""
+    """A machine's process: its address is chosen up front, its output forwarded with a prefix.
+
+    The machine says on its report pipe when it serves; its process group (and cgroup) is
+    killed whenever it ends, so nothing its services started outlives it.
+    """
 
     def __init__(self, machine: Machine, process: subprocess.Popen[bytes], report_fd: int,
-                 cgroup: MemoryCgroup | None = None) -> None:
+                 cgroup: MemoryCgroup | None = None, *, address: str, janitor: Janitor) -> None:
         self._machine = machine
         self._cgroup = cgroup
+        self._janitor = janitor
         self.process = process
-        self.prefix = machine.name
-        self.output: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)  # debug pages
+        self._addr = address
+        self._forwarder = Forwarder(address.removeprefix("https://").rstrip("/"))
+        self.output: collections.deque[tuple[float, str, str]] = self._forwarder.recent
         self._loop = asyncio.get_running_loop()
         self._address: asyncio.Future[str] = self._loop.create_future()
         self._exited: asyncio.Future[MachineStopped] = self._loop.create_future()
-        self._report = _LineReader(self._loop, report_fd, self._on_report, owns_fd=True)
+        self._cleaned: asyncio.Future[None] = self._loop.create_future()
+        self._reported = bytearray()
+        self._report = _PipeReader(self._loop, report_fd, self._on_report, owns_fd=True)
         assert process.stdout is not None and process.stderr is not None
         self._outputs = [
-            _LineReader(self._loop, process.stdout.fileno(), lambda line: self._forward(line, "stdout")),
-            _LineReader(self._loop, process.stderr.fileno(), lambda line: self._forward(line, "stderr")),
+            _PipeReader(self._loop, process.stdout.fileno(), lambda data: self._forwarder.feed("stdout", data)),
+            _PipeReader(self._loop, process.stderr.fileno(), lambda data: self._forwarder.feed("stderr", data)),
         ]
         self._pidfd = os.pidfd_open(process.pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
 
+    @property
+    def prefix(self) -> str:
+        """What each forwarded line of this machine starts with: its ``host:port``."""
+        return self._forwarder.prefix
+
     def describe(self) -> dict[str, Any]:
         return {"pid": self.process.pid}
 
-    def _on_report(self, line: bytes | None) -> None:
-        if self._address.done() or line is None:
-            return  # no address: the process is ending, and _on_exit will say how
-        addr = line.decode().strip()
-        self.prefix = addr.removeprefix("https://").rstrip("/")
-        self._address.set_result(addr)
+    def address_nowait(self) -> str:
+        return self._addr
 
-    def _forward(self, line: bytes | None, name: str) -> None:
-        """Copies one of the machine's output lines to ours (looked up per line: redirections apply)."""
-        if line is None:
-            return
-        self.output.append((time.time(), name, line.decode(errors="replace").rstrip("\n")))
-        out = getattr(sys, name)
-        try:
-            out.write(f"{self.prefix}: {line.decode(errors='replace')}")
-            out.flush()
-        except (OSError, ValueError):
-            pass
+    def _on_report(self, data: bytes | None) -> None:
+        """The machine reports its address once it serves (or the pipe ends with the process)."""
+        if self._address.done() or data is None:
+            return  # no address: the process is ending, and _on_exit will say how
+        self._reported += data
+        if b"\n" in self._reported:
+            self._address.set_result(self._reported.decode().strip())
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
+        kill_group(self.process.pid)  # before reaping: the pid can't be reused while it is a zombie
+        if self._cgroup is not None:
+            self._cgroup.kill()
         code = self.process.wait()
         for reader in (self._report, *self._outputs):
             reader.drain_and_close()  # the last lines say why it ended
+        self._forwarder.close()
         self.process.stdout.close()  # type: ignore[union-attr]
         self.process.stderr.close()  # type: ignore[union-attr]
         error = self._exit_error(code)  # while the cgroup, and its OOM count, exist
@@ -141,8 +176,16 @@ class LocalProcess(Instance):
         if not self._address.done():
             self._address.set_exception(type(error)(
                 f"{error.args[0]} before serving; its output above says why", machine=""))
-        if self._cgroup is not None:
-            self._cgroup.remove()
+        self._cleaning = self._loop.create_task(self._clean_up())
+
+    async def _clean_up(self) -> None:
+        """Removes the machine's cgroup once its killed processes have left it; the janitor may forget it."""
+        try:
+            if self._cgroup is not None:
+                await asyncio.to_thread(self._cgroup.remove)
+            self._janitor.forget(self.process.pid)
+        finally:
+            self._cleaned.set_result(None)
 
     async def address(self) -> str:
         return await asyncio.shield(self._address)
@@ -178,16 +221,15 @@ class LocalProcess(Instance):
                 await asyncio.wait_for(asyncio.shield(self._exited), _KILL_GRACE)
             except TimeoutError:
                 self.process.kill()
-        await asyncio.shield(self._exited)
+        await asyncio.shield(self._cleaned)
 
 
-class _LineReader:
-    """Reads lines from a pipe on the loop (no transports), calling back per line and None at EOF."""
+class _PipeReader:
+    """Reads a pipe on the loop (no transports), handing each chunk to ``on_data`` and None at EOF."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_line: Callable[[bytes | None], None],
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_data: Callable[[bytes | None], None],
                  *, owns_fd: bool = False) -> None:
-        self._loop, self._fd, self._on_line, self._owns_fd = loop, fd, on_line, owns_fd
-        self._buffer = b""
+        self._loop, self._fd, self._on_data, self._owns_fd = loop, fd, on_data, owns_fd
         self._open = True
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._read)
@@ -206,13 +248,11 @@ class _LineReader:
             return False
         if not data:
             return False
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for line in lines:
-            self._on_line(line + b"\n")
+        self._on_data(data)
         return True
 
     def drain_and_close(self) -> None:
-        """Reads what is left, reports the last partial line and EOF, and stops watching the fd."""
+        """Reads what is left, reports EOF, and stops watching the fd."""
         if not self._open:
             return
         self._open = False
@@ -221,9 +261,7 @@ class _LineReader:
             pass
         if self._owns_fd:
             os.close(self._fd)
-        if self._buffer:
-            self._on_line(self._buffer + b"\n")
-        self._on_line(None)
+        self._on_data(None)
 
 
 def _describe(code: int) -> str:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 from pathlib import Path
+
+from .janitor import kill_cgroup, remove_cgroup
 
 __all__ = ["EXIT_OUT_OF_MEMORY", "MemoryCgroup", "kernel_oom_kill", "parse_size"]
 
@@ -24,14 +27,19 @@ EXIT_OUT_OF_MEMORY = 52  # a machine process's exit status after MemoryError esc
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_size(size: int | str) -> int:
-    """Bytes from ``1073741824``, ``"512M"``, ``"2GiB"``, ``"1.5g"``."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", size.lower())
-    if not match:
-        raise ValueError(f"memory size {size!r} is not a number of bytes or like '512M', '2GiB'")
-    return int(float(match[1]) * _UNITS[match[2]])
+def parse_size(size: object) -> int:
+    """Bytes from ``1073741824``, ``1.5e9``, ``"512M"``, ``"2GiB"``, ``"1.5g"``: a positive whole number of bytes."""
+    if isinstance(size, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", size.lower())
+        value: float = int(float(match[1]) * _UNITS[match[2]]) if match else 0
+    elif isinstance(size, (int, float)) and not isinstance(size, bool):
+        value = size
+    else:
+        value = 0
+    if not (value > 0 and math.isfinite(value) and value == int(value)):
+        raise ValueError(f"memory size {size!r} is not a positive number of bytes: give an int or integral float "
+                         "of bytes > 0 (1073741824, 1.5e9) or a string like '512M', '2GiB'")
+    return int(value)
 
 
 class MemoryCgroup:
@@ -90,12 +98,14 @@ class MemoryCgroup:
                 continue
         return None
 
+    def kill(self) -> None:
+        """SIGKILLs every process left in the group, those that left the machine's process group too."""
+        kill_cgroup(str(self.path))
+
     def remove(self) -> None:
-        try:
-            self.path.rmdir()
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                logger.warning("could not remove memory cgroup %s: %s", self.path, exc)
+        """Removes the group, waiting (up to 2 s) for processes just killed to leave it."""
+        if not remove_cgroup(str(self.path)):
+            logger.warning("could not remove memory cgroup %s: still busy, or not ours to remove", self.path)
 
 
 def _cgroup_parents() -> list[tuple[int, Path]]:

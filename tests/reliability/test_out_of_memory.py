@@ -210,3 +210,17 @@ def test_parse_size_rejects_nonsense_naming_it(text: str) -> None:
 def test_local_rejects_a_bad_memory_limit() -> None:
     with pytest.raises(ValueError, match="'lots'"):
         Local(memory_limit="lots")
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, False, float("nan"), float("inf"), -2.0e9, 1.5, "0", "0M", [512], b"512M"],
+                         ids=repr)
+def test_local_memory_limit_that_is_not_a_positive_size_is_a_value_error_naming_it(limit: object) -> None:
+    """Issue 9: 0 and -1 silently meant no limit, True meant 1 byte, NaN slipped through."""
+    with pytest.raises(ValueError, match=re.escape(repr(limit)) + ".*positive number of bytes.*'512M'"):
+        Local(memory_limit=limit)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limit, size", [(1.5e9, 1_500_000_000), (2.0 ** 30, 1 << 30), (1, 1), ("1.5g", 3 << 29)])
+def test_local_memory_limit_takes_integral_floats_as_bytes(limit: float | str, size: int) -> None:
+    """Issue 9: 1.5e9 raised AttributeError."""
+    assert Local(memory_limit=limit).memory_limit == size

@@ -1,0 +1,157 @@
+"""A tiny process per driver that ends what its machines started once the driver is gone, even by SIGKILL.
+
+A machine dies with its driver by itself (``PR_SET_PDEATHSIG``, bigmachine/worker.py), but
+what its services started would live on: the kernel signals no grandchild. So the driver
+starts a janitor (this file, run as a script with ``-I -S``: the standard library only) and
+keeps the only write end of a pipe that is the janitor's stdin. The driver tells it of each
+machine's process group (each machine leads one) and cgroup, if it has one, and when one
+is cleaned up already. At end of file, which comes when the driver closes the pipe at
+shutdown or when the kernel does so for a killed driver, the janitor kills every group and
+cgroup it still watches, removes the cgroups, and exits.
+
+A process that leaves its machine's process group (``setsid``) is only caught where the
+machine has a cgroup (``Local(memory_limit=...)`` on a host that lets us make one). A child
+the driver forks without exec (``multiprocessing``'s fork) holds the pipe too: the janitor
+then acts when the last of them ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+__all__ = ["Janitor", "kill_cgroup", "kill_group", "remove_cgroup"]
+
+logger = logging.getLogger(__name__)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILLs a process group, if any of it is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def kill_cgroup(path: str) -> None:
+    """SIGKILLs every process of a cgroup: ``cgroup.kill`` (v2), else each listed pid until none is left (v1)."""
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+        return
+    except FileNotFoundError:
+        if not os.path.isdir(path):
+            return
+    except OSError:
+        pass
+    for _ in range(100):  # a group that forks while being killed takes a few rounds
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.001)
+
+
+def remove_cgroup(path: str, *, wait: float = 2.0) -> bool:
+    """Removes a cgroup once its killed processes have left it (they take a moment); whether it is gone."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                return False
+        time.sleep(0.005)
+
+
+class Janitor:
+    """The driver's end: starts the janitor process and tells it what to clean up if the driver dies."""
+
+    def __init__(self) -> None:
+        read_fd, self._fd = os.pipe()  # both close-on-exec: no machine inherits the write end
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", os.path.abspath(__file__)], stdin=read_fd,
+                start_new_session=True,  # Ctrl-C and a closed terminal reach the driver, not the janitor
+            )
+        except BaseException:
+            os.close(self._fd)
+            raise
+        finally:
+            os.close(read_fd)
+        os.set_blocking(self._fd, False)
+        self.watching: set[int] = set()
+
+    def watch(self, pgid: int, cgroup: str | None) -> None:
+        """The group ``pgid`` (and ``cgroup``) is to be killed if the driver dies."""
+        self.watching.add(pgid)
+        self._say(f"+ {pgid} {cgroup or ''}")
+
+    def forget(self, pgid: int) -> None:
+        """The group ``pgid`` was cleaned up by the driver: the janitor must not kill it later."""
+        self.watching.discard(pgid)
+        self._say(f"- {pgid}")
+
+    def _say(self, message: str) -> None:
+        try:
+            os.write(self._fd, (message + "\n").encode())
+        except BlockingIOError:  # the janitor stopped reading: a machine's group may outlive a killed driver
+            logger.warning("the janitor process %d is not reading; dropped %r", self.process.pid, message)
+        except OSError as exc:
+            logger.warning("the janitor process %d is gone (%s): what machines start may outlive a killed driver",
+                           self.process.pid, exc)
+
+    async def aclose(self) -> None:
+        """Closes the pipe (the janitor cleans up what it still watches) and waits for it to exit."""
+        if self._fd < 0:
+            return
+        os.close(self._fd)
+        self._fd = -1
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(self.process.pid)
+        exited: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(pidfd, lambda: None if exited.done() else exited.set_result(None))
+        try:
+            await asyncio.wait_for(exited, 5.0)
+        except TimeoutError:
+            self.process.kill()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self.process.wait()
+
+
+def main() -> None:
+    """The janitor process: watches what stdin says until end of file, then kills what is left."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watched: dict[int, str] = {}
+    for line in sys.stdin.buffer:
+        op, pgid, cgroup = (line.decode().rstrip("\n").split(" ", 2) + [""])[:3]
+        if op == "+":
+            watched[int(pgid)] = cgroup
+        else:
+            watched.pop(int(pgid), None)
+    for pgid, cgroup in watched.items():
+        kill_group(pgid)
+        if cgroup:
+            kill_cgroup(cgroup)
+    for cgroup in filter(None, watched.values()):
+        remove_cgroup(cgroup)
+
+
+if __name__ == "__main__":
+    main()
