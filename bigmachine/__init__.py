@@ -23,8 +23,7 @@ from .machine import Machine
 from .params import Environ, Services
 from .session import B, start
 from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "B",

@@ -29,7 +29,7 @@ __all__ = ["SYSTEM_OPTIONS", "add_arguments", "make_system", "start"]
 logger = logging.getLogger(__name__)
 
 SYSTEMS = ("local", "testing", "ec2", "slurm")
-SYSTEM_OPTIONS = {"ec2": ("EC2", "bigmachine.systems.ec2"), "slurm": ("Slurm", "bigmachine.systems.slurm.options")}
+SYSTEM_OPTIONS = {"ec2": ("EC2", "bigmachine.systems.ec2.options"), "slurm": ("Slurm", "bigmachine.systems.slurm.options")}
 """Systems with ``--bigm.<system>.*`` options of their own: name -> (title, module). The module has
 ``add_arguments(group, env)`` (its options, in a ``--help`` group of their own) and ``from_arguments(args)``."""
 
@@ -143,10 +143,13 @@ def make_system(args: argparse.Namespace) -> System:
     if kind == "testing":
         return Testing()
     module = _system_options(kind)
-    if module is None:
-        raise ValueError(f"--bigm.system={kind} needs {SYSTEM_OPTIONS[kind][1]}, which cannot be imported here: "
-                         "install its dependencies (EC2: pip install boto3)")
-    system: System = module.from_arguments(args)
+    try:
+        if module is None:
+            raise ImportError(SYSTEM_OPTIONS[kind][1])
+        system: System = module.from_arguments(args)
+    except ImportError as exc:
+        raise ValueError(f"--bigm.system={kind} cannot be used here: {exc}; install its dependencies "
+                         "(EC2: pip install boto3)") from exc
     return system
 
 

@@ -502,8 +502,7 @@ class Machine:
         deadline = calling.deadline_after(timeout)
         try:
             async with asyncio.timeout(timeout):
-                if not self.addr:
-                    self.bind(await instance.address())
+                self.bind(await instance.address())  # also the sign that it serves, when the address was known before
                 request = calling.encode_call(self._host_header, "Supervisor.register",
                                               (blobs, system.liveness.timeout), {})
                 info = await self._acall(request, deadline, timeout)

@@ -15,7 +15,7 @@ certificate that authority signed, then, over that connection:
    the machine's directory, and a requirements list, of which what this Python lacks is
    pip-installed.
 3. ``start``: the machine's certificate, signed by the session's authority. The agent
-   hands its port over to ``bigmachine.worker``, relays its output, reports its port
+   hands its port over to the machine (``bigmachine.runtime``), relays its output, reports its port
    and pings every few seconds until the machine ends.
 
 When the machine ends, for any reason (its lease lapsed, it crashed, the driver
@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..runtime.spec import ENVIRONMENT_VARIABLE, LaunchSpec
 from .janitor import kill_group
 from .output import LineSplitter
 
@@ -61,8 +62,8 @@ _MAX_PAYLOAD = 1 << 30
 _KILL_GRACE = 5.0
 # How the agent starts a machine: the interpreter's own flags (-I, -S) and the spec's path first,
 # so a machine imports what the agent does, plus the code the driver shipped.
-_WORKER_BOOT = ("import json, os, sys; sys.path[:0] = json.loads(os.environ['BIGMACHINE_WORKER'])['path']; "
-                "from bigmachine.worker import main; main()")
+_MACHINE_BOOT = (f"import json, os, sys; sys.path[:0] = json.loads(os.environ[{ENVIRONMENT_VARIABLE!r}])['path']; "
+                 "from bigmachine.runtime.process import main; main()")
 
 
 def agent_name(name: str) -> str:
@@ -257,17 +258,17 @@ class _Bootstrap:
         tls_dir = _write_identity(machine_dir / "tls", start["ca"], start["cert"], key)
         code_dir = machine_dir / "code"
         worker = dict(start["worker"])
-        argv = list(worker.get("argv") or [""])
+        argv = list(worker.pop("argv", None) or [""])
         if start.get("main"):
             argv[0] = str(code_dir / start["main"])
         read_fd, write_fd = os.pipe()
-        spec = {**worker, "tls_dir": str(tls_dir), "host": self.agent.host, "port": self.agent.port,
-                "parent": os.getpid(), "report_fd": write_fd, "argv": argv,
-                "path": [str(code_dir), *(p for p in sys.path if p)]}
-        env = {**os.environ, **start.get("environ", {}), "PYTHONUNBUFFERED": "1", "BIGMACHINE_WORKER": json.dumps(spec)}
+        spec = LaunchSpec(**worker, tls_dir=str(tls_dir), host=self.agent.host, port=self.agent.port,
+                          parent=os.getpid(), report_fd=write_fd, argv=argv,
+                          path=[str(code_dir), *(p for p in sys.path if p)])
+        env = {**os.environ, **start.get("environ", {}), "PYTHONUNBUFFERED": "1", **spec.to_environment()}
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _WORKER_BOOT,  # type: ignore[attr-defined]
+                sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _MACHINE_BOOT,  # type: ignore[attr-defined]
                 env=env, cwd=machine_dir, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # its own group: see below
         finally:

@@ -29,7 +29,7 @@ from ..errors import Error, MachineStopped, OutOfMemory
 from . import agent as wire
 from . import output
 from .base import Instance
-from .memory import EXIT_OUT_OF_MEMORY
+from ..runtime.spec import EXIT_OUT_OF_MEMORY
 from .output import Forwarder
 from .shipping import Shipment, environment
 

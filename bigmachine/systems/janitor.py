@@ -1,6 +1,6 @@
 """A tiny process per driver that ends what its machines started once the driver is gone, even by SIGKILL.
 
-A machine dies with its driver by itself (``PR_SET_PDEATHSIG``, bigmachine/worker.py), but
+A machine dies with its driver by itself (``PR_SET_PDEATHSIG``, bigmachine/runtime/process.py), but
 what its services started would live on: the kernel signals no grandchild. So the driver
 starts a janitor (this file, run as a script with ``-I -S``: the standard library only) and
 keeps the only write end of a pipe that is the janitor's stdin. The driver tells it of each

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,8 @@ from ..errors import MachineStopped, OutOfMemory
 from . import output
 from .base import Instance, System
 from .janitor import Janitor, kill_group
-from .memory import EXIT_OUT_OF_MEMORY, MemoryCgroup, kernel_oom_kill, parse_size
+from ..runtime.spec import EXIT_OUT_OF_MEMORY, LaunchSpec
+from .memory import MemoryCgroup, kernel_oom_kill, parse_size
 from .output import Forwarder
 
 if TYPE_CHECKING:
@@ -78,24 +78,23 @@ class Local(System):
             listener.bind(("127.0.0.1", 0))
             listener.listen(1024)  # connections made before the machine serves wait in the backlog
             address = f"https://127.0.0.1:{listener.getsockname()[1]}/"
-            spec = {
-                "session": session.name, "tls_dir": str(tls_dir), "host": "127.0.0.1",
-                "lease": self.initial_lease(), "maxprocs": 1, "parent": os.getpid(),
-                "service_threads": self.service_threads, "keepalive": astuple(self.liveness),
-                "system": self.name, "report_fd": write_fd, "listen_fd": listener.fileno(), "path": sys.path,
-                "argv": sys.argv,
-            }
+            spec = LaunchSpec(
+                session=session.name, tls_dir=str(tls_dir), listen_fd=listener.fileno(), lease=self.initial_lease(),
+                parent=os.getpid(), system=self.name, service_threads=self.service_threads,
+                keepalive=astuple(self.liveness), report_fd=write_fd, path=sys.path, argv=sys.argv,
+            )
             if self.memory_limit is not None:
                 cgroup = MemoryCgroup.create(f"{session.name}-{machine.name}", self.memory_limit)
-                spec.update(memory_limit=self.memory_limit, cgroup_procs=cgroup.procs_file if cgroup else None)
-            env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1", "BIGMACHINE_WORKER": json.dumps(spec)}
+                spec.memory_limit = self.memory_limit
+                spec.cgroup_procs = cgroup.procs_file if cgroup else None
+            env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1", **spec.to_environment()}
             # Popen and raw fds, not asyncio subprocess transports: closing a uvloop loop
             # that had those sometimes hung for good in uv_run (seen in tests/test_local.py).
             # Popen runs here, on the session's loop thread, which lives until every machine is
             # stopped: the machine's PR_SET_PDEATHSIG fires when the *thread* that forked it ends.
             # Each machine leads a process group of its own, which ends with it (start_new_session).
             process = subprocess.Popen(
-                [sys.executable, "-m", "bigmachine.worker"], env=env, pass_fds=(write_fd, listener.fileno()),
+                [sys.executable, "-m", "bigmachine.runtime"], env=env, pass_fds=(write_fd, listener.fileno()),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             )
         except BaseException:

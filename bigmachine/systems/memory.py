@@ -18,11 +18,10 @@ from pathlib import Path
 
 from .janitor import kill_cgroup, remove_cgroup
 
-__all__ = ["EXIT_OUT_OF_MEMORY", "MemoryCgroup", "kernel_oom_kill", "parse_size"]
+__all__ = ["MemoryCgroup", "kernel_oom_kill", "parse_size"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OUT_OF_MEMORY = 52  # a machine process's exit status after MemoryError escaped a service
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

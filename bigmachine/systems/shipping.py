@@ -27,7 +27,7 @@ _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".venv", "venv", "node_modules", ".t
 _HOST_VARIABLES = {
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "TMPDIR", "TEMP", "TMP", "HOSTNAME", "TERM",
     "DISPLAY", "LANG", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "MAIL",
-    "SHLVL", "_", "BIGMACHINE_WORKER",
+    "SHLVL", "_", "BIGMACHINE_LAUNCH_SPEC",
 }
 _HOST_PREFIXES = ("LD_", "SSH_", "XDG_", "DBUS_", "LC_", "KRB5", "GPG_", "PYENV_", "CONDA_")
 

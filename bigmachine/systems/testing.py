@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MachineStopped, OutOfMemory
-from .memory import EXIT_OUT_OF_MEMORY
+from ..runtime.spec import EXIT_OUT_OF_MEMORY, LaunchSpec
 from .base import Instance, System
 
 if TYPE_CHECKING:
     from ..machine import Machine
-    from ..serving import MachineConfig
     from ..session import B
 
 __all__ = ["Testing"]
@@ -55,13 +55,10 @@ class Testing(System):
             launched.append(instance)
         return launched
 
-    def _config(self, session: str, tls_dir: str) -> MachineConfig:
-        from ..serving import MachineConfig  # lazily: systems load before the machine side
-
-        live = self.liveness
-        return MachineConfig(session=session, tls_dir=tls_dir, lease=self.initial_lease(), system=self.name,
-                             service_threads=self.service_threads, dump_stacks=False,  # faulthandler is process-wide
-                             keepalive=(live.period, live.timeout, live.rpc_timeout))
+    def _config(self, session: str, tls_dir: str) -> LaunchSpec:
+        return LaunchSpec(session=session, tls_dir=tls_dir, lease=self.initial_lease(), system=self.name,
+                          service_threads=self.service_threads, dump_stacks=False,  # faulthandler is process-wide
+                          keepalive=astuple(self.liveness))
 
     def kill(self, machine: Machine) -> None:
         """Makes ``machine`` die as a crashed process would."""
@@ -89,8 +86,8 @@ class TestInstance(Instance):
 
     __test__ = False
 
-    def __init__(self, config: MachineConfig) -> None:
-        from ..serving import MachineServer
+    def __init__(self, config: LaunchSpec) -> None:
+        from ..runtime.server import MachineServer  # lazily: the driver never loads the machine side otherwise
 
         self.exited = threading.Event()
         self.reason = ""

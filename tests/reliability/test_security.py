@@ -95,7 +95,7 @@ def test_the_authority_key_never_reaches_a_machine() -> None:
         environ = m.call("Work.environ", timeout=10)
         assert not found_in("\n".join(f"{k}={v}" for k, v in environ.items()).encode(), ca)
         assert not any("PRIVATE KEY" in v for v in environ.values())
-        assert "BIGMACHINE_WORKER" not in environ  # the spec is consumed at start
+        assert "BIGMACHINE_LAUNCH_SPEC" not in environ  # the spec is consumed at start
         pid = m.info["pid"]
         assert not found_in(" ".join(psutil.Process(pid).cmdline()).encode(), ca)
         tls_files = [str(p) for p in (b.tmpdir / m.name).iterdir()]

@@ -32,20 +32,19 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ... import __version__
+from ...version import __version__
 from ...errors import Error, MachineStopped
 from ..base import Instance, System
 from ..bootstrap import AgentInstance, BootstrapAuthority
 from ..shipping import Shipment, collect
 from . import userdata
 from .aws import SPOT_CAPACITY_ERRORS, Aws, AwsError, current_user
-from .options import add_arguments, from_arguments
 
 if TYPE_CHECKING:
     from ...machine import Machine
     from ...session import B
 
-__all__ = ["EC2", "EC2Instance", "add_arguments", "from_arguments"]
+__all__ = ["EC2", "EC2Instance"]
 
 logger = logging.getLogger(__name__)
 

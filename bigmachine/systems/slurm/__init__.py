@@ -31,20 +31,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ... import __version__
+from ...version import __version__
 from ...errors import MachineStopped, OutOfMemory
 from ..base import Instance, System
 from ..bootstrap import AgentInstance, BootstrapAuthority
 from ..shipping import Shipment, collect
 from . import commands, script
 from .commands import Job, SlurmError
-from .options import add_arguments, from_arguments
 
 if TYPE_CHECKING:
     from ...machine import Machine
     from ...session import B
 
-__all__ = ["Slurm", "SlurmError", "SlurmInstance", "add_arguments", "from_arguments"]
+__all__ = ["Slurm", "SlurmError", "SlurmInstance"]
 
 logger = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import expvar, functions
-from .errors import SerializationError
-from .rpc import wire
-from .rpc.server import Registry, public_methods
-from .rpc.threads import ServiceThreads
+from .. import expvar, functions
+from ..errors import SerializationError
+from ..rpc import wire
+from ..rpc.server import Registry, public_methods
+from ..rpc.threads import ServiceThreads
 
 if TYPE_CHECKING:
-    from .session import B
+    from ..session import B
 
 __all__ = ["Supervisor", "control_service"]
 
@@ -194,25 +194,25 @@ class Supervisor:
 
     def metrics(self) -> bytes:
         """Prometheus text exposition of this machine's registry and served calls."""
-        from .metrics import machine_exposition
+        from ..metrics import machine_exposition
 
         return machine_exposition(self._registry.stats)
 
     async def profile_cpu(self, seconds: float, interval: float = 0.005) -> Any:
         """A ``profile.CpuSamples`` of every thread of this machine over ``seconds``."""
-        from .profile import profile_cpu
+        from ..profile import profile_cpu
 
         return await profile_cpu(seconds, interval)
 
     def heap(self, frames: int = 25, limit: int = 1000) -> Any:
         """A ``profile.HeapSnapshot``; tracing starts on the first request and stops when unused."""
-        from .profile import heap_snapshot
+        from ..profile import heap_snapshot
 
         return heap_snapshot(frames, limit=limit)
 
     async def threads(self) -> list[dict[str, Any]]:
         """Every thread's stack and the loop's pending tasks."""
-        from .profile import athread_dump
+        from ..profile import athread_dump
 
         return await athread_dump()
 

@@ -1,33 +1,31 @@
-"""Entry point of a machine process: ``python -m bigmachine.worker``.
+"""Entry point of a machine process: ``python -m bigmachine.runtime``.
 
-The driver passes a JSON config in ``BIGMACHINE_WORKER``; the process takes the
-driver's ``sys.path`` and ``argv``, serves, reports its address on the file
-descriptor it was given, and exits when its lease lapses or its driver is gone.
+The system passes a ``LaunchSpec`` in the environment; the process takes the driver's
+``sys.path`` and ``argv``, serves, reports its address on the file descriptor it was
+given, and exits when its lease lapses or its driver is gone.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import resource
 import signal
 import sys
-from typing import Any
 
-from .systems.memory import EXIT_OUT_OF_MEMORY
+from .spec import EXIT_OUT_OF_MEMORY, LaunchSpec
 
 __all__ = ["main"]
 
-logger = logging.getLogger("bigmachine.worker")
+logger = logging.getLogger("bigmachine.machine")
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def main() -> None:
-    spec = json.loads(os.environ.pop("BIGMACHINE_WORKER"))
-    _die_with_parent(spec.get("parent"))
+    spec = LaunchSpec.from_environment()
+    _die_with_parent(spec.parent)
     try:
         _serve(spec)
     except MemoryError:  # the memory limit is too small even to start: say so as a machine that ran out does
@@ -57,14 +55,15 @@ def _die_with_parent(parent: int | None) -> None:
         os._exit(0)
 
 
-def _serve(spec: dict[str, Any]) -> None:
-    sys.path[:0] = [p for p in spec.pop("path") if p not in sys.path]
-    sys.argv = spec.pop("argv")
-    report_fd = spec.pop("report_fd")
-    _limit_memory(spec.pop("memory_limit", None), spec.pop("cgroup_procs", None))
+def _serve(spec: LaunchSpec) -> None:
+    sys.path[:0] = [p for p in spec.path if p not in sys.path]
+    sys.argv = spec.argv
+    report_fd = spec.report_fd
+    assert report_fd is not None, "a machine process reports its address on a file descriptor"
+    _limit_memory(spec.memory_limit, spec.cgroup_procs)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from .serving import MachineConfig, MachineServer
+    from .server import MachineServer
 
     def exit_now(reason: str, code: int = 0) -> None:
         logger.warning("machine exiting: %s", reason)
@@ -73,7 +72,7 @@ def _serve(spec: dict[str, Any]) -> None:
         os._exit(code)
 
     async def serve() -> None:
-        server = MachineServer(MachineConfig(**spec), on_exit=exit_now)
+        server = MachineServer(spec, on_exit=exit_now)
         addr = await server.start()
         os.write(report_fd, (addr + "\n").encode())
         os.close(report_fd)

@@ -1,6 +1,6 @@
 """Serving a machine: the supervisor and the RPC app under uvicorn, on the current loop.
 
-Shared by the process entry point (``bigmachine.worker``) and the in-process
+Shared by the process entry point (``bigmachine.runtime.process``) and the in-process
 ``Testing`` system, so both run the very same server.
 """
 
@@ -12,23 +12,21 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
-from . import functions, tls
-from .rpc.server import Registry, RpcApp
-from .liveness import Liveness
-from .rpc.client import IDLE_TIMEOUT
-from .rpc.threads import DEFAULT_SERVICE_THREADS, ServiceThreads
-from .rpc.uvicorn_protocol import CoalescingHttpToolsProtocol
-from .session import B
+from .. import functions, tls
+from ..liveness import Liveness
+from ..rpc.client import IDLE_TIMEOUT
+from ..rpc.server import Registry, RpcApp
+from ..rpc.threads import ServiceThreads
+from ..rpc.uvicorn_protocol import CoalescingHttpToolsProtocol
+from ..session import B
+from .spec import EXIT_OUT_OF_MEMORY, LaunchSpec
 from .supervisor import Supervisor, control_service
-from .systems.memory import EXIT_OUT_OF_MEMORY
 
-__all__ = ["MachineConfig", "MachineServer"]
+__all__ = ["MachineServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,29 +34,10 @@ SERVER_IDLE_TIMEOUT = int(5 * IDLE_TIMEOUT)  # the client closes idle connection
 CONTROL_THREADS = 4  # the Supervisor's plain methods (status, profiles, ...): never behind service calls
 
 
-@dataclass
-class MachineConfig:
-    """What a machine needs to serve: who it is, where to listen, how long its first lease is."""
-
-    session: str
-    tls_dir: str
-    host: str = "127.0.0.1"
-    port: int = 0
-    lease: float = 120.0
-    maxprocs: int = 1
-    parent: int | None = None
-    system: str = "local"
-    service_threads: int = DEFAULT_SERVICE_THREADS
-    keepalive: tuple[float, float, float] = (2.0, 60.0, 10.0)  # period, timeout, RPC timeout: for dialled peers
-    dump_stacks: bool = True  # faulthandler stack dumps when the loop is held (a process of its own only)
-    listen_fd: int | None = None  # a socket the driver bound for us (its address known before we serve)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class MachineServer:
     """A running machine: uvicorn serving the RPC app with mutual TLS on one socket."""
 
-    def __init__(self, config: MachineConfig, *, on_exit: Callable[[str, int], None]) -> None:
+    def __init__(self, config: LaunchSpec, *, on_exit: Callable[[str, int], None]) -> None:
         self.config = config
         self.registry = Registry()
         self.executor = ServiceThreads(config.service_threads, "bigmachine-service")
