@@ -161,11 +161,18 @@ class Supervisor:
 
         return machine_exposition(self._registry.stats)
 
-    async def profile_cpu(self, seconds: float, interval: float = 0.005) -> Any:
-        """A ``profile.CpuSamples`` of every thread of this machine over ``seconds``."""
-        from .profile import profile_cpu
+    async def profile_cpu(self, seconds: float, interval: float = 0.005, mode: str = "cpu",
+                          threads: str = "service") -> Any:
+        """A ``profile.CpuSamples`` of this machine's ``threads`` over ``seconds``; one profile at a time."""
+        from .profile import ProfilerBusy, profile_cpu
 
-        return await profile_cpu(seconds, interval)
+        if getattr(self, "_profiling", False):
+            raise ProfilerBusy("a CPU profile is already being taken on this machine; ask again when it ends")
+        self._profiling = True
+        try:
+            return await profile_cpu(seconds, interval, mode=mode, threads=threads)
+        finally:
+            self._profiling = False
 
     def heap(self, frames: int = 25, limit: int = 1000) -> Any:
         """A ``profile.HeapSnapshot``; tracing starts on the first request and stops when unused."""

@@ -5,7 +5,11 @@ them (`merge_*`) and renders them (pstats, text, folded stacks, pprof, SVG).
 """
 
 from .cpu import (
+    MAX_SECONDS,
+    MODES,
+    THREADS,
     CpuSamples,
+    ProfilerBusy,
     merge_cpu,
     merge_pstats,
     profile_cpu,
@@ -22,6 +26,10 @@ from .threads import athread_dump, thread_dump, threads_to_text
 __all__ = [
     "CpuSamples",
     "HeapSnapshot",
+    "MAX_SECONDS",
+    "MODES",
+    "ProfilerBusy",
+    "THREADS",
     "athread_dump",
     "cpu_to_pprof",
     "heap_snapshot",
