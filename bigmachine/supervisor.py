@@ -133,8 +133,11 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         """Everything the status page shows of this machine, in one call."""
-        return {"load": self.load_info(), "cpu_percent": self._cpu_percent(), "mem": self.mem_info(),
-                "disk": self.disk_info(), "rpc": self.stats(), "time": time.time()}
+        import psutil
+
+        times = psutil.Process().cpu_times()
+        return {"load": self.load_info(), "cpu_percent": self._cpu_percent(), "cpu_seconds": times.user + times.system,
+                "mem": self.mem_info(), "disk": self.disk_info(), "rpc": self.stats(), "time": time.time()}
 
     def _cpu_percent(self) -> float:
         """CPU use of this process (100 = one core) since the previous status, or since it started."""
@@ -174,8 +177,8 @@ class Supervisor:
         finally:
             self._profiling = False
 
-    def heap(self, frames: int = 25, limit: int = 1000) -> Any:
-        """A ``profile.HeapSnapshot``; tracing starts on the first request and stops when unused."""
+    def heap(self, frames: int = 1, limit: int = 1000) -> Any:
+        """A ``profile.HeapSnapshot``; tracing starts on the first request and stops 60 s after the last."""
         from .profile import heap_snapshot
 
         return heap_snapshot(frames, limit=limit)

@@ -10,6 +10,7 @@ from .cpu import (
     THREADS,
     CpuSamples,
     ProfilerBusy,
+    join_cpu,
     merge_cpu,
     merge_pstats,
     profile_cpu,
@@ -19,7 +20,7 @@ from .cpu import (
     to_text,
 )
 from .flamegraph import render_flamegraph_svg
-from .heap import HeapSnapshot, heap_snapshot, heap_to_text, merge_heap, stop_heap_tracing
+from .heap import HeapSnapshot, heap_snapshot, heap_to_text, merge_heap, stop_heap_tracing, tracing_note
 from .pprof import cpu_to_pprof, heap_to_pprof
 from .threads import athread_dump, thread_dump, threads_to_text
 
@@ -35,6 +36,7 @@ __all__ = [
     "heap_snapshot",
     "heap_to_pprof",
     "heap_to_text",
+    "join_cpu",
     "merge_cpu",
     "merge_heap",
     "merge_pstats",
@@ -47,4 +49,5 @@ __all__ = [
     "to_collapsed",
     "to_pstats",
     "to_text",
+    "tracing_note",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "ProfilerBusy",
     "Stack",
     "THREADS",
+    "join_cpu",
     "merge_cpu",
     "merge_pstats",
     "profile_cpu",
@@ -293,6 +294,13 @@ def merge_cpu(
         interval = samples[0].interval if samples else 0.005
     duration = max((s.duration for s in samples), default=0.0)  # machines run at once
     return CpuSamples(counts, interval, duration)
+
+
+def join_cpu(slices: Sequence[CpuSamples]) -> CpuSamples:
+    """One process's consecutive profiles as one: counts and durations add."""
+    joined = merge_cpu(slices)
+    joined.duration = sum(s.duration for s in slices)
+    return joined
 
 
 _CallerStat = tuple[int, int, float, float]  # (cc, nc, tt, ct) of one call edge
