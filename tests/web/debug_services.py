@@ -39,6 +39,18 @@ class Busy:
     def fail(self) -> None:
         raise ValueError("failed on purpose")
 
+    def sleep(self, seconds: float) -> float:
+        """A call of a known duration, for the timeline."""
+        time.sleep(seconds)
+        return seconds
+
+
+class LongNames:
+    """Method names long enough to overflow a careless table cell."""
+
+    def a_method_name_long_enough_to_push_every_column_of_the_status_table_past_its_card(self) -> int:
+        return 1
+
 
 RELEASE = threading.Event()  # in-process (Testing) machines share it: the test ends a block early
 
