@@ -51,6 +51,9 @@ class LongNames:
     def a_method_name_long_enough_to_push_every_column_of_the_status_table_past_its_card(self) -> int:
         return 1
 
+    def fail_with_a_long_message(self) -> None:
+        raise ValueError("failed on purpose, " + "with a message that goes on " * 12)
+
 
 RELEASE = threading.Event()  # in-process (Testing) machines share it: the test ends a block early
 
