@@ -59,9 +59,11 @@ def render(lanes: Sequence[Lane], *, now: float | None = None, seconds: float = 
            f'data-seconds="{seconds:g}" font-family="system-ui, sans-serif" font-size="11">']
     for tick in range(0, int(seconds) + 1, 10 if seconds >= 30 else 5):
         tx = x(now - seconds + tick)
-        label = "now" if tick == int(seconds) else f"-{seconds - tick:g} s"
+        last = tick == int(seconds)
+        label = "now" if last else f"-{seconds - tick:g} s"
         out.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{_AXIS - 4}" y2="{height - _PAD}" stroke="#e2e8f0"/>'
-                   f'<text x="{tx:.1f}" y="{_AXIS - 6}" text-anchor="middle" fill="#64748b">{label}</text>')
+                   f'<text x="{tx:.1f}" y="{_AXIS - 6}" text-anchor="{"end" if last else "middle"}" '
+                   f'fill="#64748b">{label}</text>')
     if not lanes:
         out.append(f'<text x="{_LABEL}" y="{_AXIS + 15}" fill="#64748b">no machines</text>')
     for i, (key, calls) in enumerate(lanes):
