@@ -12,7 +12,6 @@ import collections
 import functools
 import threading
 import time
-import weakref
 from typing import Any, Callable, TypeVar
 
 __all__ = ["RING", "Call", "atraced", "calls", "record", "traced"]
@@ -24,15 +23,15 @@ Call = list[Any]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_rings: weakref.WeakKeyDictionary[Any, collections.deque[Call]] = weakref.WeakKeyDictionary()
+_ATTR = "_calltrace_ring"  # the ring lives on the machine object: no lookup table, gone with the machine
 _lock = threading.Lock()
 
 
 def _ring(machine: Any) -> collections.deque[Call]:
-    ring = _rings.get(machine)
+    ring: collections.deque[Call] | None = getattr(machine, _ATTR, None)
     if ring is None:
         with _lock:
-            ring = _rings.setdefault(machine, collections.deque(maxlen=RING))
+            ring = machine.__dict__.setdefault(_ATTR, collections.deque(maxlen=RING))
     return ring
 
 
@@ -45,7 +44,7 @@ def record(machine: Any, method: str) -> Call:
 
 def calls(machine: Any, since: float = 0.0) -> list[Call]:
     """Copies of ``machine``'s recorded calls still running or ended after ``since``, oldest first."""
-    ring = _rings.get(machine)
+    ring = getattr(machine, _ATTR, None)
     if ring is None:
         return []
     return [list(c) for c in list(ring) if c[1] is None or c[1] >= since]

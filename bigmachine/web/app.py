@@ -90,6 +90,9 @@ class Debug:
             row["status"] = reply.value if reply.ok else None
             row["status_error"] = reply.error
             row["slow"] = reply.slow
+            key = row["key"]
+            row["history"] = {"period": self.history.period, "cpu_percent": self.history.cpu(key),
+                              "rss": self.history.rss(key), "keepalive": self.history.keepalive(key)}
             rows.append(row)
         return rows
 

@@ -67,6 +67,38 @@ def calltrace_cost(n: int = 200_000) -> float:
     return (traced - plain) * 1e6
 
 
+def history_sample_cost(machines: int = 2, samples: int = 20) -> dict[str, float]:
+    """One resource-history sample of ``machines`` Local machines: driver wall and CPU ms, machine ms per status."""
+    import asyncio
+
+    import bigmachine
+    from bigmachine import RUNNING, systems
+    from bigmachine.web.history import History
+
+    with bigmachine.start(systems.Local()) as b:
+        started = b.start(machines, bigmachine.Services(Idle=_Idle()))
+        for machine in started:
+            machine.wait(RUNNING, timeout=60)
+        history = History()
+
+        async def run() -> tuple[float, float]:
+            await history.sample(b, 2.0)  # warm: connections, imports on the machines
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(samples):
+                await history.sample(b, 2.0)
+            return (time.perf_counter() - wall) / samples, (time.process_time() - cpu) / samples
+
+        wall, cpu = asyncio.run(run())
+        served = started[0].call("Supervisor.stats")["Supervisor.status"]
+    return {"driver_wall_ms": wall * 1000, "driver_cpu_ms": cpu * 1000, "machine_ms_per_status": served["mean"] * 1000}
+
+
+class _Idle:
+    def nothing(self) -> None:
+        return None
+
+
 if __name__ == "__main__":
     print("heap tracing:", {k: round(v, 2) for k, v in heap_tracing_cost().items()})
     print(f"call-trace hook: {calltrace_cost():.2f} µs per call")
+    print("resource history, one sample:", {k: round(v, 2) for k, v in history_sample_cost().items()})
