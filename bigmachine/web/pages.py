@@ -11,9 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import calltrace
+from .. import calltrace, profile
+from ..profile import heap
 from . import timeline
 from .app import REFRESH, Debug, debug_of
+from .profiles import HEAP_FRAMES
 from .cluster import ask, fan_out, find, key_of, recent_output
 
 __all__ = ["routes"]
@@ -92,7 +94,8 @@ async def pprof_index(request: Request) -> Response:
         "tracing": sum(1 for c in live if c["heap_bytes"] is not None),
         "heap_bytes": sum(c["heap_bytes"] or 0 for c in live),
     }
-    return debug.render(request, "pprof.html", page="pprof", rows=rows, counts=counts)
+    return debug.render(request, "pprof.html", page="pprof", rows=rows, counts=counts, max_seconds=profile.MAX_SECONDS,
+                        stop_after=heap.STOP_AFTER, heap_frames=HEAP_FRAMES, heap_cost=heap.SLOWDOWN[HEAP_FRAMES])
 
 
 def routes(prefix: str) -> list[Route]:

@@ -166,11 +166,12 @@ async def heap(request: Request) -> Response:
     keys, snapshots, missing = await _collect(request, "Supervisor.heap", frames, timeout=HEAP_TIMEOUT)
     labels = keys if request.query_params.get("by") == "machine" else None
     merged = profile.merge_heap(snapshots, labels)
+    # Tracing slows the machines down: every answer says so (the text also at its top).
+    tracing = {"X-Bigmachine-Heap-Tracing": profile.tracing_note(merged).removeprefix("note: ")}
     if fmt == "pprof":
         return Response(profile.heap_to_pprof(merged), media_type="application/octet-stream",
-                        headers=_headers(keys, missing, "heap.pb.gz"))
-    headers = {**_headers(keys, missing), "X-Bigmachine-Heap-Tracing": profile.tracing_note(merged)[6:]}
-    return PlainTextResponse(_notes(missing) + profile.heap_to_text(merged), headers=headers)
+                        headers={**_headers(keys, missing, "heap.pb.gz"), **tracing})
+    return PlainTextResponse(_notes(missing) + profile.heap_to_text(merged), headers={**_headers(keys, missing), **tracing})
 
 
 async def threads(request: Request) -> Response:

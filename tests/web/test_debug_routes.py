@@ -159,8 +159,12 @@ def test_heap_text_and_pprof(cluster: Cluster, http: httpx.Client) -> None:
     reply = http.get(cluster.base + "/pprof/heap", params={"format": "pprof"})
     assert reply.status_code == 200
     assert gzip.decompress(reply.content)  # a gzipped protobuf
+    assert "heap tracing is ON since" in reply.headers["x-bigmachine-heap-tracing"]
+    assert "(tracebacks of 1 frames)" in text and "stops by itself 60 s after the last heap request" in text
+    deeper = http.get(cluster.base + "/pprof/heap", params={"frames": "3"}).text
+    assert "(tracebacks of 3 frames)" in deeper
     index = http.get(cluster.base + "/pprof/").text
-    assert "2 machines tracing" in index
+    assert "tracing ON</span> on 2 machines" in index and "4-12x" in index
 
 
 def test_targets_are_http_sd_groups(cluster: Cluster, http: httpx.Client) -> None:
