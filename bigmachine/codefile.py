@@ -29,7 +29,7 @@ def _reduce(code: types.CodeType) -> tuple[Any, ...]:
     return rebuild, (make, args, code.co_filename)
 
 
-_TABLE: dict[type, Any] = cloudpickle.Pickler._dispatch_table  # type: ignore[attr-defined]
+_TABLE: dict[type, Any] = cloudpickle.Pickler._dispatch_table
 _CLOUDPICKLE_REDUCE = _TABLE[types.CodeType]
 
 
