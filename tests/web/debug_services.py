@@ -45,6 +45,13 @@ class Busy:
         return seconds
 
 
+class LongInitError:
+    """Fails its machine's start with one long unbreakable word, as a path or a URL in an error is."""
+
+    def init(self, b: Any) -> None:
+        raise RuntimeError("cannot open /" + "/".join(f"directory_number_{i}" for i in range(30)) + "/config.toml")
+
+
 class LongNames:
     """Method names long enough to overflow a careless table cell."""
 

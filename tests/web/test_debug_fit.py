@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from browser import Browser
-from debug_services import LongNames
+from debug_services import LongInitError, LongNames
 from debug_support import Cluster, start_driver
 
 import bigmachine
@@ -38,13 +38,15 @@ def stopped() -> Iterator[Cluster]:
             machines[0].call("LongNames.fail_with_a_long_message")
         machines[1].cancel()
         assert machines[1].wait(STOPPED, timeout=30) == STOPPED
+        (failing,) = b.start(1, bigmachine.Services(LongInitError=LongInitError()))
+        assert failing.wait(STOPPED, timeout=30) == STOPPED and "directory_number_29" in str(failing.err)
         assert b.debug_url is not None
         yield Cluster(b, machines, b.debug_url + "/debug/bigmachine")
 
 
 @pytest.mark.parametrize("width", [1280, 1400])
 def test_status_and_machine_pages_fit_their_cards(stopped: Cluster, width: int) -> None:
-    pages = [stopped.base + "/status"] + [f"{stopped.base}/machine/{stopped.key(m)}" for m in stopped.machines]
+    pages = [stopped.base + "/status"] + [f"{stopped.base}/machine/{stopped.key(m)}" for m in stopped.b.machines()]
     with Browser(width=width) as browser:
         browser.size(width)
         for url in pages:
@@ -53,7 +55,8 @@ def test_status_and_machine_pages_fit_their_cards(stopped: Cluster, width: int) 
             assert browser.run(OVERFLOWING) == [], url
             assert browser.run("document.documentElement.scrollWidth") <= width, url
         browser.open(stopped.base + "/status")
-        assert LONG in browser.run("document.body.innerText")  # shown, wrapped, not cut
+        text = browser.run("document.body.innerText")
+        assert LONG in text and "directory_number_29" in text  # shown, wrapped, not cut
 
 
 def test_a_stopped_machines_page_has_no_profile_buttons(stopped: Cluster) -> None:

@@ -95,3 +95,18 @@ def test_cross_origin_fetch_in_chromium_is_refused(cluster: Cluster, other_site:
         outcomes = browser.run(script)
     assert outcomes[:2] == ["refused TypeError", "refused TypeError"]
     assert outcomes[2] in ("opaque opaque 0", "refused TypeError")  # nothing readable either way
+
+
+def test_more_host_names_can_be_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bigmachine
+    from bigmachine import systems
+    from bigmachine.web.guard import ALLOW_HOST_ENV
+    from bigmachine.web.server import serve_debug
+
+    monkeypatch.setenv(ALLOW_HOST_ENV, "ops.example, dash.example")
+    with bigmachine.start(systems.Testing()) as b:
+        server = serve_debug(b, "127.0.0.1:0", allow_hosts=["driver.internal"])
+        url = f"http://127.0.0.1:{server.port}/debug/bigmachine/machines"
+        for host in ("ops.example", "dash.example:80", "driver.internal", "127.0.0.1"):
+            assert httpx.get(url, headers={"Host": host}).status_code == 200, host
+        assert httpx.get(url, headers={"Host": "other.example"}).status_code == 400
