@@ -69,3 +69,24 @@ def test_a_stopped_machines_page_has_no_profile_buttons(stopped: Cluster) -> Non
     assert "STOPPED" in dead and "Profiles need a running machine" in dead
     assert "/pprof/flame" not in dead and "/pprof/profile" not in dead and "/pprof/heap" not in dead
     assert "/pprof/flame" in live and "/pprof/profile" in live
+
+
+def test_calls_running_and_queued_show_when_the_supervisor_reports_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Supervisor.status()["calls"]`` (service calls queued, running, pool size): shown per machine when present."""
+    import httpx
+
+    from bigmachine.supervisor import Supervisor
+
+    plain = Supervisor.status
+    monkeypatch.setattr(Supervisor, "status",  # Testing machines run in this process (patched before they start)
+                        lambda self: {**plain(self), "calls": {"queued": 3, "running": 2, "threads": 4}})
+    with start_driver("testing") as b:
+        (machine,) = b.start(1, bigmachine.Services(LongNames=LongNames()))
+        assert machine.wait(RUNNING, timeout=60) == RUNNING
+        assert b.debug_url is not None
+        base = b.debug_url + "/debug/bigmachine"
+        with httpx.Client(timeout=30) as http:
+            status = http.get(base + "/status").text
+            page = http.get(f"{base}/machine/{machine.addr.removeprefix('https://').rstrip('/')}").text
+    assert "2 run" in status and "3 queued" in status
+    assert "3 waiting for one of 4 threads" in page
