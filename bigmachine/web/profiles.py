@@ -156,7 +156,8 @@ async def flame(request: Request) -> Response:
     machines = [key_of(m) for m in debug.b.machines() if m.addr and m.state.name != "STOPPED"]
     return debug.render(request, "flame.html", page="pprof", svg=Markup(svg), total=combined.total,
                         seconds=f"{ask.seconds:g}", answered=len(keys), machine=request.query_params.get("machine", ""),
-                        keys=machines, by_machine=by_machine, notes=[f"left out {m}" for m in missing])
+                        keys=machines, by_machine=by_machine, notes=[f"left out {m}" for m in missing],
+                        mode=ask.mode, threads=ask.threads)
 
 
 async def heap(request: Request) -> Response:
