@@ -97,8 +97,34 @@ class _Idle:
     def nothing(self) -> None:
         return None
 
+    def allocate(self) -> int:
+        return _allocating_work()
+
+
+def heap_service_cost(seconds: float = 2.0) -> dict[str, float]:
+    """Calls per ``seconds`` of an allocating service method on a Local machine: tracing off, at 1 and 25 frames."""
+    import bigmachine
+    from bigmachine import RUNNING, systems
+
+    def rate(machine: Any) -> float:
+        end, n = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            machine.call("Idle.allocate")
+            n += 1
+        return n
+
+    with bigmachine.start(systems.Local()) as b:
+        (machine,) = b.start(1, bigmachine.Services(Idle=_Idle()))
+        machine.wait(RUNNING, timeout=60)
+        out = {"off": rate(machine)}
+        for frames in (1, 3, 25):
+            machine.call("Supervisor.heap", frames)
+            out[f"{frames}_frames"] = rate(machine)
+    return out
+
 
 if __name__ == "__main__":
     print("heap tracing:", {k: round(v, 2) for k, v in heap_tracing_cost().items()})
     print(f"call-trace hook: {calltrace_cost():.2f} µs per call")
+    print("allocating service calls per 2 s:", heap_service_cost())
     print("resource history, one sample:", {k: round(v, 2) for k, v in history_sample_cost().items()})
