@@ -133,12 +133,13 @@ THREADS = ("service", "server", "all")
 MAX_SECONDS = 300.0
 """Longest profile a machine takes: a longer one is refused (and the debug server says so)."""
 
-# Frames that mark a thread as running an event loop: asyncio's own runners, and uvloop's.
+# Frames that mark a thread as running an event loop: (package directory, file, function).
 _LOOP_FRAMES = frozenset({
-    ("runners.py", "Runner.run"),
-    ("base_events.py", "BaseEventLoop.run_forever"),
-    ("base_events.py", "BaseEventLoop.run_until_complete"),
-    ("__init__.py", "run"),  # uvloop.run
+    ("asyncio", "runners.py", "Runner.run"),
+    ("asyncio", "base_events.py", "BaseEventLoop.run_forever"),
+    ("asyncio", "base_events.py", "BaseEventLoop.run_until_complete"),
+    ("uvloop", "__init__.py", "run"),
+    ("bigmachine", "session.py", "B._run_loop"),  # uvloop's run_forever has no Python frame
 })
 
 
@@ -146,10 +147,10 @@ class ProfilerBusy(RuntimeError):
     """Another CPU profile is being taken on this machine; one at a time keeps the cost bounded."""
 
 
-def _runs_a_loop(stack: Stack) -> bool:
-    """Whether a thread's stack is an event loop's (asyncio or uvloop)."""
-    return any((os.path.basename(f[0]), f[2]) in _LOOP_FRAMES and ("asyncio" in f[0] or "uvloop" in f[0])
-               for f in stack[:8])
+def _is_loop_frame(frame: Frame) -> bool:
+    """Whether a frame runs an event loop (asyncio's, uvloop's, a session's)."""
+    folder, name = os.path.split(frame[0])
+    return (os.path.basename(folder), name, frame[2]) in _LOOP_FRAMES
 
 
 class _Sampler:
@@ -165,6 +166,7 @@ class _Sampler:
         self._codes: dict[CodeType, Frame] = {}
         self._cpu: dict[int, float] = {}  # thread ident -> CPU seconds at last sample
         self._carry: dict[int, float] = {}  # thread ident -> CPU not yet counted, in intervals
+        self._loop_frames: dict[Frame, bool] = {}
 
     def _weight(self, ident: int) -> int | None:
         """Samples' worth of CPU the thread used since the previous sample; None without thread clocks."""
@@ -182,7 +184,16 @@ class _Sampler:
     def _wanted(self, stack: Stack) -> bool:
         if self.threads == "all":
             return True
-        return _runs_a_loop(stack) == (self.threads == "server")
+        known = self._loop_frames
+        runs_a_loop = False
+        for frame in stack:
+            loopish = known.get(frame)
+            if loopish is None:
+                loopish = known[frame] = _is_loop_frame(frame)
+            if loopish:
+                runs_a_loop = True
+                break
+        return runs_a_loop == (self.threads == "server")
 
     def sample_once(self, own: int) -> None:
         """Takes one sample of every thread but `own`."""

@@ -253,3 +253,29 @@ def test_samples_pickle_as_plain_data() -> None:
     assert again == samples
     for stack in again.counts:
         assert all(type(x) in (str, int) for frame in stack for x in frame)
+
+
+def test_threads_split_the_event_loop_from_the_other_threads() -> None:
+    async def serve_and_burn() -> tuple[CpuSamples, CpuSamples]:
+        async def spin() -> None:
+            end = time.monotonic() + 0.8
+            while time.monotonic() < end:
+                burn_cpu_in_profile_test(0.002)  # on the loop thread
+                await asyncio.sleep(0)
+
+        spinning = asyncio.create_task(spin())
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            burning = asyncio.get_running_loop().run_in_executor(pool, burn_cpu_in_process_a, 0.8)
+            server, service = await asyncio.gather(profile_cpu(0.4, threads="server"),
+                                                   asyncio.to_thread(sample_cpu, 0.4, threads="service"))
+            await burning
+        await spinning
+        return server, service
+
+    server, service = asyncio.run(serve_and_burn())
+
+    def names(samples: CpuSamples) -> set[str]:
+        return {f[2] for stack in samples.counts for f in stack}
+
+    assert "Runner.run" in names(server) and "burn_cpu_in_process_a" not in names(server)
+    assert "burn_cpu_in_process_a" in names(service) and "Runner.run" not in names(service)
