@@ -11,14 +11,15 @@ from debug_services import Busy
 from debug_support import Cluster, start_driver
 
 import bigmachine
-from bigmachine import RUNNING, calltrace
+from bigmachine import RUNNING, calltrace, codefile
 from bigmachine.machine import Machine
 from bigmachine.web.cluster import recent_output
 
-# The timeline reads the driver's call records; machine.py applies these hooks once merged
-# (both are no-ops on an already traced method), until then the tests do.
+# The timeline reads the driver's call records, and shipped code keeps its file name: machine.py
+# and rpc/wire.py install these hooks once merged (each is a no-op if already there); until then the tests do.
 Machine._call_sync = calltrace.traced(Machine._call_sync)  # type: ignore[method-assign]
 Machine._acall = calltrace.atraced(Machine._acall)  # type: ignore[method-assign]
+codefile.install()
 
 
 @pytest.fixture(scope="module")

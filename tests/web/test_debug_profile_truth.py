@@ -148,3 +148,40 @@ def test_by_machine_gives_one_section_per_machine_in_text_and_pstats(cluster: Cl
     stats.stats = marshal.loads(data)  # type: ignore[attr-defined]
     roots = {func[2] for func, row in stats.stats.items() if not row[4]}  # type: ignore[attr-defined]
     assert roots == keys
+
+
+SHIPPED = '''
+import time
+
+class Shipped:
+    def spin(self, seconds):
+        end, n = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            n += sum(i * i for i in range(300))
+        return n
+'''
+
+
+def test_code_shipped_by_value_is_profiled_under_its_real_file(http: httpx.Client, tmp_path: Path) -> None:
+    """A service class the machines cannot import (as one in ``__main__``) travels by value and keeps its file."""
+    import types
+
+    import bigmachine
+    from bigmachine import RUNNING
+    from debug_support import start_driver
+
+    source = tmp_path / "my_job.py"
+    source.write_text(SHIPPED)
+    module = types.ModuleType("my_job_not_importable")
+    exec(compile(SHIPPED, str(source), "exec"), module.__dict__)
+    with start_driver() as b:
+        (machine,) = b.start(1, bigmachine.Services(Shipped=module.Shipped()))
+        assert machine.wait(RUNNING, timeout=60) == RUNNING
+        spinning = machine.submit("Shipped.spin", 3.0)
+        try:
+            folded = http.get(f"{b.debug_url}/debug/bigmachine/pprof/profile",
+                              params={"seconds": "1", "format": "collapsed"}).text
+        finally:
+            spinning.result()
+    assert f"Shipped.spin ({source}:5)" in folded
+    assert "<dynamic-code>" not in folded
