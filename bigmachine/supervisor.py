@@ -132,24 +132,27 @@ class Supervisor:
     # methods: a machine that is never observed never loads the profilers or prometheus_client.
 
     def status(self) -> dict[str, Any]:
-        """Everything the status page shows of this machine, in one call."""
-        import psutil
+        """Everything the status page shows of this machine, in one call.
 
-        times = psutil.Process().cpu_times()
-        return {"load": self.load_info(), "cpu_percent": self._cpu_percent(), "cpu_seconds": times.user + times.system,
-                "mem": self.mem_info(), "disk": self.disk_info(), "rpc": self.stats(), "time": time.time()}
-
-    def _cpu_percent(self) -> float:
-        """CPU use of this process (100 = one core) since the previous status, or since it started."""
+        ``cpu_seconds`` (cumulative) lets the driver's resource history compute CPU use
+        over its own intervals, whoever else asked in between.
+        """
         import psutil
 
         process = psutil.Process()
         times = process.cpu_times()
-        now, used = time.monotonic(), times.user + times.system
+        used = times.user + times.system
+        return {"load": self.load_info(), "cpu_percent": self._cpu_percent(used, process.create_time()),
+                "cpu_seconds": used, "mem": self.mem_info(), "disk": self.disk_info(), "rpc": self.stats(),
+                "time": time.time()}
+
+    def _cpu_percent(self, used: float, created: float) -> float:
+        """CPU use of this process (100 = one core) since the previous status, or since it started."""
+        now = time.monotonic()
         last: tuple[float, float] | None = getattr(self, "_last_cpu", None)
         self._last_cpu = (now, used)
         if last is None:
-            span, spent = time.time() - process.create_time(), used
+            span, spent = time.time() - created, used
         else:
             span, spent = now - last[0], used - last[1]
         return 100.0 * spent / span if span > 0 else 0.0

@@ -20,7 +20,7 @@ from bigmachine import RUNNING, STOPPED
 
 pytestmark = pytest.mark.timeout(150)
 
-# The alert rule README shows (keep the two the same).
+# The alert rule README shows (keep the two the same), firing at once (README: for: 1m).
 RULES = """groups:
   - name: bigmachine
     rules:
