@@ -69,7 +69,7 @@ _timer: threading.Timer | None = None
 STOP_AFTER = 60.0
 """Seconds without a heap request after which tracing stops by itself."""
 
-SLOWDOWN = {1: "4-12x", 2: "7-21x", 3: "14-28x", 5: "13-57x", 10: "17x", 25: "26-82x"}
+SLOWDOWN = {1: "4-13x", 2: "7-21x", 3: "14-28x", 5: "13-57x", 10: "17-36x", 25: "26-82x"}
 """Measured slowdown of allocation-heavy code per traceback depth (tests/profile/measure_costs.py)."""
 
 

@@ -101,15 +101,15 @@ class _Idle:
         return _allocating_work()
 
 
-def heap_service_cost(seconds: float = 2.0) -> dict[str, float]:
-    """Calls per ``seconds`` of an allocating service method on a Local machine: tracing off, at 1 and 25 frames."""
+def heap_service_cost(seconds: float = 2.0, method: str = "Idle.allocate") -> dict[str, float]:
+    """Calls per ``seconds`` of a service method on a Local machine: tracing off, at 1, 3 and 25 frames."""
     import bigmachine
     from bigmachine import RUNNING, systems
 
     def rate(machine: Any) -> float:
         end, n = time.monotonic() + seconds, 0
         while time.monotonic() < end:
-            machine.call("Idle.allocate")
+            machine.call(method)
             n += 1
         return n
 
@@ -127,4 +127,5 @@ if __name__ == "__main__":
     print("heap tracing:", {k: round(v, 2) for k, v in heap_tracing_cost().items()})
     print(f"call-trace hook: {calltrace_cost():.2f} µs per call")
     print("allocating service calls per 2 s:", heap_service_cost())
+    print("no-op service calls per 2 s:", heap_service_cost(method="Idle.nothing"))
     print("resource history, one sample:", {k: round(v, 2) for k, v in history_sample_cost().items()})

@@ -164,7 +164,7 @@ def test_heap_text_and_pprof(cluster: Cluster, http: httpx.Client) -> None:
     deeper = http.get(cluster.base + "/pprof/heap", params={"frames": "3"}).text
     assert "(tracebacks of 3 frames)" in deeper
     index = http.get(cluster.base + "/pprof/").text
-    assert "tracing ON</span> on 2 machines" in index and "4-12x" in index
+    assert "tracing ON</span> on 2 machines" in index and "4-13x" in index
 
 
 def test_targets_are_http_sd_groups(cluster: Cluster, http: httpx.Client) -> None:
