@@ -35,8 +35,10 @@ def _decorate(debug: Debug, row: dict[str, Any]) -> dict[str, Any]:
     row["top"] = sorted(((k, v) for k, v in busiest.items() if not k.startswith("Supervisor.")),
                         key=lambda kv: -kv[1]["calls"])[:2]
     row["keepalive_ms"] = [t * 1000 for t in debug.history.keepalive(row["key"]) or row["keepalive"]["history"]]
-    row["cpu_history"] = debug.history.cpu(row["key"])
-    row["rss_history"] = debug.history.rss(row["key"])
+    status = row["status"]
+    # A machine younger than one history period has no samples yet: chart what this page just got.
+    row["cpu_history"] = debug.history.cpu(row["key"]) or ([status["cpu_percent"]] if status else [])
+    row["rss_history"] = debug.history.rss(row["key"]) or ([status["mem"]["process"]["rss"]] if status else [])
     return row
 
 
