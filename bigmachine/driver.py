@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        type=_debug_address,
                        help="debug server address; port 0 picks a free port, 'none' turns it off "
                             "(BIGMACHINE_DEBUG; default: %(default)s)")
+    group.add_argument("--bigm.debug-allow-host", dest="bigm_debug_allow_host", action="append", default=[],
+                       metavar="NAME", help="one more Host name the debug server answers to, beside loopback "
+                       "(repeatable; BIGMACHINE_DEBUG_ALLOW_HOST=a,b)")
     group.add_argument("--bigm.name", dest="bigm_name", default=_env("name", "bigmachine"), metavar="NAME",
                        help="session name prefix (BIGMACHINE_NAME; default: %(default)s)")
     _add_go_aliases(group)
@@ -168,7 +171,7 @@ def start(args: argparse.Namespace | None = None) -> B:
     b = B(system, name=args.bigm_name)
     _exit_on_sigterm()
     try:
-        _serve_debug(b, args.bigm_debug)
+        _serve_debug(b, args.bigm_debug, getattr(args, "bigm_debug_allow_host", []))
     except BaseException:
         b.shutdown()
         raise
@@ -188,9 +191,9 @@ def _raise_exit(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _serve_debug(b: B, address: str) -> Any:
+def _serve_debug(b: B, address: str, allow_hosts: list[str]) -> Any:
     if address.strip().lower() in _DEBUG_OFF:
         return None
     from .web.server import serve_debug
 
-    return serve_debug(b, address)
+    return serve_debug(b, address, allow_hosts=allow_hosts)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import calling
+from . import calling, calltrace
 from .calling import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
 from .liveness import held_stacks
@@ -293,6 +293,7 @@ class Machine:
         return self._call_sync(request, deadline, timeout)
 
     @timed
+    @calltrace.traced
     def _call_sync(self, request: Request, deadline: float, timeout: float | None) -> Any:
         pool = self._sync_control if request.method.startswith(_CONTROL) else self._sync
         assert pool is not None
@@ -424,6 +425,7 @@ class Machine:
         return await self._acall(request, deadline, timeout)
 
     @atimed
+    @calltrace.atraced
     async def _acall(self, request: Request, deadline: float, timeout: float | None) -> Any:
         """Sends a call whatever the state (boot calls need that)."""
         pool = self._control if request.method.startswith(_CONTROL) else self._pool

@@ -11,9 +11,13 @@ scrape, so a machine boots without it. Built-in names (Prometheus conventions):
   (histogram), ``..._received_bytes_total``, ``..._sent_bytes_total``: by ``method``,
   served by a machine.
 - ``bigmachine_rpc_client_calls_total``, ``..._errors_total``, ``..._duration_seconds``
-  (histogram), ``..._sent_bytes_total``: by ``machine`` and ``method``, made by the driver.
+  (histogram), ``..._sent_bytes_total``: by ``peer`` (the machine called) and ``method``,
+  made by the driver.
 - ``bigmachine_machines``: the driver's machines by ``state``.
-- ``bigmachine_keepalive_latency_seconds``: the driver's last keepalive reply time per ``machine``.
+- ``bigmachine_keepalive_latency_seconds``: the driver's last keepalive reply time per ``peer``.
+
+The label ``machine`` is left to whoever scrapes: the debug server's merged exposition
+and its ``http_sd`` targets set it to the process a series comes from (issue 13).
 """
 
 from __future__ import annotations
@@ -243,7 +247,7 @@ def _driver_families(b: B) -> Iterator[Metric]:
         by_state.add_metric([state.name], sum(1 for m in machines if m.state == state))
     yield by_state
     keepalive = GaugeMetricFamily("bigmachine_keepalive_latency_seconds",
-                                  "Time the last keepalive of each running machine took.", labels=["machine"])
+                                  "Time the last keepalive of each running machine took.", labels=["peer"])
     rows = []
     for m in machines:
         if not m.addr:
@@ -253,6 +257,6 @@ def _driver_families(b: B) -> Iterator[Metric]:
             keepalive.add_metric([m.addr], times[0])
         stats = getattr(m, "rpc_stats", None)
         if stats is not None:
-            rows += [({"machine": m.addr, "method": method}, row) for method, row in sorted(stats.rows().items())]
+            rows += [({"peer": m.addr, "method": method}, row) for method, row in sorted(stats.rows().items())]
     yield keepalive
     yield from _call_families("bigmachine_rpc_client", "made by the driver", rows, received=False)

@@ -6,9 +6,18 @@ reads `sys._current_frames()` every `interval` seconds and counts each other
 thread's stack. Stacks are root-first tuples of frames `(filename, firstlineno,
 funcname)`, keyed like `pstats` keys functions, so they convert to pstats exactly.
 
-Threads that are waiting (no CPU time used since the previous sample, or parked in
-a known wait such as `selectors.select` or `threading.Condition.wait`) are dropped
-unless `drop_idle=False`, so a busy service's hot function dominates the profile.
+Two modes (issue 13):
+
+- `cpu` (default): each thread's stack is weighted by the CPU time that thread used
+  since the previous sample (Linux per-thread CPU clocks), in units of `interval`,
+  so a loop parked in `epoll` or a pool thread waiting for work counts as nothing
+  and the counts add up to CPU time. Where there are no per-thread clocks, a thread
+  counts one sample unless its leaf frame is a known wait.
+- `wall`: every thread counts one sample each time, waiting or not.
+
+`threads` picks whose stacks count: `server` is the threads running an event loop
+(the machine's RPC server, and `async def` service methods with it), `service` every
+other thread (the service thread pool, users' own threads), `all` both.
 """
 
 from __future__ import annotations
@@ -29,7 +38,12 @@ __all__ = [
     "CpuSamples",
     "Frame",
     "MACHINE_FILE",
+    "MAX_SECONDS",
+    "MODES",
+    "ProfilerBusy",
     "Stack",
+    "THREADS",
+    "join_cpu",
     "merge_cpu",
     "merge_pstats",
     "profile_cpu",
@@ -48,9 +62,8 @@ Stack = tuple[Frame, ...]
 MACHINE_FILE = "<machine>"
 """Filename of the synthetic root frame `merge_cpu(..., labels=...)` adds per machine."""
 
-# Leaf frames of threads parked in a wait: (filename suffix, function name). Waits
-# done in C (time.sleep, socket.recv) show their Python caller as the leaf, so
-# those are caught by the per-thread CPU clock instead (see _Sampler._idle).
+# Leaf frames of threads parked in a wait: (filename suffix, function name), for
+# platforms without per-thread CPU clocks (elsewhere the clock tells, see _Sampler._weight).
 _IDLE_LEAVES = frozenset({
     ("threading.py", "wait"),
     ("threading.py", "Condition.wait"),
@@ -82,7 +95,7 @@ class CpuSamples:
     """Stack sample counts of one process (or merged); plain data, so it pickles."""
 
     counts: dict[Stack, int] = field(default_factory=dict)
-    interval: float = 0.005  # mean seconds between samples actually taken: one sample's worth
+    interval: float = 0.005  # seconds one count stands for: CPU time (mode cpu) or mean time between samples (wall)
     duration: float = 0.0  # wall-clock seconds sampled
 
     @property
@@ -115,44 +128,95 @@ def _is_idle_leaf(leaf: Frame) -> bool:
     return (os.path.basename(filename), func) in _IDLE_LEAVES
 
 
-class _Sampler:
-    """Counts other threads' stacks; one instance per profile request."""
+MODES = ("cpu", "wall")
+THREADS = ("service", "server", "all")
+MAX_SECONDS = 300.0
+"""Longest profile a machine takes: a longer one is refused (and the debug server says so)."""
 
-    def __init__(self, interval: float, drop_idle: bool) -> None:
+# Frames that mark a thread as running an event loop: (package directory, file, function).
+_LOOP_FRAMES = frozenset({
+    ("asyncio", "runners.py", "Runner.run"),
+    ("asyncio", "base_events.py", "BaseEventLoop.run_forever"),
+    ("asyncio", "base_events.py", "BaseEventLoop.run_until_complete"),
+    ("uvloop", "__init__.py", "run"),
+    ("bigmachine", "session.py", "B._run_loop"),  # uvloop's run_forever has no Python frame
+})
+
+
+class ProfilerBusy(RuntimeError):
+    """Another CPU profile is being taken on this machine; one at a time keeps the cost bounded."""
+
+
+def _is_loop_frame(frame: Frame) -> bool:
+    """Whether a frame runs an event loop (asyncio's, uvloop's, a session's)."""
+    folder, name = os.path.split(frame[0])
+    return (os.path.basename(folder), name, frame[2]) in _LOOP_FRAMES
+
+
+class _Sampler:
+    """Counts other threads' stacks, weighted by their CPU time (`mode="cpu"`) or not; one per profile."""
+
+    def __init__(self, interval: float, mode: str, threads: str) -> None:
+        if mode not in MODES or threads not in THREADS:
+            raise ValueError(f"mode must be one of {MODES} and threads one of {THREADS}, not {mode!r}, {threads!r}")
         self.interval = interval
-        self.drop_idle = drop_idle
+        self.mode = mode
+        self.threads = threads
         self.counts: dict[Stack, int] = {}
         self._codes: dict[CodeType, Frame] = {}
         self._cpu: dict[int, float] = {}  # thread ident -> CPU seconds at last sample
+        self._carry: dict[int, float] = {}  # thread ident -> CPU not yet counted, in intervals
+        self._loop_frames: dict[Frame, bool] = {}
 
-    def _idle(self, ident: int) -> bool:
-        """Whether a thread used no CPU since the previous sample (Linux thread clocks)."""
+    def _weight(self, ident: int) -> int | None:
+        """Samples' worth of CPU the thread used since the previous sample; None without thread clocks."""
         try:
             now = time.clock_gettime(time.pthread_getcpuclockid(ident))
         except (AttributeError, OSError, OverflowError):
-            return False  # no per-thread clock here: rely on the leaf frame alone
-        before = self._cpu.get(ident)
+            return None
+        before = self._cpu.get(ident, now)
         self._cpu[ident] = now
-        return before is not None and now == before
+        owed = self._carry.get(ident, 0.0) + (now - before) / self.interval
+        whole = int(owed)
+        self._carry[ident] = owed - whole
+        return whole
+
+    def _wanted(self, stack: Stack) -> bool:
+        if self.threads == "all":
+            return True
+        known = self._loop_frames
+        runs_a_loop = False
+        for frame in stack:
+            loopish = known.get(frame)
+            if loopish is None:
+                loopish = known[frame] = _is_loop_frame(frame)
+            if loopish:
+                runs_a_loop = True
+                break
+        return runs_a_loop == (self.threads == "server")
 
     def sample_once(self, own: int) -> None:
         """Takes one sample of every thread but `own`."""
         for ident, frame in sys._current_frames().items():
             if ident == own:
                 continue
-            idle = self._idle(ident) if self.drop_idle else False
+            weight = self._weight(ident) if self.mode == "cpu" else 1
+            if weight == 0:
+                continue
             stack = _stack_of(frame, self._codes)
             del frame  # do not keep other threads' frames (and locals) alive
-            if not stack or (self.drop_idle and (idle or _is_idle_leaf(stack[-1]))):
+            if not stack or not self._wanted(stack):
                 continue
-            self.counts[stack] = self.counts.get(stack, 0) + 1
+            if weight is None:  # no thread clock: a known wait counts as nothing
+                weight = 0 if _is_idle_leaf(stack[-1]) else 1
+            if weight:
+                self.counts[stack] = self.counts.get(stack, 0) + weight
 
     def run(self, seconds: float, stop: threading.Event) -> CpuSamples:
         """Samples until `seconds` pass or `stop` is set."""
         own = threading.get_ident()
-        if self.drop_idle:
-            self.sample_once(own)  # primes the CPU clocks; these samples are dropped
-            self.counts.clear()
+        if self.mode == "cpu":
+            self.sample_once(own)  # primes the CPU clocks: nothing is counted yet
         start = time.monotonic()
         deadline, ticks = start + seconds, 0
         while not stop.wait(self.interval):
@@ -161,9 +225,10 @@ class _Sampler:
             if time.monotonic() >= deadline:
                 break
         elapsed = time.monotonic() - start
+        if self.mode == "cpu":  # counts are CPU time in units of `interval`
+            return CpuSamples(self.counts, self.interval, elapsed)
         # A busy thread holding the GIL delays the sampler, so samples come less
-        # often than asked; each stands for the mean time between them, which
-        # keeps tottime/cumtime close to wall-clock CPU time.
+        # often than asked; each stands for the mean time between them.
         interval = elapsed / ticks if ticks else self.interval
         return CpuSamples(self.counts, interval, elapsed)
 
@@ -172,17 +237,20 @@ def sample_cpu(
     seconds: float,
     interval: float = 0.005,
     *,
-    drop_idle: bool = True,
+    mode: str = "cpu",
+    threads: str = "all",
     stop: threading.Event | None = None,
 ) -> CpuSamples:
-    """Samples every other thread's stack for `seconds`, blocking the calling thread."""
+    """Samples every other thread's stack for `seconds` (at most `MAX_SECONDS`), blocking the calling thread."""
     if interval <= 0:
         raise ValueError(f"interval must be positive, not {interval!r}")
-    return _Sampler(interval, drop_idle).run(seconds, stop or threading.Event())
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ValueError(f"seconds must be more than 0 and at most {MAX_SECONDS:g}, not {seconds!r}")
+    return _Sampler(interval, mode, threads).run(seconds, stop or threading.Event())
 
 
 async def profile_cpu(
-    seconds: float, interval: float = 0.005, *, drop_idle: bool = True
+    seconds: float, interval: float = 0.005, *, mode: str = "cpu", threads: str = "all"
 ) -> CpuSamples:
     """Samples every thread for `seconds` from a sampler thread, without blocking the loop."""
     loop = asyncio.get_running_loop()
@@ -200,7 +268,7 @@ async def profile_cpu(
     def run() -> None:
         result: CpuSamples | BaseException
         try:
-            result = sample_cpu(seconds, interval, drop_idle=drop_idle, stop=stop)
+            result = sample_cpu(seconds, interval, mode=mode, threads=threads, stop=stop)
         except BaseException as exc:  # handed to the awaiting task
             result = exc
         try:
@@ -237,6 +305,13 @@ def merge_cpu(
         interval = samples[0].interval if samples else 0.005
     duration = max((s.duration for s in samples), default=0.0)  # machines run at once
     return CpuSamples(counts, interval, duration)
+
+
+def join_cpu(slices: Sequence[CpuSamples]) -> CpuSamples:
+    """One process's consecutive profiles as one: counts and durations add."""
+    joined = merge_cpu(slices)
+    joined.duration = sum(s.duration for s in slices)
+    return joined
 
 
 _CallerStat = tuple[int, int, float, float]  # (cc, nc, tt, ct) of one call edge

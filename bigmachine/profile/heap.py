@@ -1,9 +1,11 @@
 """Heap profile from `tracemalloc`, started on the first request and stopped when unused.
 
-Tracing slows every allocation, so it costs nothing until someone asks: the first
-`heap_snapshot()` starts it (and says so: allocations made before are invisible),
-and a cancellable timer stops it `stop_after` seconds after the last request.
-`stop_heap_tracing()` stops it at once and joins the timer, for clean shutdown.
+Tracing slows every allocation of the process (docs/debug-server.md has the figures
+per traceback depth: several times slower for allocation-heavy code, more with deeper
+tracebacks), so it is off until someone asks: the first `heap_snapshot()` starts it
+at `frames` deep (and says so: allocations made before are invisible), a request
+for another depth restarts it, and a timer stops it `stop_after` seconds (60) after
+the last request. `stop_heap_tracing()` stops it at once and joins the timer.
 
 Tracebacks are lists of frames `(filename, line, function)`, root first (the
 allocating line last), as in `cpu.Stack`.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import linecache
 import os
 import threading
+import time
 import tracemalloc
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,10 +27,13 @@ __all__ = [
     "HeapFrame",
     "HeapSnapshot",
     "HeapStat",
+    "SLOWDOWN",
+    "STOP_AFTER",
     "heap_snapshot",
     "heap_to_text",
     "merge_heap",
     "stop_heap_tracing",
+    "tracing_note",
 ]
 
 HeapFrame = tuple[str, int, str]
@@ -52,11 +58,19 @@ class HeapSnapshot:
     frames: int = 0  # traceback depth traced
     started_now: bool = False  # tracing was only just started by this request
     notes: list[str] = field(default_factory=list)
+    since: float | None = None  # time.time() tracing started (None: started by someone else)
+    stops_after: float | None = None  # seconds without a request before tracing stops (None: never, not ours)
 
 
 _lock = threading.Lock()
 _started_by_us = False  # never stop tracing that someone else started
+_since: float | None = None
 _timer: threading.Timer | None = None
+STOP_AFTER = 60.0
+"""Seconds without a heap request after which tracing stops by itself."""
+
+SLOWDOWN = {1: "4-13x", 2: "7-21x", 3: "14-28x", 5: "13-57x", 10: "17-36x", 25: "26-82x"}
+"""Measured slowdown of allocation-heavy code per traceback depth (tests/profile/measure_costs.py)."""
 
 
 def _arm_timer(stop_after: float) -> threading.Timer | None:
@@ -149,20 +163,23 @@ def _traceback(
 
 
 def heap_snapshot(
-    frames: int = 25, *, stop_after: float = 300.0, limit: int | None = 1000
+    frames: int = 1, *, stop_after: float = STOP_AFTER, limit: int | None = 1000
 ) -> HeapSnapshot:
     """Live allocations grouped by traceback; starts tracing on first use (see module doc)."""
-    global _started_by_us
+    global _started_by_us, _since
     old_timer = None
     with _lock:
+        if _started_by_us and tracemalloc.get_traceback_limit() != frames:
+            tracemalloc.stop()  # another depth asked for: start over at that one
         started_now = not tracemalloc.is_tracing()
         if started_now:
             tracemalloc.start(frames)
-            _started_by_us = True
+            _started_by_us, _since = True, time.time()
         if _started_by_us:
             old_timer = _arm_timer(stop_after)
         snapshot = tracemalloc.take_snapshot()
         depth = tracemalloc.get_traceback_limit()
+        since = _since if _started_by_us else None
     if old_timer is not None:
         old_timer.join()  # so no timer thread outlives its replacement
     # Our own caches (source of files, for function names) are no user's memory.
@@ -181,6 +198,8 @@ def heap_snapshot(
         frames=depth,
         started_now=started_now,
         notes=notes,
+        since=since,
+        stops_after=stop_after if since is not None else None,
     )
 
 
@@ -213,6 +232,8 @@ def merge_heap(
         frames=max((s.frames for s in snapshots), default=0),
         started_now=any(s.started_now for s in snapshots),
         notes=notes,
+        since=min((s.since for s in snapshots if s.since is not None), default=None),
+        stops_after=max((s.stops_after for s in snapshots if s.stops_after is not None), default=None),
     )
 
 
@@ -225,6 +246,17 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"  # not reached
 
 
+def tracing_note(snapshot: HeapSnapshot) -> str:
+    """What tracing costs and how it stops, for the top of a heap page."""
+    if snapshot.since is None:
+        return "note: tracemalloc was started by someone else on these machines; it stays on"
+    since = time.strftime("%H:%M:%S", time.localtime(snapshot.since))
+    cost = SLOWDOWN.get(snapshot.frames, "several times")
+    return (f"note: heap tracing is ON since {since} at {snapshot.frames} frame(s): allocations run slower "
+            f"(allocation-heavy code about {cost} slower; docs/debug-server.md); it stops by itself "
+            f"{snapshot.stops_after:g} s after the last heap request; ?frames=N for deeper tracebacks, at more cost")
+
+
 def heap_to_text(snapshot: HeapSnapshot, limit: int = 40) -> str:
     """The `limit` largest allocation sites with their tracebacks, largest first."""
     out = [
@@ -232,6 +264,7 @@ def heap_to_text(snapshot: HeapSnapshot, limit: int = 40) -> str:
         f"(tracebacks of {snapshot.frames} frames)"
     ]
     out += [f"note: {note}" for note in snapshot.notes]
+    out.append(tracing_note(snapshot))
     for size, count, tb in snapshot.stats[:limit]:
         pct = 100 * size / snapshot.total_size if snapshot.total_size else 0.0
         out.append("")

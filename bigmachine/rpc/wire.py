@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import cloudpickle
 
 from ..errors import Error, ProtocolError, RemoteError, SerializationError
+from . import codefile
 
 __all__ = [
     "CALL",
@@ -36,6 +37,8 @@ __all__ = [
     "loads",
     "raise_error",
 ]
+
+codefile.install()  # shipped code keeps its driver-side file name (profiles, tracebacks)
 
 # Content types.
 CALL = b"application/x-bigmachine-call"

@@ -164,26 +164,32 @@ class Supervisor:
     # methods: a machine that is never observed never loads the profilers or prometheus_client.
 
     def status(self) -> dict[str, Any]:
-        """Everything the status page shows of this machine, in one call."""
-        return {"load": self.load_info(), "cpu_percent": self._cpu_percent(), "mem": self.mem_info(),
-                "disk": self.disk_info(), "rpc": self.stats(), "time": time.time(), "calls": self._calls()}
+        """Everything the status page shows of this machine, in one call.
+
+        ``cpu_seconds`` (cumulative) lets the driver's resource history compute CPU use
+        over its own intervals, whoever else asked in between.
+        """
+        import psutil
+
+        process = psutil.Process()
+        times = process.cpu_times()
+        used = times.user + times.system
+        return {"load": self.load_info(), "cpu_percent": self._cpu_percent(used, process.create_time()),
+                "cpu_seconds": used, "mem": self.mem_info(), "disk": self.disk_info(), "rpc": self.stats(),
+                "time": time.time(), "calls": self._calls()}
 
     def _calls(self) -> dict[str, int]:
         """Service calls queued for a thread and running now, and the thread limit."""
         threads = self._service_threads
         return threads.load() if threads is not None else {"queued": 0, "running": 0, "threads": 0}
 
-    def _cpu_percent(self) -> float:
+    def _cpu_percent(self, used: float, created: float) -> float:
         """CPU use of this process (100 = one core) since the previous status, or since it started."""
-        import psutil
-
-        process = psutil.Process()
-        times = process.cpu_times()
-        now, used = time.monotonic(), times.user + times.system
+        now = time.monotonic()
         last: tuple[float, float] | None = getattr(self, "_last_cpu", None)
         self._last_cpu = (now, used)
         if last is None:
-            span, spent = time.time() - process.create_time(), used
+            span, spent = time.time() - created, used
         else:
             span, spent = now - last[0], used - last[1]
         return 100.0 * spent / span if span > 0 else 0.0
@@ -198,14 +204,21 @@ class Supervisor:
 
         return machine_exposition(self._registry.stats)
 
-    async def profile_cpu(self, seconds: float, interval: float = 0.005) -> Any:
-        """A ``profile.CpuSamples`` of every thread of this machine over ``seconds``."""
-        from ..profile import profile_cpu
+    async def profile_cpu(self, seconds: float, interval: float = 0.005, mode: str = "cpu",
+                          threads: str = "service") -> Any:
+        """A ``profile.CpuSamples`` of this machine's ``threads`` over ``seconds``; one profile at a time."""
+        from ..profile import ProfilerBusy, profile_cpu
 
-        return await profile_cpu(seconds, interval)
+        if getattr(self, "_profiling", False):
+            raise ProfilerBusy("a CPU profile is already being taken on this machine; ask again when it ends")
+        self._profiling = True
+        try:
+            return await profile_cpu(seconds, interval, mode=mode, threads=threads)
+        finally:
+            self._profiling = False
 
-    def heap(self, frames: int = 25, limit: int = 1000) -> Any:
-        """A ``profile.HeapSnapshot``; tracing starts on the first request and stops when unused."""
+    def heap(self, frames: int = 1, limit: int = 1000) -> Any:
+        """A ``profile.HeapSnapshot``; tracing starts on the first request and stops 60 s after the last."""
         from ..profile import heap_snapshot
 
         return heap_snapshot(frames, limit=limit)

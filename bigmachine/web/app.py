@@ -11,18 +11,22 @@ import datetime
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import charts
-from .cluster import History, fan_out, find, summary
+from .cluster import fan_out, find, summary
+from .guard import HostGuard, allowed_hosts
+from .history import History
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -37,13 +41,18 @@ REFRESH = 5  # seconds between reloads of the status pages
 
 
 class Debug:
-    """What the handlers share: the session, the per-machine deadline, templates and chart history."""
+    """What the handlers share: the session, the per-machine deadline, templates, resource history, profiles running."""
 
     def __init__(self, b: B, deadline: float) -> None:
         self.b = b
         self.deadline = deadline
         self.history = History()
         self.templates = _environment()
+        self.profiling: dict[str, float] = {}  # machine key -> when its CPU profile ends (time.monotonic)
+
+    def start_history(self) -> None:
+        """Starts collecting the resource history on the running loop (once)."""
+        self.history.start(self.b, self.deadline)
 
     def base(self, request: Request) -> str:
         """The URL path of the debug pages, wherever the app is mounted."""
@@ -81,15 +90,18 @@ class Debug:
             row["status"] = reply.value if reply.ok else None
             row["status_error"] = reply.error
             row["slow"] = reply.slow
-            if reply.ok:
-                status = reply.value
-                self.history.add(row["key"], now, status["cpu_percent"], status["mem"]["process"]["rss"])
+            key = row["key"]
+            row["history"] = {"period": self.history.period, "cpu_percent": self.history.cpu(key),
+                              "rss": self.history.rss(key), "keepalive": self.history.keepalive(key)}
             rows.append(row)
         return rows
 
 
 def debug_of(request: Request) -> Debug:
-    return request.app.state.debug  # type: ignore[no-any-return]
+    """The app's shared state; the first request starts the resource history if the server did not."""
+    debug: Debug = request.app.state.debug
+    debug.start_history()
+    return debug
 
 
 def float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
@@ -191,9 +203,13 @@ async def _to_status(request: Request) -> Response:
     return RedirectResponse(debug_of(request).base(request) + "/status")
 
 
-def create_app(b: B, *, deadline: float = DEFAULT_DEADLINE) -> Starlette:
-    """The debug application of session ``b``; ``deadline``: seconds each machine gets to answer a page."""
-    from . import data, pages, profiles
+def create_app(b: B, *, deadline: float = DEFAULT_DEADLINE, hosts: Iterable[str] | None = None) -> Starlette:
+    """The debug application of session ``b``.
+
+    ``deadline``: seconds each machine gets to answer a page; ``hosts``: the ``Host``
+    names served (default: loopback names and ``BIGMACHINE_DEBUG_ALLOW_HOST``, see ``guard``).
+    """
+    from . import data, pages, profiles, timeline
 
     routes = [
         Route("/", _to_status),
@@ -202,8 +218,10 @@ def create_app(b: B, *, deadline: float = DEFAULT_DEADLINE) -> Starlette:
         *pages.routes(PREFIX),
         *data.routes(PREFIX),
         *profiles.routes(PREFIX),
+        *timeline.routes(PREFIX),
         Route("/metrics", data.metrics),
     ]
-    app = Starlette(routes=routes)
+    guard = Middleware(HostGuard, hosts=allowed_hosts() if hosts is None else hosts)
+    app = Starlette(routes=routes, middleware=[guard])
     app.state.debug = Debug(b, deadline)
     return app

@@ -11,9 +11,8 @@ to finish on its own and shows as slow.
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from ..machine import Machine
     from ..session import B
 
-__all__ = ["History", "Reply", "ask", "fan_out", "find", "key_of", "recent_output", "summary"]
+__all__ = ["Reply", "ask", "fan_out", "find", "key_of", "recent_output", "summary"]
 
 _SLACK = 1.0  # past a machine's own call deadline, how long before the page stops waiting anyway
 
@@ -137,28 +136,3 @@ def summary(b: B, machine: Machine, now: float | None = None) -> dict[str, Any]:
         },
         "calls": machine.rpc_stats.snapshot(),
     }
-
-
-class History:
-    """Recent CPU and memory readings per machine, gathered as pages are viewed (for sparklines)."""
-
-    def __init__(self, points: int = 60) -> None:
-        self._points = points
-        self._series: dict[str, collections.deque[tuple[float, float, float]]] = {}
-
-    def add(self, key: str, when: float, cpu: float, rss: float) -> None:
-        series = self._series.setdefault(key, collections.deque(maxlen=self._points))
-        if series and when - series[-1][0] < 0.5:
-            series.pop()  # two views at once: keep one point
-        series.append((when, cpu, rss))
-
-    def cpu(self, key: str) -> list[float]:
-        return [p[1] for p in self._series.get(key, ())]
-
-    def rss(self, key: str) -> list[float]:
-        return [p[2] for p in self._series.get(key, ())]
-
-    def forget(self, keys: Iterable[str]) -> None:
-        for key in list(self._series):
-            if key not in keys:
-                del self._series[key]

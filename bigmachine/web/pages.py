@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -10,7 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import calltrace, profile
+from ..profile import heap
+from . import timeline
 from .app import REFRESH, Debug, debug_of
+from .profiles import HEAP_FRAMES
 from .cluster import ask, fan_out, find, key_of, recent_output
 
 __all__ = ["routes"]
@@ -29,9 +34,11 @@ def _decorate(debug: Debug, row: dict[str, Any]) -> dict[str, Any]:
     busiest = served or calls
     row["top"] = sorted(((k, v) for k, v in busiest.items() if not k.startswith("Supervisor.")),
                         key=lambda kv: -kv[1]["calls"])[:2]
-    row["keepalive_ms"] = [t * 1000 for t in row["keepalive"]["history"]]
-    row["cpu_history"] = debug.history.cpu(row["key"])
-    row["rss_history"] = debug.history.rss(row["key"])
+    row["keepalive_ms"] = [t * 1000 for t in debug.history.keepalive(row["key"]) or row["keepalive"]["history"]]
+    status = row["status"]
+    # A machine younger than one history period has no samples yet: chart what this page just got.
+    row["cpu_history"] = debug.history.cpu(row["key"]) or ([status["cpu_percent"]] if status else [])
+    row["rss_history"] = debug.history.rss(row["key"]) or ([status["mem"]["process"]["rss"]] if status else [])
     return row
 
 
@@ -57,8 +64,9 @@ async def status(request: Request) -> Response:
     debug = debug_of(request)
     machines = debug.b.machines()
     rows = [_decorate(debug, row) for row in await debug.rows(machines)]
-    debug.history.forget({row["key"] for row in rows})
-    return debug.render(request, "status.html", page="status", refresh=REFRESH, machines=rows, totals=_totals(rows))
+    lanes = timeline.lanes_of(request, 60.0)
+    return debug.render(request, "status.html", page="status", refresh=REFRESH, machines=rows, totals=_totals(rows),
+                        timeline=timeline.render(lanes), legend=timeline.legend(lanes))
 
 
 async def machine_page(request: Request) -> Response:
@@ -70,8 +78,10 @@ async def machine_page(request: Request) -> Response:
     (row,), variables = await asyncio.gather(debug.rows([machine]),
                                              ask(machine, "Supervisor.expvars", timeout=debug.deadline))
     output = recent_output(debug.b, machine)
+    lanes = [(key_of(machine), calltrace.calls(machine, time.time() - 60.0))]
     return debug.render(request, "machine.html", page="machine", refresh=REFRESH, m=_decorate(debug, row),
-                        vars=variables.value or {}, vars_error=variables.error, output=output)
+                        vars=variables.value or {}, vars_error=variables.error, output=output,
+                        timeline=timeline.render(lanes), legend=timeline.legend(lanes))
 
 
 async def pprof_index(request: Request) -> Response:
@@ -86,7 +96,8 @@ async def pprof_index(request: Request) -> Response:
         "tracing": sum(1 for c in live if c["heap_bytes"] is not None),
         "heap_bytes": sum(c["heap_bytes"] or 0 for c in live),
     }
-    return debug.render(request, "pprof.html", page="pprof", rows=rows, counts=counts)
+    return debug.render(request, "pprof.html", page="pprof", rows=rows, counts=counts, max_seconds=profile.MAX_SECONDS,
+                        stop_after=heap.STOP_AFTER, heap_frames=HEAP_FRAMES, heap_cost=heap.SLOWDOWN[HEAP_FRAMES])
 
 
 def routes(prefix: str) -> list[Route]:

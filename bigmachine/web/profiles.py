@@ -7,6 +7,9 @@ header (and at the top of text formats).
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from markupsafe import Markup
@@ -16,14 +19,15 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from .. import profile
-from .app import choice_param, debug_of, float_param, json_response
+from .app import choice_param, debug_of, float_param, int_param, json_response
 from .cluster import fan_out, key_of
 
 __all__ = ["routes"]
 
 CPU_FORMATS = ("pstats", "text", "collapsed", "pprof")
-MAX_SECONDS = 600.0
+SLICE = 1.0  # seconds a machine samples per call: a client that hangs up stops its samplers within one slice
 HEAP_TIMEOUT = 15.0  # a big heap takes a while to group by traceback
+HEAP_FRAMES = 1  # default traceback depth: the cheapest (profile.heap.SLOWDOWN; docs/debug-server.md)
 
 
 async def _collect(request: Request, method: str, *args: Any, timeout: float) -> tuple[list[str], list[Any], list[str]]:
@@ -53,24 +57,87 @@ def _notes(missing: list[str]) -> str:
     return "".join(f"# left out {note}\n" for note in missing)
 
 
+@dataclass
+class _Cpu:
+    """What a CPU profile request asks for."""
+
+    seconds: float
+    mode: str
+    threads: str
+
+    @classmethod
+    def of(cls, request: Request, default_seconds: float) -> _Cpu:
+        seconds = float_param(request, "seconds", default_seconds, 0.05, profile.MAX_SECONDS)
+        return cls(seconds, choice_param(request, "mode", profile.MODES), choice_param(request, "threads", profile.THREADS))
+
+    def describe(self) -> str:
+        return f"{self.seconds:g} s, mode={self.mode}, threads={self.threads}"
+
+
+async def _sample(request: Request, ask: _Cpu) -> tuple[list[str], list[profile.CpuSamples], list[str]]:
+    """Each selected machine's CPU samples over ``ask.seconds``, taken a slice at a time (see ``SLICE``).
+
+    One profile per machine at a time: a machine already being profiled gets 429 with
+    Retry-After. A client that hangs up stops the sampling after the current slice.
+    """
+    debug = debug_of(request)
+    machines = debug.machines(request)
+    now = time.monotonic()
+    busy = [debug.profiling[key_of(m)] for m in machines if debug.profiling.get(key_of(m), 0) > now]
+    if busy:
+        wait = math.ceil(max(busy) - now)
+        raise HTTPException(429, f"a CPU profile of {len(busy)} of these machines is already being taken; "
+                                 f"retry in {wait} s\n", headers={"Retry-After": str(wait)})
+    keys = [key_of(m) for m in machines]
+    for key in keys:
+        debug.profiling[key] = now + ask.seconds + debug.deadline
+    parts: dict[str, list[profile.CpuSamples]] = {key: [] for key in keys}
+    missing: dict[str, str] = {}
+    try:
+        left = ask.seconds
+        while left > 0 and machines and not await request.is_disconnected():
+            piece = min(SLICE, left)
+            left -= piece
+            replies = await fan_out(machines, "Supervisor.profile_cpu", piece, 0.005, ask.mode, ask.threads,
+                                    timeout=piece + debug.deadline)
+            for machine, reply in zip(machines, replies):
+                if reply.ok:
+                    parts[key_of(machine)].append(reply.value)
+                else:
+                    missing[key_of(machine)] = str(reply.error)
+            machines = [m for m in machines if key_of(m) not in missing]
+    finally:
+        for key in keys:
+            debug.profiling.pop(key, None)
+    answered = [key for key in keys if parts[key] and key not in missing]
+    notes = [f"{key}: {why}" for key, why in missing.items()]
+    if not answered:
+        raise HTTPException(503, f"no machine answered: {'; '.join(notes) or 'there are no machines'}\n")
+    return answered, [profile.join_cpu(parts[key]) for key in answered], notes
+
+
 async def cpu(request: Request) -> Response:
-    """``?seconds=30&format=pstats|text|collapsed|pprof&machine=&by=machine``."""
-    seconds = float_param(request, "seconds", 30.0, 0.05, MAX_SECONDS)
+    """``?seconds=30&format=pstats|text|collapsed|pprof&mode=cpu|wall&threads=service|server|all&machine=&by=machine``."""
+    ask = _Cpu.of(request, 30.0)
     fmt = choice_param(request, "format", CPU_FORMATS)
-    keys, samples, missing = await _collect(request, "Supervisor.profile_cpu", seconds,
-                                            timeout=seconds + debug_of(request).deadline)
+    by_machine = request.query_params.get("by") == "machine"
+    keys, samples, missing = await _sample(request, ask)
     headers = _headers(keys, missing)
-    if fmt in ("pstats", "text"):
-        merged = profile.merge_pstats(profile.to_pstats(s) for s in samples)
-        if fmt == "pstats":
-            headers = _headers(keys, missing, "cpu.pstats")
-            return Response(merged, media_type="application/octet-stream", headers=headers)
-        total = sum(s.total for s in samples)
-        head = (f"CPU profile of {len(keys)} machine{'s' if len(keys) != 1 else ''} over {seconds:g} s: "
-                f"{total} samples ({', '.join(keys)})\n{_notes(missing)}")
-        return PlainTextResponse(head + profile.to_text(merged), headers=headers)
-    labels = keys if request.query_params.get("by") == "machine" else None
-    combined = profile.merge_cpu(samples, labels)
+    combined = profile.merge_cpu(samples, keys if by_machine else None)
+    if fmt == "pstats":
+        # Merged with pstats' own Stats.add; by=machine: one root function per machine.
+        merged = (profile.to_pstats(combined) if by_machine
+                  else profile.merge_pstats(profile.to_pstats(s) for s in samples))
+        return Response(merged, media_type="application/octet-stream", headers=_headers(keys, missing, "cpu.pstats"))
+    if fmt == "text":
+        plural = "s" if len(keys) != 1 else ""
+        head = (f"CPU profile of {len(keys)} machine{plural} over {ask.describe()}: "
+                f"{combined.total} samples of {combined.interval * 1000:g} ms ({', '.join(keys)})\n{_notes(missing)}")
+        if not by_machine:
+            return PlainTextResponse(head + profile.to_text(profile.to_pstats(combined)), headers=headers)
+        sections = [f"\n=== {key}: {one.total} samples\n{profile.to_text(profile.to_pstats(one))}"
+                    for key, one in zip(keys, samples)]
+        return PlainTextResponse(head + "".join(sections), headers=headers)
     if fmt == "collapsed":
         return PlainTextResponse(profile.to_collapsed(combined), headers=headers)
     return Response(profile.cpu_to_pprof(combined), media_type="application/octet-stream",
@@ -78,30 +145,34 @@ async def cpu(request: Request) -> Response:
 
 
 async def flame(request: Request) -> Response:
-    """A flame graph page of a CPU profile (``?seconds=10&machine=&by=machine``)."""
+    """A flame graph page of a CPU profile (``?seconds=10&mode=&threads=&machine=&by=machine``)."""
     debug = debug_of(request)
-    seconds = float_param(request, "seconds", 10.0, 0.05, MAX_SECONDS)
-    keys, samples, missing = await _collect(request, "Supervisor.profile_cpu", seconds, timeout=seconds + debug.deadline)
+    ask = _Cpu.of(request, 10.0)
+    keys, samples, missing = await _sample(request, ask)
     by_machine = request.query_params.get("by") == "machine"
     combined = profile.merge_cpu(samples, keys if by_machine else None)
-    title = f"CPU of {len(keys)} machine{'s' if len(keys) != 1 else ''}, {seconds:g} s"
+    title = f"CPU of {len(keys)} machine{'s' if len(keys) != 1 else ''}, {ask.describe()}"
     svg = profile.render_flamegraph_svg(combined, title, width=1400)
     machines = [key_of(m) for m in debug.b.machines() if m.addr and m.state.name != "STOPPED"]
     return debug.render(request, "flame.html", page="pprof", svg=Markup(svg), total=combined.total,
-                        seconds=f"{seconds:g}", answered=len(keys), machine=request.query_params.get("machine", ""),
-                        keys=machines, by_machine=by_machine, notes=[f"left out {m}" for m in missing])
+                        seconds=f"{ask.seconds:g}", answered=len(keys), machine=request.query_params.get("machine", ""),
+                        keys=machines, by_machine=by_machine, notes=[f"left out {m}" for m in missing],
+                        mode=ask.mode, threads=ask.threads)
 
 
 async def heap(request: Request) -> Response:
-    """``?format=text|pprof&machine=&by=machine``: live allocations merged by traceback."""
+    """``?format=text|pprof&frames=1&machine=&by=machine``: live allocations merged by traceback."""
     fmt = choice_param(request, "format", ("text", "pprof"))
-    keys, snapshots, missing = await _collect(request, "Supervisor.heap", timeout=HEAP_TIMEOUT)
+    frames = int_param(request, "frames", HEAP_FRAMES, 1, 100)
+    keys, snapshots, missing = await _collect(request, "Supervisor.heap", frames, timeout=HEAP_TIMEOUT)
     labels = keys if request.query_params.get("by") == "machine" else None
     merged = profile.merge_heap(snapshots, labels)
+    # Tracing slows the machines down: every answer says so (the text also at its top).
+    tracing = {"X-Bigmachine-Heap-Tracing": profile.tracing_note(merged).removeprefix("note: ")}
     if fmt == "pprof":
         return Response(profile.heap_to_pprof(merged), media_type="application/octet-stream",
-                        headers=_headers(keys, missing, "heap.pb.gz"))
-    return PlainTextResponse(_notes(missing) + profile.heap_to_text(merged), headers=_headers(keys, missing))
+                        headers={**_headers(keys, missing, "heap.pb.gz"), **tracing})
+    return PlainTextResponse(_notes(missing) + profile.heap_to_text(merged), headers={**_headers(keys, missing), **tracing})
 
 
 async def threads(request: Request) -> Response:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from ..session import new_loop
+from .guard import allowed_hosts
 
 if TYPE_CHECKING:
     from ..session import B
@@ -51,8 +54,9 @@ def _bind(host: str, port: int) -> socket.socket:
 class DebugServer:
     """uvicorn serving ``app`` on an already bound socket, from its own thread and event loop."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, *, on_start: Callable[[], None] | None = None) -> None:
         self.sock = sock
+        self._on_start = on_start  # run on the server's loop before it serves
         self.host, self.port = sock.getsockname()[:2]
         config = uvicorn.Config(app, loop="none", lifespan="off", access_log=False, log_config=None,
                                 log_level="warning", timeout_graceful_shutdown=_GRACE)
@@ -79,11 +83,14 @@ class DebugServer:
     def _run(self) -> None:
         loop = new_loop()
         try:
+            if self._on_start is not None:
+                loop.call_soon(self._on_start)
             loop.run_until_complete(self.server.serve(sockets=[self.sock]))
         except BaseException as exc:  # reported by start(), or logged if it ends later
             self._failure = exc
             logger.error("debug server %s stopped: %r", self.url, exc)
         finally:
+            _cancel_tasks(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
@@ -100,10 +107,30 @@ class DebugServer:
             self.sock.close()
 
 
-def serve_debug(b: B, address: str, *, deadline: float | None = None) -> DebugServer:
-    """Serves ``b.debug_app()`` on ``address``; sets ``b.debug_url``; ``b.shutdown()`` stops it.
+def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancels what still runs on the server's loop (the resource history) and lets it finish."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
-    ``deadline``: seconds each machine gets to answer a page (default ``app.DEFAULT_DEADLINE``).
+
+def _hosts(host: str, extra: Iterable[str]) -> frozenset[str]:
+    """The ``Host`` names served: loopback, the bind address (this host's names for a wildcard), ``extra``."""
+    if host in ("0.0.0.0", "::"):
+        return allowed_hosts(socket.gethostname(), [socket.getfqdn(), *extra])
+    return allowed_hosts(host, extra)
+
+
+def serve_debug(b: B, address: str, *, deadline: float | None = None, allow_hosts: Iterable[str] = ()) -> DebugServer:
+    """Serves the debug app on ``address`` from the session's start; ``b.shutdown()`` stops it.
+
+    Sets ``b.debug_url`` to the server's base URL (``http://HOST:PORT``: the pages are
+    under ``/debug/bigmachine``) and starts the resource history. ``deadline``: seconds
+    each machine gets to answer a page (default ``app.DEFAULT_DEADLINE``);
+    ``allow_hosts``: more ``Host`` names to serve (``--bigm.debug-allow-host``), beside
+    loopback and the bind address.
     """
     host, port = parse_address(address)
     try:
@@ -116,15 +143,13 @@ def serve_debug(b: B, address: str, *, deadline: float | None = None) -> DebugSe
         sock = _bind(host, 0)
         logger.warning("debug server: port %d on %s is taken; serving on port %d instead",
                        port, host, sock.getsockname()[1])
-    if deadline is None:
-        app = b.debug_app()
-    else:
-        from .app import create_app
+    from .app import DEFAULT_DEADLINE, PREFIX, create_app
 
-        app = create_app(b, deadline=deadline)
-    server = DebugServer(app, sock)
+    app = create_app(b, deadline=DEFAULT_DEADLINE if deadline is None else deadline,
+                     hosts=_hosts(sock.getsockname()[0], allow_hosts))
+    server = DebugServer(app, sock, on_start=app.state.debug.start_history)
     server.start()
     b._closers.append(server.stop)
-    b.debug_url = server.url + "/debug/bigmachine/status"
-    logger.info("debug server: %s", b.debug_url)
+    b.debug_url = server.url
+    logger.info("debug server: %s%s/status", b.debug_url, PREFIX)
     return server

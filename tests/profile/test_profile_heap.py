@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bigmachine.profile import heap_snapshot, heap_to_text, merge_heap, stop_heap_tracing
-from bigmachine.profile.heap import HeapSnapshot
+from bigmachine.profile.heap import STOP_AFTER, HeapSnapshot
 
 
 def allocate_recognisable_buffers() -> list[bytearray]:
@@ -58,10 +58,19 @@ def test_first_request_starts_tracing_and_says_so() -> None:
 
     second = heap_snapshot()
     assert not second.started_now and not second.notes
+    assert first.frames == 1 and second.since == first.since and second.stops_after == STOP_AFTER == 60
+    assert "heap tracing is ON since" in heap_to_text(second) and "stops by itself 60 s" in heap_to_text(second)
+
+
+def test_asking_for_another_depth_restarts_tracing_at_that_depth() -> None:
+    heap_snapshot(frames=1)
+    deeper = heap_snapshot(frames=3)
+    assert deeper.started_now and deeper.frames == 3 == tracemalloc.get_traceback_limit()
+    assert heap_snapshot(frames=3).frames == 3
 
 
 def test_allocation_site_is_at_the_top() -> None:
-    heap_snapshot()
+    heap_snapshot(frames=10)
     buffers = allocate_recognisable_buffers()
     snap = heap_snapshot(frames=10)
     del buffers

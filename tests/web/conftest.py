@@ -27,7 +27,7 @@ def cluster() -> Iterator[Cluster]:
         deadline = time.monotonic() + 10  # the machines' output reaches the driver on its own time
         while not all(recent_output(b, m) for m in machines) and time.monotonic() < deadline:
             time.sleep(0.02)
-        yield Cluster(b, machines, b.debug_url.removesuffix("/status"))
+        yield Cluster(b, machines, b.debug_url + "/debug/bigmachine")
 
 
 @pytest.fixture

@@ -39,6 +39,28 @@ class Busy:
     def fail(self) -> None:
         raise ValueError("failed on purpose")
 
+    def sleep(self, seconds: float) -> float:
+        """A call of a known duration, for the timeline."""
+        time.sleep(seconds)
+        return seconds
+
+
+class LongInitError:
+    """Fails its machine's start with one long unbreakable word, as a path or a URL in an error is."""
+
+    def init(self, b: Any) -> None:
+        raise RuntimeError("cannot open /" + "/".join(f"directory_number_{i}" for i in range(30)) + "/config.toml")
+
+
+class LongNames:
+    """Method names long enough to overflow a careless table cell."""
+
+    def a_method_name_long_enough_to_push_every_column_of_the_status_table_past_its_card(self) -> int:
+        return 1
+
+    def fail_with_a_long_message(self) -> None:
+        raise ValueError("failed on purpose, " + "with a message that goes on " * 12)
+
 
 RELEASE = threading.Event()  # in-process (Testing) machines share it: the test ends a block early
 

@@ -51,9 +51,9 @@ def test_metrics_pass_promtool_and_label_each_machine(cluster: Cluster, http: ht
     # The driver's view: machines by state, its calls by machine and method, keepalive latency.
     states = {s.labels["state"]: s.value for s in families["bigmachine_machines"]}
     assert states["RUNNING"] == 2 and states["STOPPED"] == 0
-    client = {(s.labels["machine"], s.labels["method"]) for s in families["bigmachine_rpc_client_calls"]}
+    client = {(s.labels["peer"], s.labels["method"]) for s in families["bigmachine_rpc_client_calls"]}
     assert (cluster.machines[1].addr, "Busy.work") in client
-    assert {s.labels["machine"] for s in families["bigmachine_keepalive_latency_seconds"]} == addrs
+    assert {s.labels["peer"] for s in families["bigmachine_keepalive_latency_seconds"]} == addrs
     assert "bigmachine_rpc_server_received_bytes" in families and "bigmachine_rpc_server_sent_bytes" in families
 
 

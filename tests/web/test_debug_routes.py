@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
 import time
 
 import httpx
 import pytest
 from debug_support import Cluster
 
-from bigmachine import RUNNING
+from bigmachine import RUNNING, expvar
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_debug_url_is_set_and_root_redirects_to_status(cluster: Cluster, http: httpx.Client) -> None:
     assert cluster.b.debug_url is not None
-    assert cluster.b.debug_url.startswith("http://127.0.0.1:") and cluster.b.debug_url.endswith("/debug/bigmachine/status")
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", cluster.b.debug_url), "the base URL, as README uses it (issue 13)"
+    assert http.get(cluster.b.debug_url + "/debug/bigmachine/metrics").status_code == 200
     for path in ("/", "/debug/bigmachine", "/debug/bigmachine/"):
         reply = http.get(cluster.origin + path)
         assert reply.status_code == 307
@@ -107,8 +110,12 @@ def test_keepalive_history_is_reported(cluster: Cluster, http: httpx.Client) -> 
 
 
 def test_vars_has_builtins_and_published_values_per_machine(cluster: Cluster, http: httpx.Client) -> None:
+    expvar.publish("driver_test_var", {"driver": True})
     values = http.get(cluster.base + "/vars").json()
-    assert set(values) == {m.addr for m in cluster.machines}
+    assert set(values) == {m.addr for m in cluster.machines} | {"driver"}
+    assert values["driver"]["driver_test_var"] == {"driver": True}  # the driver's own expvars (issue 13)
+    assert values["driver"]["pid"] == os.getpid()
+    assert list(http.get(cluster.base + "/vars", params={"machine": "driver"}).json()) == ["driver"]
     for machine in cluster.machines:
         mine = values[machine.addr]
         assert mine["pid"] == machine.info["pid"]
@@ -152,8 +159,12 @@ def test_heap_text_and_pprof(cluster: Cluster, http: httpx.Client) -> None:
     reply = http.get(cluster.base + "/pprof/heap", params={"format": "pprof"})
     assert reply.status_code == 200
     assert gzip.decompress(reply.content)  # a gzipped protobuf
+    assert "heap tracing is ON since" in reply.headers["x-bigmachine-heap-tracing"]
+    assert "(tracebacks of 1 frames)" in text and "stops by itself 60 s after the last heap request" in text
+    deeper = http.get(cluster.base + "/pprof/heap", params={"frames": "3"}).text
+    assert "(tracebacks of 3 frames)" in deeper
     index = http.get(cluster.base + "/pprof/").text
-    assert "2 machines tracing" in index
+    assert "tracing ON</span> on 2 machines" in index and "4-13x" in index
 
 
 def test_targets_are_http_sd_groups(cluster: Cluster, http: httpx.Client) -> None:

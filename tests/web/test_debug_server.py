@@ -30,10 +30,10 @@ def test_driver_start_serves_logs_the_url_and_shutdown_stops_it(caplog: pytest.L
     caplog.set_level(logging.INFO, logger="bigmachine.web.server")
     with start_driver("testing") as b:
         assert b.debug_url is not None
-        assert f"debug server: {b.debug_url}" in caplog.text
-        assert httpx.get(b.debug_url).status_code == 200
+        assert f"debug server: {b.debug_url}/debug/bigmachine/status" in caplog.text
+        assert httpx.get(b.debug_url + "/debug/bigmachine/status").status_code == 200
         assert len(_debug_threads()) == 1
-        port = int(b.debug_url.split(":")[2].split("/")[0])
+        port = int(b.debug_url.rsplit(":", 1)[1])
     assert not _debug_threads()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/debug/bigmachine/status")
@@ -59,8 +59,8 @@ def test_default_port_taken_falls_back_with_a_warning(caplog: pytest.LogCaptureF
             server = serve_debug(b, "127.0.0.1:3333")
             assert server.port != 3333
             assert "port 3333 on 127.0.0.1 is taken" in caplog.text
-            assert b.debug_url == f"http://127.0.0.1:{server.port}/debug/bigmachine/status"
-            assert httpx.get(b.debug_url).status_code == 200
+            assert b.debug_url == f"http://127.0.0.1:{server.port}"
+            assert httpx.get(b.debug_url + "/debug/bigmachine/status").status_code == 200
     finally:
         blocker.close()
 
@@ -92,7 +92,7 @@ def test_debug_app_mounts_in_another_app_and_machines_never_load_the_web_stack()
 
         async def fetch() -> tuple[httpx.Response, httpx.Response]:
             transport = httpx.ASGITransport(app=outer)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 return (await client.get("/ops/debug/bigmachine/status"),
                         await client.get("/ops/debug/bigmachine/vars"))
 
@@ -117,7 +117,7 @@ def test_status_page_shows_cloud_instances_and_the_session_cost(monkeypatch: pyt
 
         async def fetch() -> httpx.Response:
             transport = httpx.ASGITransport(app=b.debug_app())
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 return await client.get("/debug/bigmachine/status")
 
         page = asyncio.run(fetch()).text
