@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import socket
 import ssl
 import threading
@@ -68,7 +69,8 @@ class AsyncConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed(data)
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # malformed, or out of step: never pooled again
+            self.lost = exc
             self._fail(exc)
             self.abort()
 
@@ -119,6 +121,7 @@ class AsyncConnection(asyncio.Protocol):
     def send(self, data: bytes | tuple[bytes, ...]) -> asyncio.Future[Response]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
+        self._parser.expect()
         if isinstance(data, tuple):
             self.transport.writelines(data)
         else:
@@ -309,6 +312,8 @@ class SyncConnection:
         finally:
             pool._connecting.discard(self.sock)
         self._parser = ResponseParser(self)
+        self._poll = select.poll()
+        self._poll.register(self.sock, select.POLLIN)
         self._response: Response | None = None
         self._frames: collections.deque[tuple[bytes, bytes]] | None = None
         self._reader: wire.FrameReader | None = None
@@ -330,8 +335,13 @@ class SyncConnection:
             self.broken = True
             raise
 
+    def stale(self) -> bool:
+        """Whether this idle connection has bytes or an EOF waiting: closed by the server, or out of step."""
+        return bool(self.sock.pending() or self._poll.poll(0))
+
     def read_response(self, deadline: float) -> Response:
         self._response, self._frames, self._done = None, None, False
+        self._parser.expect()
         while not self._done and self._frames is None:
             self._receive(deadline)
         assert self._response is not None
@@ -365,6 +375,10 @@ class SyncConnection:
             if not data:
                 raise _Closed("the machine closed the connection")
             self._parser.feed(data)
+        except ProtocolError:
+            self.broken = True  # out of step: closed at release
+            if not self._done:
+                raise  # else our own response arrived whole before the unexpected bytes
         except BaseException:
             self.broken = True
             raise
