@@ -23,9 +23,11 @@ from urllib.parse import urlsplit
 from . import calling
 from .calling import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
+from .futures import CallbackThreads, CallFuture, PendingCall, settle
 from .metrics import CallStats, atimed, timed
 from .rpc import wire
-from .rpc.client import AsyncPool, SyncPool
+from .rpc.client import AsyncConnection, AsyncPool, SyncConnection, SyncPool
+from .rpc.codec import Response
 from .state import RUNNING, STOPPED, UNSTARTED, State
 
 if TYPE_CHECKING:
@@ -256,21 +258,31 @@ class Machine:
         request = calling.encode_call(self._host_header, method, args, kwargs)
         return self._call_sync(request, deadline, timeout)
 
-    @timed
     def _call_sync(self, request: Request, deadline: float, timeout: float | None) -> Any:
+        """A blocking call; one with a streamed argument goes through the loop, which sends it while the reply streams back."""
+        if request.stream is None:
+            return self._call_blocking(request, deadline, timeout)
+        if self._session.on_loop_thread():
+            raise Error(f"{request.method}: a call with a streamed argument cannot block the session's event loop "
+                        "thread; use `await m.acall(...)` there")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        pending = PendingCall(self._session.loop)
+        self._session.call_soon(self._start, request, deadline, timeout, functools.partial(self._deliver, future),
+                                pending)
+        try:
+            return future.result()
+        except BaseException:
+            pending.cancel()  # interrupted (Ctrl-C): the call ends too; a no-op once it is over
+            raise
+
+    @timed
+    def _call_blocking(self, request: Request, deadline: float, timeout: float | None) -> Any:
         pool = self._sync
         assert pool is not None
         try:
-            conn = pool.acquire(deadline)
+            conn = _clean_connection(pool, deadline)
             try:
-                if request.stream is None:
-                    response = conn.request(request.data, deadline)
-                else:
-                    conn.send(request.data, deadline)
-                    for chunk in _guarded(calling.stream_chunks(request.stream)):
-                        conn.send(calling.data_chunk(chunk), deadline)
-                    conn.send(calling.END_OF_STREAM, deadline)
-                    response = conn.read_response(deadline)
+                response = conn.request(request.data, deadline)
             except BaseException:
                 conn.broken = True
                 pool.release(conn)
@@ -303,8 +315,14 @@ class Machine:
             pool.release(conn)
 
     def submit(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        """Starts a call on the session's loop; returns a future of its result."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        """Starts a call on the session's loop; returns a future of its result.
+
+        Cancelling the future cancels the call on the machine; its done-callbacks run in
+        callback threads, never on the session's loop (bigmachine/futures.py).
+        """
+        session = self._session
+        pending = PendingCall(session.loop)
+        future = CallFuture(pending, functools.partial(_callback_threads, session), session.on_loop_thread)
         deadline = deadline_after(timeout)
         try:
             if self._state == STOPPED:
@@ -313,25 +331,22 @@ class Machine:
         except BaseException as exc:
             future.set_exception(exc)
             return future
-        self._session.call_soon(self._start_submitted, future, request, deadline, timeout)
+        session.call_soon(self._start, request, deadline, timeout, functools.partial(self._deliver, future), pending)
         return future
 
-    def _start_submitted(self, future: concurrent.futures.Future[Any], request: Request, deadline: float,
-                         timeout: float | None) -> None:
-        def deliver(ok: bool, value: Any) -> None:
-            if not ok:
-                future.set_exception(value)
-            elif isinstance(value, collections.abc.AsyncIterator):  # read from the submitting thread
-                future.set_result(_SyncOverAsync(value, self._session.loop))
-            else:
-                future.set_result(value)
-
-        self._start(request, deadline, timeout, deliver)
+    def _deliver(self, future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
+        """Settles a thread's future with a call's outcome; a streamed reply is read from that thread."""
+        if ok and isinstance(value, collections.abc.AsyncIterator):
+            value = _SyncOverAsync(value, self._session.loop)
+        if not settle(future, ok, value) and isinstance(value, _SyncOverAsync):
+            value.close()  # cancelled meanwhile: nobody reads it
 
     def _start(self, request: Request, deadline: float, timeout: float | None,
-               deliver: Callable[[bool, Any], None]) -> None:
+               deliver: Callable[[bool, Any], None], pending: PendingCall) -> None:
         """Starts a call on the session's loop for another thread or loop; ``deliver(ok, value)`` its outcome."""
-        task = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
+        if pending.cancelled:
+            return
+        task = pending.task = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
 
         def done(task: asyncio.Task[Any]) -> None:
             if task.cancelled():
@@ -378,8 +393,13 @@ class Machine:
         request = calling.encode_call(self._host_header, method, args, kwargs)
         future = asyncio.get_running_loop().create_future()
         inbox = self._session.inbox()
-        self._session.call_soon(self._start, request, deadline, timeout, functools.partial(inbox.put, future))
-        result = await future
+        pending = PendingCall(loop)
+        self._session.call_soon(self._start, request, deadline, timeout, functools.partial(inbox.put, future), pending)
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            pending.cancel()  # this task was cancelled: so is the call, on the machine too
+            raise
         if isinstance(result, collections.abc.AsyncIterator):
             return _SyncOverAsync(result, loop).foreign()
         return result
@@ -399,15 +419,7 @@ class Machine:
                     response, conn = await pool.request(request.data)
                 else:
                     conn = await pool.acquire()
-                    response_future = conn.send(request.data)
-                    try:
-                        async for chunk in _aguarded(_achunks(request.stream)):
-                            await conn.write(calling.data_chunk(chunk))
-                        await conn.write(calling.END_OF_STREAM)
-                        response = await response_future
-                    except BaseException:
-                        conn.abort()
-                        raise
+                    response = await _send_streamed(conn, request)
         except BaseException as exc:
             raise await self._async_error(exc, request.method, timeout)
         if response.content_type == wire.STREAM:
@@ -422,7 +434,7 @@ class Machine:
                     kind, payload = await frames.__anext__()
                 except StopAsyncIteration:
                     return
-                except (Error, TimeoutError, OSError) as exc:
+                except (Error, TimeoutError, OSError, _SourceError) as exc:
                     raise await self._async_error(exc, method, timeout)
                 chunk = calling.decode_frame(kind, payload, self.addr)
                 if chunk is None:
@@ -501,26 +513,97 @@ async def _achunks(source: Any) -> AsyncIterator[bytes]:
 
 
 class _SyncOverAsync(collections.abc.Iterator[bytes]):
-    """A streamed reply living on the session's loop, read from another thread or loop."""
+    """A streamed reply living on the session's loop, read from another thread or loop.
+
+    Each chunk is one ``call_soon_threadsafe`` hop and a future (streams may hop; calls don't).
+    """
 
     def __init__(self, source: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
         self._source, self._loop = source, loop
 
-    async def _next(self) -> bytes:
-        return await self._source.__anext__()
+    def _next(self) -> concurrent.futures.Future[bytes]:
+        future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(self._step, future)
+        return future
+
+    def _step(self, future: concurrent.futures.Future[bytes]) -> None:
+        """On the loop: advances the source; its outcome goes to ``future``."""
+        task = asyncio.ensure_future(self._source.__anext__())
+        task.add_done_callback(functools.partial(_copy_outcome, future))
 
     def __next__(self) -> bytes:
         try:
-            return asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+            return self._next().result()
         except StopAsyncIteration:
             raise StopIteration from None
+
+    def close(self) -> None:
+        """Stops reading: the reply's connection is closed, as an abandoned stream's is."""
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(aclose()))
 
     async def foreign(self) -> AsyncIterator[bytes]:
         while True:
             try:
-                yield await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(), self._loop))
+                yield await asyncio.wrap_future(self._next())
             except StopAsyncIteration:
                 return
+
+
+def _copy_outcome(future: concurrent.futures.Future[Any], task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        future.cancel()
+    elif (exc := task.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())
+
+
+def _clean_connection(pool: SyncPool, deadline: float) -> SyncConnection:
+    """A pooled connection with nothing unread on it: one with stray bytes or an EOF is closed, never used."""
+    while True:
+        conn = pool.acquire(deadline)
+        if not conn.stale():
+            return conn
+        pool.release(conn)  # stale() marked it broken: release closes it
+
+
+async def _send_streamed(conn: AsyncConnection, request: Request) -> Response:
+    """Sends a call whose argument streams: a task pumps the argument while the reply comes back (full duplex)."""
+    response = conn.send(request.data, complete=False)
+    pump = conn.pump = asyncio.get_running_loop().create_task(_pump(conn, request.stream))
+    try:
+        return await response
+    except BaseException:
+        pump.cancel()
+        conn.abort()
+        raise
+
+
+async def _pump(conn: AsyncConnection, source: Any) -> None:
+    """Sends a streamed argument's chunks, then its end; the source's own failure goes to the caller."""
+    try:
+        async for chunk in _aguarded(_achunks(source)):
+            await conn.write(calling.data_chunk(chunk))
+        conn.finish(calling.END_OF_STREAM)
+    except _SourceError as exc:
+        conn.fail_request(exc)
+    except BaseException:  # the connection broke or the call ended: whoever reads the reply sees that
+        conn.abort()
+
+
+def _callback_threads(session: B) -> CallbackThreads:
+    """The session's callback threads, made on first use; they end at ``b.shutdown()``."""
+    threads: CallbackThreads | None = getattr(session, "_callback_threads", None)
+    if threads is None:
+        with session._lock:
+            threads = getattr(session, "_callback_threads", None)
+            if threads is None:
+                threads = CallbackThreads("bigmachine-callback")
+                session._callback_threads = threads  # type: ignore[attr-defined]
+                session._closers.append(threads.close)
+    return threads
 
 
 for _name in __all__:

@@ -59,6 +59,8 @@ class AsyncConnection(asyncio.Protocol):
         self.reply_stream: AsyncReplyStream | None = None
         self._response: Response | None = None
         self._drain: asyncio.Future[None] | None = None
+        self._request_done = True  # False while a streamed argument is still being sent
+        self.pump: asyncio.Task[None] | None = None  # the task sending a streamed argument
         self.lost: BaseException | None = None
 
     # asyncio.Protocol
@@ -80,6 +82,9 @@ class AsyncConnection(asyncio.Protocol):
         self._fail(self.lost)
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(self.lost)
+            self._drain.exception()  # nobody may be waiting: no "never retrieved" noise
+        if self.pump is not None:
+            self.pump.cancel()
 
     def pause_writing(self) -> None:
         self._drain = asyncio.get_running_loop().create_future()
@@ -114,14 +119,23 @@ class AsyncConnection(asyncio.Protocol):
         if response is not None and not response.keep_alive:
             self.abort()
         elif stream is None:
-            self._pool._release(self)
+            self.finished()
         # A streamed reply's connection goes back to the pool when its reader is done.
 
+    def finished(self) -> None:
+        """The reply was read to its end: back to the pool, or closed if its request was cut short."""
+        if self._request_done:
+            self._pool._release(self)
+        else:  # the machine answered before reading the whole streamed argument (an error): unusable
+            self.abort()
+
     # requests
-    def send(self, data: bytes | tuple[bytes, ...]) -> asyncio.Future[Response]:
+    def send(self, data: bytes | tuple[bytes, ...], *, complete: bool = True) -> asyncio.Future[Response]:
+        """Writes a request (or, ``complete=False``, the start of one); the future is its response."""
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
         self._parser.expect()
+        self._request_done = complete
         if isinstance(data, tuple):
             self.transport.writelines(data)
         else:
@@ -136,6 +150,19 @@ class AsyncConnection(asyncio.Protocol):
         self.transport.write(data)
         if self._drain is not None:
             await self._drain
+
+    def finish(self, data: bytes) -> None:
+        """Writes the last part of a streamed request (buffered: no wait for the transport to drain)."""
+        if self.lost is not None:
+            raise self.lost
+        assert self.transport is not None
+        self.transport.write(data)
+        self._request_done = True
+
+    def fail_request(self, exc: BaseException) -> None:
+        """The request's own source failed: its caller gets ``exc`` (before or after the reply's head); closed."""
+        self._fail(exc)
+        self.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -182,7 +209,8 @@ class AsyncReplyStream:
         self._wake()
 
     def fail(self, exc: BaseException) -> None:
-        self._error = exc
+        if self._error is None:  # the first cause, not the connection loss that follows it
+            self._error = exc
         self._wake()
 
     def _wake(self) -> None:
@@ -211,7 +239,7 @@ class AsyncReplyStream:
         except BaseException:
             self._conn.abort()  # abandoned or broken mid-stream: the connection can't be reused
             raise
-        self._conn._pool._release(self._conn)
+        self._conn.finished()
 
     async def _wait(self, deadline: float) -> None:
         if self._error is not None:
@@ -337,7 +365,17 @@ class SyncConnection:
 
     def stale(self) -> bool:
         """Whether this idle connection has bytes or an EOF waiting: closed by the server, or out of step."""
-        return bool(self.sock.pending() or self._poll.poll(0))
+        if not (self.sock.pending() or self._poll.poll(0)):
+            return False
+        self.sock.settimeout(0)
+        try:
+            self.sock.recv(1)  # application data nobody asked for, or b"" at EOF
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False  # only TLS housekeeping (session tickets): still in step
+        except OSError:
+            pass
+        self.broken = True
+        return True
 
     def read_response(self, deadline: float) -> Response:
         self._response, self._frames, self._done = None, None, False
