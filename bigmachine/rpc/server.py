@@ -63,9 +63,20 @@ class Registry:
             raise NotFound(
                 f"service {service_name!r} has no public method {name!r}; its methods: {public_methods(service)}"
             )
+        if inspect.isasyncgenfunction(fn):  # `async def` with `yield`: on the loop, with async stream arguments
+            fn = _returning(fn)
         entry = (fn, inspect.iscoroutinefunction(fn))
         self._methods[method] = entry
         return entry
+
+
+def _returning(generator_function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """A coroutine function returning the async generator that ``generator_function`` makes."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return generator_function(*args, **kwargs)
+
+    return call
 
 
 def public_methods(service: Any) -> list[str]:
