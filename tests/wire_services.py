@@ -65,7 +65,9 @@ class Waits:
         self.started = 0
         self.cancelled = 0
         self.finished = 0
-        self._release = threading.Event()
+
+    def init(self, b: Any) -> None:
+        self._release = threading.Event()  # made on the machine: an Event doesn't pickle
 
     async def forever(self) -> None:
         self.started += 1
