@@ -140,3 +140,18 @@ def test_cancel_before_the_call_starts_sends_nothing(waits: bigmachine.Machine,
     started = counts(waits)["started"]
     eventually(lambda: counts(waits)["cancelled"] == started)  # whatever had started was cancelled there too
     no_error_logged(caplog)
+
+
+def test_under_load_cancelled_calls_end_and_the_others_get_their_answers(waits: bigmachine.Machine,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    forever = [waits.submit("Waits.forever") for _ in range(30)]
+    answers = [waits.submit("Calc.add", i, 1) for i in range(200)]
+    eventually(lambda: counts(waits)["started"] == 30, timeout=10)
+    for future in forever:
+        assert future.cancel()
+    assert [f.result(10) for f in answers] == [i + 1 for i in range(200)]
+    eventually(lambda: counts(waits)["cancelled"] == 30, timeout=10)
+    stats = waits.call("Supervisor.stats", timeout=5)
+    assert stats["Waits.forever"]["cancelled"] == 30 and stats["Waits.forever"]["errors"] == 0
+    assert stats["Calc.add"]["errors"] == 0
+    no_error_logged(caplog)

@@ -232,3 +232,39 @@ def test_result_over_the_cap_is_refused_on_the_machine_with_advice_to_stream(
     assert "Calc.blob" in message and "3 MiB" in message and "over the 1 MiB" in message, message
     assert "iterator of bytes" in message, message
     assert calc.state == RUNNING and through(calc, twin, "Calc.blob", 10) == bytes(10)
+
+
+def test_under_load_malformed_names_never_disturb_other_calls(calc: bigmachine.Machine) -> None:
+    """8 threads and a loop call at once, each slipping malformed names between good calls: every answer is its own."""
+    problems: list[str] = []
+
+    def worker(k: int) -> None:
+        rng = random.Random(k)
+        for i in range(60):
+            a, b = rng.randrange(10**6), rng.randrange(10**6)
+            twin = ("call", "submit")[i % 2]
+            try:
+                through(calc, twin, rng.choice(MALFORMED), a, b)
+                problems.append(f"{k}/{i}: a malformed name was accepted")
+            except ValueError:
+                pass
+            got = through(calc, twin, "Calc.add", a, b)
+            if got != a + b:
+                problems.append(f"{k}/{i}: {twin} Calc.add({a}, {b}) -> {got}")
+
+    async def tasks() -> None:
+        async def one(i: int) -> None:
+            with pytest.raises(ValueError):
+                await calc.acall(MALFORMED[i % len(MALFORMED)], i, i)
+            got = await calc.acall("Calc.aadd", i, 7, timeout=10)
+            if got != i + 7:
+                problems.append(f"acall {i}: {got}")
+        await asyncio.gather(*(one(i) for i in range(200)))
+
+    threads = [threading.Thread(target=worker, args=(k,), name=f"load-{k}") for k in range(8)]
+    for thread in threads:
+        thread.start()
+    asyncio.run(tasks())
+    for thread in threads:
+        thread.join()
+    assert not problems, problems[:10]
