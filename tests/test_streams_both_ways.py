@@ -146,3 +146,14 @@ def test_256_mib_piped_through_a_machine_keeps_the_driver_memory_bounded(local_p
         stop.set()
         sampler.join()
     assert peak - base < 64 << 20, f"the driver's RSS grew by {(peak - base) >> 20} MiB piping 256 MiB"
+
+
+def test_blocking_call_with_a_streamed_argument_on_the_session_loop_says_to_use_acall(
+        piped: bigmachine.Machine) -> None:
+    """It would need the loop it blocks: refused with the way out, instead of hanging."""
+    async def on_the_loop() -> Any:
+        return piped.call("Pipe.length", chunks(2, 10), timeout=5)
+
+    with pytest.raises(bigmachine.Error, match=r"cannot block the session's event loop thread; use `await m.acall"):
+        asyncio.run_coroutine_threadsafe(on_the_loop(), piped._session.loop).result(10)
+    assert piped.call("Pipe.length", chunks(2, 12), timeout=5) == 24
