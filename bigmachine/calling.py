@@ -7,16 +7,19 @@ Kept free of I/O, so ``Machine.call`` (blocking socket) and ``Machine.acall``
 from __future__ import annotations
 
 import collections.abc
+import functools
 import io
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from .errors import ProtocolError, SerializationError
 from .rpc import wire
 from .rpc.codec import LAST_CHUNK, Response, encode_chunk, encode_head, encode_request
 from .rpc.deadlines import deadline_after, remaining
 
-__all__ = ["Request", "deadline_after", "decode_reply", "encode_call", "remaining", "STREAM_CHUNK"]
+__all__ = ["Request", "STREAM_CHUNK", "check_method_name", "deadline_after", "decode_reply",
+           "encode_call", "remaining"]
 
 STREAM_CHUNK = 1 << 20
 _JOIN_LIMIT = 1 << 16  # bodies past this are sent after their head, not copied onto it
@@ -39,11 +42,32 @@ def _is_stream_argument(value: Any) -> bool:
     return isinstance(value, (collections.abc.Iterator, collections.abc.AsyncIterator))
 
 
+def check_method_name(method: Any) -> None:
+    """Raises ValueError unless ``method`` is ``Service.method`` with both parts Python identifiers.
+
+    Checked before anything is sent: a name holding a CR LF or a space would otherwise
+    change the request line and put a pooled connection out of step (docs/reliability.md).
+    """
+    if isinstance(method, str):
+        service, dot, name = method.partition(".")
+        if dot and service.isidentifier() and name.isidentifier():
+            return
+    raise ValueError(f"method must be 'Service.method' with both parts Python identifiers (letters, digits, _; "
+                     f"Unicode allowed), not {method!r}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _path(method: str) -> bytes:
+    """The request path of a checked method name: percent-encoded UTF-8 (uvicorn decodes it)."""
+    check_method_name(method)
+    return b"/rpc/" + (method.encode() if method.isascii() else quote(method).encode())
+
+
 def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
     """Pickles a call; a file or bytes-iterator argument is replaced by a marker and streamed."""
-    if not isinstance(method, str) or "." not in method:
-        raise ValueError(f"method must be 'Service.method', not {method!r}")
-    path = b"/rpc/" + method.encode()
+    if not isinstance(method, str):
+        check_method_name(method)
+    path = _path(method)
     streamed = [k for k, v in [*enumerate(args), *kwargs.items()] if _is_stream_argument(v)]
     if not streamed:
         body = wire.encode_args(method, args, kwargs)

@@ -23,12 +23,16 @@ from urllib.parse import urlsplit
 from . import calling, calltrace
 from .calling import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
+from .futures import CallFuture, PendingCall, settle
 from .liveness import held_stacks
 from .metrics import CallStats, atimed, timed
 from .rpc import wire
 from .rpc.budget import ConnectionBudget
-from .rpc.client import AsyncPool, SyncPool
+from .rpc.client import AsyncPool, SyncConnection, SyncPool
 from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
+from .streaming import SourceError as _SourceError
+from .streaming import SyncOverAsync as _SyncOverAsync
+from .streaming import send_streamed
 
 if TYPE_CHECKING:
     from .session import B
@@ -46,25 +50,6 @@ CONTROL_CONNECTIONS = 4  # status, profiles and the like: apart from the data co
 
 class _Stopped(ConnectionAbortedError):
     """Closes a stopped machine's connections; mapped to MachineStopped by the caller."""
-
-
-class _SourceError(Exception):
-    """The caller's own stream argument raised (its ``__cause__``): raised as is, never as a transport error."""
-
-
-def _guarded(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    try:
-        yield from chunks
-    except Exception as exc:
-        raise _SourceError() from exc
-
-
-async def _aguarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except Exception as exc:
-        raise _SourceError() from exc
 
 
 class Machine:
@@ -292,22 +277,32 @@ class Machine:
         request = calling.encode_call(self._host_header, method, args, kwargs)
         return self._call_sync(request, deadline, timeout)
 
+    def _call_sync(self, request: Request, deadline: float, timeout: float | None) -> Any:
+        """A blocking call; one with a streamed argument goes through the loop, which sends it while the reply streams back."""
+        if request.stream is None:
+            return self._call_blocking(request, deadline, timeout)
+        if self._session.on_loop_thread():
+            raise Error(f"{request.method}: a call with a streamed argument cannot block the session's event loop "
+                        "thread; use `await m.acall(...)` there")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        pending = PendingCall(self._session.loop)
+        self._session.call_soon(self._start, request, deadline, timeout, functools.partial(self._deliver, future),
+                                pending)
+        try:
+            return future.result()
+        except BaseException:
+            pending.cancel()  # interrupted (Ctrl-C): the call ends too; a no-op once it is over
+            raise
+
     @timed
     @calltrace.traced
-    def _call_sync(self, request: Request, deadline: float, timeout: float | None) -> Any:
+    def _call_blocking(self, request: Request, deadline: float, timeout: float | None) -> Any:
         pool = self._sync_control if request.method.startswith(_CONTROL) else self._sync
         assert pool is not None
         try:
-            conn = pool.acquire(deadline)
+            conn = _clean_connection(pool, deadline)
             try:
-                if request.stream is None:
-                    response = conn.request(request.data, deadline)
-                else:
-                    conn.send(request.data, deadline)
-                    for chunk in _guarded(calling.stream_chunks(request.stream)):
-                        conn.send(calling.data_chunk(chunk), deadline)
-                    conn.send(calling.END_OF_STREAM, deadline)
-                    response = conn.read_response(deadline)
+                response = conn.request(request.data, deadline)
             except BaseException:
                 conn.broken = True
                 pool.release(conn)
@@ -339,8 +334,14 @@ class Machine:
             pool.release(conn)
 
     def submit(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        """Starts a call on the session's loop; returns a future of its result."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        """Starts a call on the session's loop; returns a future of its result.
+
+        Cancelling the future cancels the call on the machine; its done-callbacks run in
+        callback threads, never on the session's loop (bigmachine/futures.py).
+        """
+        session = self._session
+        pending = PendingCall(session.loop)
+        future = CallFuture(pending, session.callbacks, session.on_loop_thread)
         deadline = deadline_after(timeout)
         try:
             if self._state == STOPPED:
@@ -349,25 +350,22 @@ class Machine:
         except BaseException as exc:
             future.set_exception(exc)
             return future
-        self._session.call_soon(self._start_submitted, future, request, deadline, timeout)
+        session.call_soon(self._start, request, deadline, timeout, functools.partial(self._deliver, future), pending)
         return future
 
-    def _start_submitted(self, future: concurrent.futures.Future[Any], request: Request, deadline: float,
-                         timeout: float | None) -> None:
-        def deliver(ok: bool, value: Any) -> None:
-            if not ok:
-                future.set_exception(value)
-            elif isinstance(value, collections.abc.AsyncIterator):  # read from the submitting thread
-                future.set_result(_SyncOverAsync(value, self._session.loop))
-            else:
-                future.set_result(value)
-
-        self._start(request, deadline, timeout, deliver)
+    def _deliver(self, future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
+        """Settles a thread's future with a call's outcome; a streamed reply is read from that thread."""
+        if ok and isinstance(value, collections.abc.AsyncIterator):
+            value = _SyncOverAsync(value, self._session.loop)
+        if not settle(future, ok, value) and isinstance(value, _SyncOverAsync):
+            value.close()  # cancelled meanwhile: nobody reads it
 
     def _start(self, request: Request, deadline: float, timeout: float | None,
-               deliver: Callable[[bool, Any], None]) -> None:
+               deliver: Callable[[bool, Any], None], pending: PendingCall) -> None:
         """Starts a call on the session's loop for another thread or loop; ``deliver(ok, value)`` its outcome."""
-        task = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
+        if pending.cancelled:
+            return
+        task = pending.task = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
 
         def done(task: asyncio.Task[Any]) -> None:
             if task.cancelled():
@@ -414,8 +412,13 @@ class Machine:
         request = calling.encode_call(self._host_header, method, args, kwargs)
         future = asyncio.get_running_loop().create_future()
         inbox = self._session.inbox()
-        self._session.call_soon(self._start, request, deadline, timeout, functools.partial(inbox.put, future))
-        result = await future
+        pending = PendingCall(loop)
+        self._session.call_soon(self._start, request, deadline, timeout, functools.partial(inbox.put, future), pending)
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            pending.cancel()  # this task was cancelled: so is the call, on the machine too
+            raise
         if isinstance(result, collections.abc.AsyncIterator):
             return _SyncOverAsync(result, loop).foreign()
         return result
@@ -436,15 +439,7 @@ class Machine:
                     response, conn = await pool.request(request.data)
                 else:
                     conn = await pool.acquire()
-                    response_future = conn.send(request.data)
-                    try:
-                        async for chunk in _aguarded(_achunks(request.stream)):
-                            await conn.write(calling.data_chunk(chunk))
-                        await conn.write(calling.END_OF_STREAM)
-                        response = await response_future
-                    except BaseException:
-                        conn.abort()
-                        raise
+                    response = await send_streamed(conn, request)
         except BaseException as exc:
             raise await self._async_error(exc, request.method, timeout)
         if response.content_type == wire.STREAM:
@@ -459,7 +454,7 @@ class Machine:
                     kind, payload = await frames.__anext__()
                 except StopAsyncIteration:
                     return
-                except (Error, TimeoutError, OSError) as exc:
+                except (Error, TimeoutError, OSError, _SourceError) as exc:
                     raise await self._async_error(exc, method, timeout)
                 chunk = calling.decode_frame(kind, payload, self.addr)
                 if chunk is None:
@@ -632,41 +627,13 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _achunks(source: Any) -> AsyncIterator[bytes]:
-    """The chunks of a stream argument; a sync source is read off the loop."""
-    if isinstance(source, collections.abc.AsyncIterator):
-        async for chunk in source:
-            if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                raise TypeError(f"a streamed argument must yield bytes, not {type(chunk).__qualname__}")
-            if chunk:
-                yield bytes(chunk)
-        return
-    chunks = calling.stream_chunks(source)
-    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-        yield chunk
-
-
-class _SyncOverAsync(collections.abc.Iterator[bytes]):
-    """A streamed reply living on the session's loop, read from another thread or loop."""
-
-    def __init__(self, source: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
-        self._source, self._loop = source, loop
-
-    async def _next(self) -> bytes:
-        return await self._source.__anext__()
-
-    def __next__(self) -> bytes:
-        try:
-            return asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    async def foreign(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                yield await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(), self._loop))
-            except StopAsyncIteration:
-                return
+def _clean_connection(pool: SyncPool, deadline: float) -> SyncConnection:
+    """A pooled connection with nothing unread on it: one with stray bytes or an EOF is closed, never used."""
+    while True:
+        conn = pool.acquire(deadline)
+        if not conn.stale():
+            return conn
+        pool.release(conn)  # stale() marked it broken: release closes it
 
 
 for _name in __all__:

@@ -39,7 +39,7 @@ __all__ = ["BUCKETS", "CallStats", "atimed", "driver_exposition", "exposition", 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the call latency histograms; one more bucket is +Inf."""
 
-_COUNT, _ERRORS, _SUM, _SENT, _RECEIVED, _FIRST_BUCKET = range(6)
+_COUNT, _ERRORS, _SUM, _SENT, _RECEIVED, _CANCELLED, _FIRST_BUCKET = range(7)
 _STREAM = b"application/x-bigmachine-stream"  # rpc.wire.STREAM; a reply made of frames
 _FAIL_FRAME = b"e"  # rpc.wire.FAIL: a streamed reply that failed half-way
 
@@ -47,14 +47,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CallStats:
-    """Calls, errors, latency histogram and bytes per method; cheap to update from any thread."""
+    """Calls, errors, cancellations, latency histogram and bytes per method; cheap to update from any thread."""
 
     def __init__(self) -> None:
         self._rows: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
-    def record(self, method: str, seconds: float, failed: bool, sent: int = 0, received: int = 0) -> None:
-        """Counts one finished call."""
+    def record(self, method: str, seconds: float, failed: bool, sent: int = 0, received: int = 0,
+               cancelled: bool = False) -> None:
+        """Counts one finished call (a cancelled one is counted apart, not as an error)."""
         bucket = _FIRST_BUCKET + bisect_left(BUCKETS, seconds)
         with self._lock:
             row = self._rows.get(method)
@@ -65,6 +66,7 @@ class CallStats:
             row[_SUM] += seconds
             row[_SENT] += sent
             row[_RECEIVED] += received
+            row[_CANCELLED] += cancelled
             row[bucket] += 1
 
     def rows(self) -> dict[str, list[float]]:
@@ -73,21 +75,24 @@ class CallStats:
             return {method: list(row) for method, row in self._rows.items()}
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Per method: calls, errors, mean and approximate p50/p99 latency (seconds), bytes."""
+        """Per method: calls, errors, cancelled, mean and approximate p50/p99 latency (seconds), bytes."""
         out = {}
         for method, row in sorted(self.rows().items()):
             count = int(row[_COUNT])
             buckets = row[_FIRST_BUCKET:]
             out[method] = {
-                "calls": count, "errors": int(row[_ERRORS]), "mean": row[_SUM] / count if count else 0.0,
+                "calls": count, "errors": int(row[_ERRORS]), "cancelled": int(row[_CANCELLED]), "mean": row[_SUM] / count if count else 0.0,
                 "p50": _quantile(buckets, count, 0.5), "p99": _quantile(buckets, count, 0.99),
                 "sent_bytes": int(row[_SENT]), "received_bytes": int(row[_RECEIVED]),
             }
         return out
 
-    async def measure(self, method: str, handler: Callable[[str, Any, Any, Any], Awaitable[None]],
+    async def measure(self, method: str, handler: Callable[[str, Any, Any, Any], Awaitable[bool]],
                       scope: Any, receive: Any, send: Any) -> None:
-        """Serves one ASGI call with ``handler(method, scope, receive, send)``, counting its time, bytes and failure (4xx, 5xx, failed stream)."""
+        """Serves one ASGI call with ``handler(method, scope, receive, send)``, counting its time, bytes and failure (4xx, 5xx, failed stream).
+
+        ``handler`` returns True when the caller cancelled the call (it disconnected): counted as cancelled.
+        """
         begun = perf_counter()
         counts = [0, 0, 0]  # received, sent, failed
         streamed = False
@@ -109,13 +114,15 @@ class CallStats:
                 streamed = (b"content-type", _STREAM) in message.get("headers", ())
             await send(message)
 
+        cancelled = False
         try:
-            await handler(method, scope, counting_receive, counting_send)
+            cancelled = await handler(method, scope, counting_receive, counting_send)
         except BaseException:
             counts[2] = 1
             raise
         finally:
-            self.record(method, perf_counter() - begun, bool(counts[2]), counts[1], counts[0])
+            self.record(method, perf_counter() - begun, bool(counts[2]) and not cancelled, counts[1], counts[0],
+                        cancelled)
 
 
 def _quantile(buckets: list[float], count: int, q: float) -> float:

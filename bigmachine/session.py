@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import tls
 from .errors import Error, MachineStopped, SerializationError
+from .futures import CallbackThreads
 from .liveness import Liveness
 from .machine import Machine
 from .params import Param, merge_params
@@ -94,6 +95,7 @@ class B:
         self._lock = threading.Lock()
         self._shutdown = False
         self._closers: list[Any] = []  # called first by shutdown, newest first (the debug server)
+        self.callbacks = CallbackThreads("bigmachine-callback")  # users' done-callbacks: never on the loop
         self._soon: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
         self._soon_scheduled = False
         self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
@@ -271,6 +273,7 @@ class B:
             self._shutdown = True
         if not self.is_driver:
             self._close_pools()
+            self.callbacks.close()
             return
         for close in reversed(self._closers):
             close()
@@ -282,6 +285,7 @@ class B:
         finally:
             shutil.rmtree(self.tmpdir, ignore_errors=True)  # first: nothing below may keep the keys on disk
             self._stop_loop()
+            self.callbacks.close()  # callbacks still running finish in their threads; idle ones end now
 
     async def _ashutdown(self) -> None:
         if self._launching:  # b.start interrupted (Ctrl-C): what it launched must be known to be killed

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import math
+import select
 import socket
 import ssl
 import threading
@@ -65,6 +66,8 @@ class AsyncConnection(asyncio.Protocol):
         self.reply_stream: AsyncReplyStream | None = None
         self._response: Response | None = None
         self._drain: asyncio.Future[None] | None = None
+        self._request_done = True  # False while a streamed argument is still being sent
+        self.pump: asyncio.Task[None] | None = None  # the task sending a streamed argument
         self.lost: BaseException | None = None
         self.idle_since = 0.0
 
@@ -76,7 +79,8 @@ class AsyncConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed(data)
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # malformed, or out of step: never pooled again
+            self.lost = exc
             self._fail(exc)
             self.abort()
 
@@ -86,6 +90,9 @@ class AsyncConnection(asyncio.Protocol):
         self._fail(self.lost)
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(self.lost)
+            self._drain.exception()  # nobody may be waiting: no "never retrieved" noise
+        if self.pump is not None:
+            self.pump.cancel()
 
     def pause_writing(self) -> None:
         self._drain = asyncio.get_running_loop().create_future()
@@ -120,13 +127,23 @@ class AsyncConnection(asyncio.Protocol):
         if response is not None and not response.keep_alive:
             self.abort()
         elif stream is None:
-            self._pool.release(self)
+            self.finished()
         # A streamed reply's connection goes back to the pool when its reader is done.
 
+    def finished(self) -> None:
+        """The reply was read to its end: back to the pool, or closed if its request was cut short."""
+        if self._request_done:
+            self._pool.release(self)
+        else:  # the machine answered before reading the whole streamed argument (an error): unusable
+            self.abort()
+
     # requests
-    def send(self, data: bytes | tuple[bytes, ...]) -> asyncio.Future[Response]:
+    def send(self, data: bytes | tuple[bytes, ...], *, complete: bool = True) -> asyncio.Future[Response]:
+        """Writes a request (or, ``complete=False``, the start of one); the future is its response."""
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
+        self._parser.expect()
+        self._request_done = complete
         if isinstance(data, tuple):
             self.transport.writelines(data)
         else:
@@ -141,6 +158,19 @@ class AsyncConnection(asyncio.Protocol):
         self.transport.write(data)
         if self._drain is not None:
             await self._drain
+
+    def finish(self, data: bytes) -> None:
+        """Writes the last part of a streamed request (buffered: no wait for the transport to drain)."""
+        if self.lost is not None:
+            raise self.lost
+        assert self.transport is not None
+        self.transport.write(data)
+        self._request_done = True
+
+    def fail_request(self, exc: BaseException) -> None:
+        """The request's own source failed: its caller gets ``exc`` (before or after the reply's head); closed."""
+        self._fail(exc)
+        self.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -187,7 +217,8 @@ class AsyncReplyStream:
         self._wake()
 
     def fail(self, exc: BaseException) -> None:
-        self._error = exc
+        if self._error is None:  # the first cause, not the connection loss that follows it
+            self._error = exc
         self._wake()
 
     def _wake(self) -> None:
@@ -216,7 +247,7 @@ class AsyncReplyStream:
         except BaseException:
             self._conn.abort()  # abandoned or broken mid-stream: the connection can't be reused
             raise
-        self._conn._pool.release(self._conn)
+        self._conn.finished()
 
     async def _wait(self, deadline: float) -> None:
         if self._error is not None:
@@ -287,10 +318,7 @@ class AsyncPool:
         while True:
             if self._closed is not None:
                 raise self._closed
-            connecting = asyncio.ensure_future(asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                lambda: AsyncConnection(self), self.host, self.port,
-                ssl=self._context, server_hostname=self._server_hostname,
-            ), CONNECT_TIMEOUT))
+            connecting = asyncio.ensure_future(self._open())
             self._connecting.add(connecting)  # a machine that stops while we shake hands cancels it
             try:
                 _, conn = await connecting
@@ -303,6 +331,13 @@ class AsyncPool:
                 logger.debug("%s:%d: no connection within %g s; trying again", self.host, self.port, CONNECT_TIMEOUT)
             finally:
                 self._connecting.discard(connecting)
+
+    async def _open(self) -> tuple[asyncio.BaseTransport, AsyncConnection]:
+        # A coroutine of its own: cancelled before it starts, nothing is left un-awaited.
+        return await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+            lambda: AsyncConnection(self), self.host, self.port,
+            ssl=self._context, server_hostname=self._server_hostname,
+        ), CONNECT_TIMEOUT)
 
     async def request(self, data: bytes | tuple[bytes, ...]) -> tuple[Response, AsyncConnection]:
         """Sends a whole request and waits for the response head (and body, unless streamed)."""
@@ -394,6 +429,8 @@ class SyncConnection:
         finally:
             pool._connecting.discard(self.sock)
         self._parser = ResponseParser(self)
+        self._poll = select.poll()
+        self._poll.register(self.sock, select.POLLIN)
         self._response: Response | None = None
         self._frames: collections.deque[tuple[bytes, bytes]] | None = None
         self._reader: wire.FrameReader | None = None
@@ -416,8 +453,23 @@ class SyncConnection:
             self.broken = True
             raise
 
+    def stale(self) -> bool:
+        """Whether this idle connection has bytes or an EOF waiting: closed by the server, or out of step."""
+        if not (self.sock.pending() or self._poll.poll(0)):
+            return False
+        self.sock.settimeout(0)
+        try:
+            self.sock.recv(1)  # application data nobody asked for, or b"" at EOF
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False  # only TLS housekeeping (session tickets): still in step
+        except OSError:
+            pass
+        self.broken = True
+        return True
+
     def read_response(self, deadline: float) -> Response:
         self._response, self._frames, self._done = None, None, False
+        self._parser.expect()
         while not self._done and self._frames is None:
             self._receive(deadline)
         assert self._response is not None
@@ -451,6 +503,10 @@ class SyncConnection:
             if not data:
                 raise _Closed("the machine closed the connection")
             self._parser.feed(data)
+        except ProtocolError:
+            self.broken = True  # out of step: closed at release
+            if not self._done:
+                raise  # else our own response arrived whole before the unexpected bytes
         except BaseException:
             self.broken = True
             raise

@@ -64,21 +64,37 @@ class ResponseListener(Protocol):
 class ResponseParser:
     """Feeds bytes to httptools and reports heads, body pieces and completions to a listener."""
 
-    __slots__ = ("_parser", "_listener", "response")
+    __slots__ = ("_parser", "_listener", "_outstanding", "response")
 
     def __init__(self, listener: ResponseListener) -> None:
         self._listener = listener
         self._parser = httptools.HttpResponseParser(self)
+        self._outstanding = False
         self.response: Response | None = None
 
+    def expect(self) -> None:
+        """Notes that a request was sent: exactly one response may now begin."""
+        self._outstanding = True
+
     def feed(self, data: bytes) -> None:
+        """Parses ``data``; raises ProtocolError on a malformed response or one nobody asked for.
+
+        A response with no request outstanding (a second response, bytes after a complete
+        one) means the connection is out of step: its owner must close it, never reuse it.
+        """
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
+            raise
         except httptools.HttpParserError as exc:
             raise ProtocolError(f"malformed HTTP response: {exc}") from exc
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        if not self._outstanding:
+            raise ProtocolError("bytes arrived with no request outstanding: the connection is out of step")
         self.response = Response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -97,4 +113,5 @@ class ResponseParser:
         self._listener.response_body(body)
 
     def on_message_complete(self) -> None:
+        self._outstanding = False
         self._listener.response_complete()

@@ -4,6 +4,11 @@ Plain methods run in a thread pool (unpickling, the call and pickling all in the
 worker thread, so big payloads never stall the event loop and its keepalives);
 ``async def`` methods run on the loop. Everything else goes to an optional fallback
 ASGI app (the debug pages), imported only when first needed.
+
+A caller that disconnects cancels its call: uvicorn never cancels the app, so each
+call watches ``receive()`` for ``http.disconnect`` once its request is read (``_Watch``).
+A streamed reply may read a streamed argument as it arrives; what it leaves unread is
+drained before the final frame.
 """
 
 from __future__ import annotations
@@ -58,9 +63,20 @@ class Registry:
             raise NotFound(
                 f"service {service_name!r} has no public method {name!r}; its methods: {public_methods(service)}"
             )
+        if inspect.isasyncgenfunction(fn):  # `async def` with `yield`: on the loop, with async stream arguments
+            fn = _returning(fn)
         entry = (fn, inspect.iscoroutinefunction(fn))
         self._methods[method] = entry
         return entry
+
+
+def _returning(generator_function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """A coroutine function returning the async generator that ``generator_function`` makes."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return generator_function(*args, **kwargs)
+
+    return call
 
 
 def public_methods(service: Any) -> list[str]:
@@ -78,11 +94,14 @@ class _RequestStream:
     """The streamed argument of a call: data frames read from the request body on demand."""
 
     def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]], reader: wire.FrameReader,
-                 frames: list[tuple[bytes, bytes]], loop: asyncio.AbstractEventLoop, *, body_done: bool) -> None:
-        self._receive, self._reader, self._loop = receive, reader, loop
+                 frames: list[tuple[bytes, bytes]], loop: asyncio.AbstractEventLoop, watch: _Watch, *,
+                 body_done: bool) -> None:
+        self._receive, self._reader, self._loop, self._watch = receive, reader, loop, watch
         self._frames = collections.deque(frames)
         self._ended = False
         self._body_done = body_done  # the HTTP body is all read: no frame will come
+        if body_done:
+            watch.start()
 
     async def next_chunk(self) -> bytes | None:
         """The next chunk, or None at the end of the stream."""
@@ -93,6 +112,7 @@ class _RequestStream:
                     return payload
                 if kind == wire.END:
                     self._ended = True
+                    self._watch.start()  # nothing more to read: from now on receive() only says "disconnected"
                     return None
                 raise ProtocolError("the caller's stream argument failed: " + payload.decode(errors="replace"))
             if self._ended:
@@ -101,6 +121,7 @@ class _RequestStream:
                 raise ProtocolError("the streamed argument ended without an end frame")
             message = await self._receive()
             if message["type"] == "http.disconnect":
+                self._watch.disconnected()
                 raise ProtocolError("the caller disconnected while streaming an argument")
             self._frames.extend(self._reader.feed(message.get("body", b"")))
             self._body_done = not message.get("more_body")
@@ -145,50 +166,63 @@ class RpcApp:
         else:
             await _send_plain(send, 404, b"not found: RPC paths are /rpc/Service.method\n")
 
-    async def _rpc(self, method: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _rpc(self, method: str, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """Serves one call; returns True when the caller cancelled it by disconnecting."""
         if scope["method"] != "POST":
             await _send_plain(send, 405, b"RPC calls are POST requests\n")
-            return
-        content_type = _header(scope, b"content-type")
-        stream: _RequestStream | None = None
+            return False
+        watch = _Watch(receive)
         try:
-            fn, is_async = self.registry.resolve(method)
-            if content_type == wire.CALL:
-                body = await _read_body(receive)
-                if is_async:
-                    args, kwargs = wire.decode_args(method, body)
-                    result = await _acall_method(fn, args, kwargs)
-                    reply = result if _is_stream(result) else wire.encode_result(method, result)
-                else:
-                    reply = await self.executor.run(_call_plain, method, fn, body)
-            elif content_type == wire.CALL_STREAM:
-                stream, args, kwargs = await _read_streamed_call(method, receive, is_async)
-                result = await _invoke(fn, is_async, args, kwargs, self.executor)
-                await stream.drain()
-                reply = result if _is_stream(result) else wire.encode_result(method, result)
+            reply, stream = await self._serve(method, scope, receive, watch)
+            if isinstance(reply, bytes):
+                watch.stop()
+                await _send_reply(send, 200, wire.RESULT, reply)
             else:
-                raise ProtocolError(f"{method}: unexpected content type {content_type!r}")
+                await self._stream_reply(method, reply, stream, watch, send)
+        except asyncio.CancelledError:
+            if not watch.cancelled_call():
+                raise
+            return True  # the caller is gone: nobody to answer (a thread method's result is dropped)
         except _MethodRaised as raised:  # whatever the method raised, library errors included, is remote
-            await _send_reply(send, 500, wire.ERROR, wire.encode_error(raised.__cause__, remote=True))  # type: ignore[arg-type]
-            return
+            await _send_error(send, watch, 500, wire.encode_error(raised.__cause__, remote=True))  # type: ignore[arg-type]
         except Error as exc:  # the library's own: NotFound, SerializationError, ProtocolError
             status = 404 if isinstance(exc, NotFound) else 400
-            await _send_reply(send, status, wire.ERROR, wire.encode_error(exc, remote=False))
-            return
+            await _send_error(send, watch, status, wire.encode_error(exc, remote=False))
         except MemoryError as exc:
+            watch.stop()
             if self._on_memory_error is None:
                 raise
             self._on_memory_error(method, exc)  # the machine is done for: it reports and exits
-            return
         except Exception as exc:  # a failure around the method (its iterator's setup, say): still the caller's to see
-            await _send_reply(send, 500, wire.ERROR, wire.encode_error(exc, remote=True))
-            return
-        if isinstance(reply, bytes):
-            await _send_reply(send, 200, wire.RESULT, reply)
-        else:
-            await self._stream_reply(method, reply, send)
+            await _send_error(send, watch, 500, wire.encode_error(exc, remote=True))
+        finally:
+            watch.stop()
+        return watch.gone
 
-    async def _stream_reply(self, method: str, source: Any, send: Any) -> None:
+    async def _serve(self, method: str, scope: dict[str, Any], receive: Any,
+                     watch: _Watch) -> tuple[Any, _RequestStream | None]:
+        """Runs the method: its pickled result, or the iterator to stream (and the argument stream it may read)."""
+        content_type = _header(scope, b"content-type")
+        fn, is_async = self.registry.resolve(method)
+        if content_type == wire.CALL:
+            body = await _read_body(receive)
+            watch.start()
+            if is_async:
+                args, kwargs = wire.decode_args(method, body)
+                result = await _acall_method(fn, args, kwargs)
+                return (result if _is_stream(result) else wire.encode_result(method, result)), None
+            return await self.executor.run(_call_plain, method, fn, body), None
+        if content_type == wire.CALL_STREAM:
+            stream, args, kwargs = await _read_streamed_call(method, receive, is_async, watch)
+            result = await _invoke(fn, is_async, args, kwargs, self.executor)
+            if _is_stream(result):
+                return result, stream  # streamed while the argument still arrives; drained after
+            await stream.drain()
+            return wire.encode_result(method, result), None
+        raise ProtocolError(f"{method}: unexpected content type {content_type!r}")
+
+    async def _stream_reply(self, method: str, source: Any, stream: _RequestStream | None, watch: _Watch,
+                            send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", wire.STREAM)]})
         try:
             async for chunk in _aiterate(source, self.executor):
@@ -196,11 +230,70 @@ class RpcApp:
                     raise TypeError(f"{method}: a streamed reply must yield bytes, not {type(chunk).__qualname__}")
                 if chunk:
                     await send({"type": "http.response.body", "body": wire.frame(wire.DATA, bytes(chunk)), "more_body": True})
+            if stream is not None:
+                await stream.drain()  # the reply ended before the argument: read the rest, then end
         except Exception as exc:
             logger.debug("%s: streamed reply failed: %r", method, exc)
+            watch.stop()
             await send({"type": "http.response.body", "body": wire.frame(wire.FAIL, wire.encode_error(exc, remote=True))})
             return
+        watch.stop()
         await send({"type": "http.response.body", "body": wire.frame(wire.END)})
+
+
+class _Watch:
+    """Cancels the task serving a call when its caller disconnects (uvicorn does not cancel the app).
+
+    Started once the request is read, so it never takes body messages from the method;
+    stopped before the final reply message, after which ``receive()`` returns a
+    disconnect for every call.
+    """
+
+    __slots__ = ("_receive", "_task", "_serving", "_gone", "_stopped")
+
+    def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._receive = receive
+        self._task: asyncio.Task[None] | None = None
+        self._serving = asyncio.current_task()
+        self._gone = self._stopped = False
+
+    def start(self) -> None:
+        if self._task is None and not self._stopped:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass  # an empty end of body after the END frame
+        self.disconnected()
+
+    @property
+    def gone(self) -> bool:
+        return self._gone
+
+    def disconnected(self) -> None:
+        """The caller is gone: cancel what serves it (from within, the caller's ProtocolError says so instead).
+
+        A cancel requested here reaches the serving task at an ``await`` inside ``RpcApp._rpc``'s
+        ``try``, never in uvicorn, which would log it as an error.
+        """
+        if not self._stopped and not self._gone:
+            self._gone = True
+            if self._serving is not None and self._serving is not asyncio.current_task():
+                self._serving.cancel()
+
+    def cancelled_call(self) -> bool:
+        """Whether a CancelledError is this watch's doing (then it is taken back: the call ends quietly)."""
+        if not self._gone:
+            return False
+        if self._serving is not None:
+            self._serving.uncancel()
+        return True
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 class _MethodRaised(Exception):
@@ -239,7 +332,8 @@ async def _invoke(fn: Callable[..., Any], is_async: bool, args: tuple[Any, ...],
     return await executor.run(_call_method, fn, args, kwargs)
 
 
-async def _read_streamed_call(method: str, receive: Any, is_async: bool) -> tuple[_RequestStream, tuple[Any, ...], dict[str, Any]]:
+async def _read_streamed_call(method: str, receive: Any, is_async: bool,
+                             watch: _Watch) -> tuple[_RequestStream, tuple[Any, ...], dict[str, Any]]:
     """Reads the head frame of a call with a streamed argument and puts the stream in its place."""
     reader = wire.FrameReader()
     frames: list[tuple[bytes, bytes]] = []
@@ -254,7 +348,8 @@ async def _read_streamed_call(method: str, receive: Any, is_async: bool) -> tupl
     if kind != wire.HEAD:
         raise ProtocolError(f"{method}: the streamed call does not start with a head frame")
     args, kwargs = wire.decode_args(method, head)
-    stream = _RequestStream(receive, reader, frames, asyncio.get_running_loop(), body_done=not message.get("more_body"))
+    stream = _RequestStream(receive, reader, frames, asyncio.get_running_loop(), watch,
+                            body_done=not message.get("more_body"))
     value: Any = stream if is_async else iter(stream)
     args = tuple(value if isinstance(a, wire.StreamArgument) else a for a in args)
     kwargs = {k: value if isinstance(v, wire.StreamArgument) else v for k, v in kwargs.items()}
@@ -273,7 +368,10 @@ async def _aiterate(source: Any, executor: ServiceThreads) -> AsyncIterator[Any]
     finally:
         close = getattr(source, "close", None)
         if close is not None:
-            close()
+            try:
+                close()
+            except ValueError:  # cancelled while a pool thread runs it ("generator already executing")
+                pass
 
 
 async def _read_body(receive: Any) -> list[bytes]:
@@ -307,6 +405,11 @@ async def _send_reply(send: Any, status: int, content_type: bytes, body: bytes) 
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Any, watch: _Watch, status: int, body: bytes) -> None:
+    watch.stop()
+    await _send_reply(send, status, wire.ERROR, body)
 
 
 async def _send_plain(send: Any, status: int, body: bytes) -> None:

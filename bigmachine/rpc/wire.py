@@ -50,7 +50,7 @@ ERROR = b"application/x-bigmachine-error"
 # Frame kinds.
 DATA, END, FAIL, HEAD = b"d", b"z", b"e", b"h"
 _FRAME = struct.Struct("!cQ")
-MAX_REQUEST = 512 << 20  # a whole (not streamed) call's body; larger data should be streamed
+MAX_REQUEST = 512 << 20  # a whole (not streamed) call's body or result; larger data should be streamed
 _PLAIN = (int, float, str, bytes, bool, type(None))
 
 
@@ -144,13 +144,27 @@ def decode_args(method: str, data: bytes | list[bytes]) -> tuple[tuple[Any, ...]
 
 
 def encode_result(method: str, value: Any) -> bytes:
-    """Pickles a method's result; names the method and the result's type if it can't be."""
+    """Pickles a method's result; names the method and the result's type if it can't be, or if it is too big.
+
+    A result over ``MAX_REQUEST`` is refused on the machine, as an argument is in the driver:
+    held whole it costs several times its size on both ends (docs/reliability.md).
+    """
     try:
-        return dumps(value)
+        data = dumps(value)
     except Exception as exc:
         raise SerializationError(
             f"{method}: result of type {type(value).__qualname__} cannot be pickled: {exc}"
         ) from exc
+    if len(data) > MAX_REQUEST:
+        raise SerializationError(
+            f"{method}: the result of type {type(value).__qualname__} pickles to {_mib(len(data))}, over the "
+            f"{_mib(MAX_REQUEST)} a reply can carry whole; return an iterator of bytes (a generator), which is streamed"
+        )
+    return data
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.0f} MiB" if size >= 10 << 20 else f"{size / (1 << 20):.2g} MiB"
 
 
 def encode_error(exc: BaseException, *, remote: bool) -> bytes:

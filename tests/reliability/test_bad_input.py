@@ -72,7 +72,7 @@ CASES: dict[str, tuple[Callable[[], tuple[tuple[Any, ...], dict[str, Any]]], typ
     "private method": (lambda: (("Work._secret",), {}), bigmachine.NotFound, r"no public method '_secret'"),
     "dunder method": (lambda: (("Work.__init__",), {}), bigmachine.NotFound, r"no public method '__init__'"),
     "attribute, not a method": (lambda: (("Work.calls",), {}), bigmachine.NotFound, r"no public method 'calls'"),
-    "no service in the name": (lambda: (("add", 1, 2), {}), ValueError, r"'Service.method', not 'add'"),
+    "no service in the name": (lambda: (("add", 1, 2), {}), ValueError, r"'Service.method' with both parts Python identifiers.*not 'add'"),
     "too many arguments": (lambda: (("Work.add", 1, 2, 3), {}), TypeError, r"add\(\) takes 3 positional"),
     "missing argument": (lambda: (("Work.add", 1), {}), TypeError, r"add\(\) missing 1 required .*'b'"),
     "unknown keyword": (lambda: (("Work.add", 1, 2), {"c": 3}), TypeError, r"unexpected keyword argument 'c'"),
