@@ -42,6 +42,7 @@ __all__ = ["B", "start"]
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_TIMEOUT = 30.0
+_EXECUTOR_GRACE = 5.0  # how long shutdown waits for the loop's executor threads to end
 
 
 def start(system: System | None = None, *, name: str | None = None) -> B:
@@ -301,6 +302,10 @@ class B:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        try:  # the loop's default executor (asyncio.to_thread: streamed arguments read off the loop)
+            await asyncio.wait_for(asyncio.get_running_loop().shutdown_default_executor(), _EXECUTOR_GRACE)
+        except TimeoutError:
+            logger.warning("session %s: a thread of its event loop's executor is still busy; leaving it", self.name)
 
     def _close_pools(self) -> None:
         for machine in self.machines():
