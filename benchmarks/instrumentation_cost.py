@@ -1,7 +1,7 @@
 """What the driver's per-call instrumentation costs: `python -m benchmarks.instrumentation_cost`.
 
 A/B on one Local machine: short blocks of sync `m.call`, in ABBA order, alternate
-between the instrumented `Machine._call_sync` (as shipped: `bigmachine.metrics.timed`)
+between the instrumented `Machine._call_sync` (as shipped: `bigmachine.rpc.stats.timed`)
 and the bare function it wraps, so both see the same machine, connection and noise;
 the medians of all their calls are compared. Prints the median call
 latency of each, the relative cost (which must stay under 5%), and the cost of the
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import bigmachine
     from bigmachine.machine import Machine
-    from bigmachine.metrics import CallStats, timed
+    from bigmachine.rpc.stats import CallStats, timed
 
     original = instrumented = Machine._call_sync
     bare = instrumented.__wrapped__  # type: ignore[attr-defined]

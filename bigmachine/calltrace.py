@@ -2,7 +2,7 @@
 
 Each call appends one record to its machine's bounded ring when it starts and fills
 in its end when it finishes, so in-flight calls are visible. ``traced``/``atraced``
-wrap the ``Machine`` call paths beside ``metrics.timed``; the cost is a dict lookup,
+wrap the ``Machine`` call paths beside ``rpc.stats.timed``; the cost is a dict lookup,
 a list and a deque append per call (measured in docs/debug-server.md).
 """
 

@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import calling, calltrace
-from .calling import Request, deadline_after, remaining
+from . import calltrace
+from .rpc import calls
+from .rpc.calls import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
 from .futures import CallFuture, PendingCall, settle
 from .liveness import held_stacks
-from .metrics import CallStats, atimed, timed
+from .rpc.stats import CallStats, atimed, timed
 from .rpc import wire
 from .rpc.budget import ConnectionBudget
 from .rpc.client import AsyncPool, SyncConnection, SyncPool
@@ -274,7 +275,7 @@ class Machine:
         """Calls ``"Service.method"`` and returns its result (an iterator of bytes if streamed)."""
         deadline = deadline_after(timeout)
         self._wait_running(deadline)
-        request = calling.encode_call(self._host_header, method, args, kwargs)
+        request = calls.encode_call(self._host_header, method, args, kwargs)
         return self._call_sync(request, deadline, timeout)
 
     def _call_sync(self, request: Request, deadline: float, timeout: float | None) -> Any:
@@ -312,7 +313,7 @@ class Machine:
         if response.content_type == wire.STREAM:
             return self._sync_stream(conn, deadline, request.method, timeout)
         pool.release(conn)
-        return calling.decode_reply(response, request.method, self.addr)
+        return calls.decode_reply(response, request.method, self.addr)
 
     def _sync_stream(self, conn: Any, deadline: float, method: str, timeout: float | None) -> Iterator[bytes]:
         pool = conn.pool
@@ -325,7 +326,7 @@ class Machine:
                     return
                 except BaseException as exc:
                     raise self._sync_error(exc, method, timeout)
-                chunk = calling.decode_frame(kind, payload, self.addr)
+                chunk = calls.decode_frame(kind, payload, self.addr)
                 if chunk is None:
                     return
                 yield chunk
@@ -346,7 +347,7 @@ class Machine:
         try:
             if self._state == STOPPED:
                 raise self.stopped_error()
-            request = calling.encode_call(self._host_header, method, args, kwargs)
+            request = calls.encode_call(self._host_header, method, args, kwargs)
         except BaseException as exc:
             future.set_exception(exc)
             return future
@@ -402,14 +403,14 @@ class Machine:
         if asyncio.get_running_loop() is loop:
             deadline = deadline_after(timeout)
             await self._await_running(deadline)
-            request = calling.encode_call(self._host_header, method, args, kwargs)
+            request = calls.encode_call(self._host_header, method, args, kwargs)
             return await self._acall(request, deadline, timeout)
         # Another loop (driver code under asyncio.run, say): one hop there and back, the call
         # pickled here; results share wake-ups of this loop through its inbox.
         if self._state == STOPPED:
             raise self.stopped_error()
         deadline = deadline_after(timeout)
-        request = calling.encode_call(self._host_header, method, args, kwargs)
+        request = calls.encode_call(self._host_header, method, args, kwargs)
         future = asyncio.get_running_loop().create_future()
         inbox = self._session.inbox()
         pending = PendingCall(loop)
@@ -444,7 +445,7 @@ class Machine:
             raise await self._async_error(exc, request.method, timeout)
         if response.content_type == wire.STREAM:
             return self._async_stream(conn, deadline, request.method, timeout)
-        return calling.decode_reply(response, request.method, self.addr)
+        return calls.decode_reply(response, request.method, self.addr)
 
     async def _async_stream(self, conn: Any, deadline: float, method: str, timeout: float | None) -> AsyncIterator[bytes]:
         frames = conn.reply_stream.frames(deadline)
@@ -456,7 +457,7 @@ class Machine:
                     return
                 except (Error, TimeoutError, OSError, _SourceError) as exc:
                     raise await self._async_error(exc, method, timeout)
-                chunk = calling.decode_frame(kind, payload, self.addr)
+                chunk = calls.decode_frame(kind, payload, self.addr)
                 if chunk is None:
                     return
                 yield chunk
@@ -496,11 +497,11 @@ class Machine:
         self._instance = instance
         system = self._session.system
         timeout = system.start_timeout
-        deadline = calling.deadline_after(timeout)
+        deadline = calls.deadline_after(timeout)
         try:
             async with asyncio.timeout(timeout):
                 self.bind(await instance.address())  # also the sign that it serves, when the address was known before
-                request = calling.encode_call(self._host_header, "Supervisor.register",
+                request = calls.encode_call(self._host_header, "Supervisor.register",
                                               (blobs, system.liveness.timeout), {})
                 info = await self._acall(request, deadline, timeout)
         except BaseException as exc:
@@ -551,10 +552,10 @@ class Machine:
         """A call on the lifeline: the one connection only keepalives and pings use."""
         pool = self._lifeline
         assert pool is not None
-        request = calling.encode_call(self._host_header, method, args, {})
+        request = calls.encode_call(self._host_header, method, args, {})
         async with asyncio.timeout(timeout):
             response, _ = await pool.request(request.data)
-        return calling.decode_reply(response, method, self.addr)
+        return calls.decode_reply(response, method, self.addr)
 
     async def _keep_alive(self) -> None:
         """Renews an owned machine's lease every period; stops it once renewals fail for the timeout."""

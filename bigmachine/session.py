@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import concurrent.futures
 import logging
 import secrets
@@ -29,7 +28,7 @@ from .machine import Machine
 from .params import Param, merge_params
 from .rpc import wire
 from .rpc.client import DEFAULT_MAX_CONNECTIONS, IDLE_TIMEOUT
-from .rpc.handoff import Inbox
+from .rpc.handoff import Inbox, LoopQueue
 from .state import STOPPED
 
 if TYPE_CHECKING:
@@ -67,6 +66,7 @@ class B:
             self.authority.issue(hosts, common_name="driver").write(self.tmpdir / "driver")
             self.client_context = tls.client_context(self.tmpdir / "driver")
             self.loop = new_loop()
+            self._soon = LoopQueue(self.loop)
             self._thread = threading.Thread(target=self._run_loop, name="bigmachine-loop", daemon=True)
             self._thread.start()
             self.loop.call_soon_threadsafe(self._spawn, self._sweep_idle())
@@ -97,8 +97,6 @@ class B:
         self._shutdown = False
         self._closers: list[Any] = []  # called first by shutdown, newest first (the debug server)
         self.callbacks = CallbackThreads("bigmachine-callback")  # users' done-callbacks: never on the loop
-        self._soon: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
-        self._soon_scheduled = False
         self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
 
     @classmethod
@@ -115,6 +113,7 @@ class B:
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Binds a machine's session to the machine's loop (running in its own thread)."""
         self.loop = loop
+        self._soon = LoopQueue(loop)
         self._loop_thread = threading.get_ident()
         self._spawn(self._sweep_idle())
 
@@ -140,15 +139,9 @@ class B:
         return threading.get_ident() == getattr(self, "_loop_thread", None)
 
     def call_soon(self, fn: Any, *args: Any) -> None:
-        """Runs ``fn(*args)`` on the session's loop, from any thread.
-
-        Calls queued while the loop is busy share one wake-up: ``call_soon_threadsafe``
-        per call would cost a write to the loop's wake-up fd each (PERFORMANCE.md).
-        """
-        self._soon.append((fn, args))
-        if not self._soon_scheduled:  # read after the append: see _run_soon
-            self._soon_scheduled = True
-            self.loop.call_soon_threadsafe(self._run_soon)
+        """Runs ``fn(*args)`` on the session's loop, from any thread; calls queued while the loop is busy
+        share one wake-up (``rpc.handoff.LoopQueue``)."""
+        self._soon.call_soon(fn, *args)
 
     def inbox(self) -> Inbox:
         """The inbox of the running event loop (one per loop), for results handed over from our loop."""
@@ -157,13 +150,6 @@ class B:
         if inbox is None:
             inbox = self._inboxes[loop] = Inbox(loop)
         return inbox
-
-    def _run_soon(self) -> None:
-        self._soon_scheduled = False  # before draining: an append racing with us is seen, or reschedules
-        soon = self._soon
-        while soon:
-            fn, args = soon.popleft()
-            fn(*args)
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         """Runs a coroutine on the session's loop and waits for it (rare paths only)."""

@@ -16,8 +16,8 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import calling
-from .calling import Request
+from .rpc import calls
+from .rpc.calls import Request
 from .rpc.client import AsyncConnection
 from .rpc.codec import Response
 
@@ -45,7 +45,7 @@ async def _achunks(source: Any) -> AsyncIterator[bytes]:
             if chunk:
                 yield bytes(chunk)
         return
-    chunks = calling.stream_chunks(source)
+    chunks = calls.stream_chunks(source)
     while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
         yield chunk
 
@@ -114,8 +114,8 @@ async def _pump(conn: AsyncConnection, source: Any) -> None:
     """Sends a streamed argument's chunks, then its end; the source's own failure goes to the caller."""
     try:
         async for chunk in _guarded(_achunks(source)):
-            await conn.write(calling.data_chunk(chunk))
-        conn.finish(calling.END_OF_STREAM)
+            await conn.write(calls.data_chunk(chunk))
+        conn.finish(calls.END_OF_STREAM)
     except SourceError as exc:
         conn.fail_request(exc)
     except BaseException:  # the connection broke or the call ended: whoever reads the reply sees that

@@ -12,9 +12,10 @@ import httptools
 
 from ..errors import ProtocolError
 
-__all__ = ["LAST_CHUNK", "Response", "ResponseListener", "ResponseParser", "encode_chunk", "encode_head", "encode_request"]
+__all__ = ["JOIN_LIMIT", "LAST_CHUNK", "Response", "ResponseListener", "ResponseParser", "encode_chunk", "encode_head", "encode_request"]
 
 LAST_CHUNK = b"0\r\n\r\n"
+JOIN_LIMIT = 1 << 16  # a body past this goes in its own write after its head: copying it onto the head costs more
 
 
 def encode_head(host: bytes, path: bytes, content_type: bytes, length: int | None) -> bytes:

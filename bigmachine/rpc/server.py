@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from ..errors import Error, NotFound, ProtocolError
-from ..metrics import CallStats
+from .stats import CallStats
 from . import wire
 from .threads import ServiceThreads
 
@@ -30,7 +30,6 @@ __all__ = ["Registry", "RpcApp"]
 logger = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
-_NOT_STREAMED = (bytes, bytearray, str, list, tuple, dict, set, frozenset)
 _DONE = object()
 
 
@@ -83,11 +82,6 @@ def public_methods(service: Any) -> list[str]:
     """The names callable remotely on ``service``."""
     return sorted(n for n in dir(service) if not n.startswith("_") and callable(getattr(service, n, None)))
 
-
-def _is_stream(value: Any) -> bool:
-    if isinstance(value, _NOT_STREAMED):
-        return False
-    return isinstance(value, (collections.abc.Iterator, collections.abc.AsyncIterator))
 
 
 class _RequestStream:
@@ -210,12 +204,12 @@ class RpcApp:
             if is_async:
                 args, kwargs = wire.decode_args(method, body)
                 result = await _acall_method(fn, args, kwargs)
-                return (result if _is_stream(result) else wire.encode_result(method, result)), None
+                return (result if wire.is_stream(result) else wire.encode_result(method, result)), None
             return await self.executor.run(_call_plain, method, fn, body), None
         if content_type == wire.CALL_STREAM:
             stream, args, kwargs = await _read_streamed_call(method, receive, is_async, watch)
             result = await _invoke(fn, is_async, args, kwargs, self.executor)
-            if _is_stream(result):
+            if wire.is_stream(result):
                 return result, stream  # streamed while the argument still arrives; drained after
             await stream.drain()
             return wire.encode_result(method, result), None
@@ -322,7 +316,7 @@ def _call_plain(method: str, fn: Callable[..., Any], body: list[bytes]) -> Any:
     """Runs in a worker thread: unpickle, call, pickle (or hand back an iterator to stream)."""
     args, kwargs = wire.decode_args(method, body)
     result = _call_method(fn, args, kwargs)
-    return result if _is_stream(result) else wire.encode_result(method, result)
+    return result if wire.is_stream(result) else wire.encode_result(method, result)
 
 
 async def _invoke(fn: Callable[..., Any], is_async: bool, args: tuple[Any, ...], kwargs: dict[str, Any],

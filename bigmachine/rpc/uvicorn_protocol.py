@@ -13,10 +13,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .codec import JOIN_LIMIT
+
 __all__ = ["CoalescingHttpToolsProtocol"]
 
 
-_JOIN_LIMIT = 1 << 16
 
 
 class _HeadHoldingTransport:
@@ -37,7 +38,7 @@ class _HeadHoldingTransport:
             return
         if self._head:
             head, self._head = self._head, b""
-            if len(data) > _JOIN_LIMIT:  # a big body: two writes beat copying it
+            if len(data) > JOIN_LIMIT:  # a big body: two writes beat copying it
                 self._transport.write(head)
             else:
                 data = head + data

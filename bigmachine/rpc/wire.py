@@ -9,6 +9,7 @@ ended: only an ``END`` frame ends a stream successfully.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import io
 import pickle
 import struct
@@ -34,6 +35,7 @@ __all__ = [
     "encode_error",
     "encode_result",
     "frame",
+    "is_stream",
     "loads",
     "raise_error",
 ]
@@ -206,6 +208,17 @@ def raise_error(payload: bytes, machine: str) -> NoReturn:
     if isinstance(original, BaseException):
         raise original from remote
     raise remote
+
+
+_WHOLE = (bytes, bytearray, memoryview, str, list, tuple, dict, set, frozenset)
+
+
+def is_stream(value: Any) -> bool:
+    """Whether a result (or argument) goes as a stream of frames: an iterator or async iterator, not a
+    collection. A binary file argument is streamed too (``calls``)."""
+    if isinstance(value, _WHOLE):
+        return False
+    return isinstance(value, (collections.abc.Iterator, collections.abc.AsyncIterator))
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:

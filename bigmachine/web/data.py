@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from .. import expvar
 from ..metrics import driver_exposition
-from .app import PREFIX, debug_of, json_response
+from .context import PREFIX, debug_of, json_response
 from .cluster import ask, fan_out, find
 from .promtext import CONTENT_TYPE, aggregate
 

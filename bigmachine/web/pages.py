@@ -14,7 +14,7 @@ from starlette.routing import Route
 from .. import calltrace, profile
 from ..profile import heap
 from . import timeline
-from .app import REFRESH, Debug, debug_of
+from .context import REFRESH, Debug, debug_of
 from .profiles import HEAP_FRAMES
 from .cluster import ask, fan_out, find, key_of, recent_output
 

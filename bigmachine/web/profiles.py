@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from .. import profile
-from .app import choice_param, debug_of, float_param, int_param, json_response
+from .context import choice_param, debug_of, float_param, int_param, json_response
 from .cluster import fan_out, key_of
 
 __all__ = ["routes"]

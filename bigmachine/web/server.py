@@ -143,7 +143,8 @@ def serve_debug(b: B, address: str, *, deadline: float | None = None, allow_host
         sock = _bind(host, 0)
         logger.warning("debug server: port %d on %s is taken; serving on port %d instead",
                        port, host, sock.getsockname()[1])
-    from .app import DEFAULT_DEADLINE, PREFIX, create_app
+    from .app import create_app
+    from .context import DEFAULT_DEADLINE, PREFIX
 
     app = create_app(b, deadline=DEFAULT_DEADLINE if deadline is None else deadline,
                      hosts=_hosts(sock.getsockname()[0], allow_hosts))

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import calltrace
-from .app import debug_of, float_param
+from .context import debug_of, float_param
 from .cluster import key_of
 
 __all__ = ["FAILED", "Lane", "color", "lanes_of", "legend", "render", "routes"]

@@ -21,7 +21,8 @@ import pytest
 from wire_services import Calc
 
 import bigmachine
-from bigmachine import RUNNING, calling, tls
+from bigmachine import RUNNING, tls
+from bigmachine.rpc import calls as calling
 from bigmachine.rpc import wire
 from bigmachine.rpc.client import AsyncPool, SyncPool
 from bigmachine.systems import Testing

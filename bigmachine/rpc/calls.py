@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .errors import ProtocolError, SerializationError
-from .rpc import wire
-from .rpc.codec import LAST_CHUNK, Response, encode_chunk, encode_head, encode_request
-from .rpc.deadlines import deadline_after, remaining
+from ..errors import ProtocolError, SerializationError
+from . import wire
+from .codec import JOIN_LIMIT, LAST_CHUNK, Response, encode_chunk, encode_head, encode_request
+from .deadlines import deadline_after, remaining
 
 __all__ = ["Request", "STREAM_CHUNK", "check_method_name", "deadline_after", "decode_reply",
            "encode_call", "remaining"]
 
 STREAM_CHUNK = 1 << 20
-_JOIN_LIMIT = 1 << 16  # bodies past this are sent after their head, not copied onto it
 
 
 @dataclass(slots=True)
@@ -35,11 +34,7 @@ class Request:
 
 
 def _is_stream_argument(value: Any) -> bool:
-    if isinstance(value, (bytes, bytearray, memoryview, str, list, tuple, dict, set, frozenset)):
-        return False
-    if isinstance(value, (io.RawIOBase, io.BufferedIOBase)):
-        return True
-    return isinstance(value, (collections.abc.Iterator, collections.abc.AsyncIterator))
+    return isinstance(value, (io.RawIOBase, io.BufferedIOBase)) or wire.is_stream(value)
 
 
 def check_method_name(method: Any) -> None:
@@ -76,7 +71,7 @@ def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[st
                 f"{method}: the arguments pickle to {len(body) / (1 << 20):.0f} MiB, over the {wire.MAX_REQUEST >> 20} MiB "
                 "a call can carry whole; pass large data as a binary file or an iterator of bytes, which is streamed"
             )
-        if len(body) > _JOIN_LIMIT:
+        if len(body) > JOIN_LIMIT:
             return Request(method, (encode_head(host, path, wire.CALL, len(body)), body))
         return Request(method, encode_request(host, path, wire.CALL, body))
     if len(streamed) > 1:

@@ -1,0 +1,152 @@
+"""Calls counted per method, cheaply, on the hot path: ``CallStats`` rows and the wrappers that fill them.
+
+A row is a list of floats: calls, errors, seconds, bytes sent and received, cancelled, and a
+latency histogram (``BUCKETS``); updating one takes a lock, a few increments and a
+``bisect``. Servers count the calls they serve (``measure``), clients the calls they make
+(``timed``/``atimed``). ``bigmachine.metrics`` turns rows into Prometheus families at scrape time.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import Any, TypeVar
+
+from . import wire
+
+__all__ = ["BUCKETS", "CANCELLED", "COUNT", "ERRORS", "FIRST_BUCKET", "RECEIVED", "SENT", "SUM", "CallStats", "atimed", "timed"]
+
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the call latency histograms; one more bucket is +Inf."""
+
+COUNT, ERRORS, SUM, SENT, RECEIVED, CANCELLED, FIRST_BUCKET = range(7)  # where each figure sits in a row
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CallStats:
+    """Calls, errors, cancellations, latency histogram and bytes per method; cheap to update from any thread."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, method: str, seconds: float, failed: bool, sent: int = 0, received: int = 0,
+               cancelled: bool = False) -> None:
+        """Counts one finished call (a cancelled one is counted apart, not as an error)."""
+        bucket = FIRST_BUCKET + bisect_left(BUCKETS, seconds)
+        with self._lock:
+            row = self._rows.get(method)
+            if row is None:
+                row = self._rows[method] = [0] * (FIRST_BUCKET + len(BUCKETS) + 1)
+            row[COUNT] += 1
+            row[ERRORS] += failed
+            row[SUM] += seconds
+            row[SENT] += sent
+            row[RECEIVED] += received
+            row[CANCELLED] += cancelled
+            row[bucket] += 1
+
+    def rows(self) -> dict[str, list[float]]:
+        """A copy of every method's row (for collectors)."""
+        with self._lock:
+            return {method: list(row) for method, row in self._rows.items()}
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per method: calls, errors, cancelled, mean and approximate p50/p99 latency (seconds), bytes."""
+        out = {}
+        for method, row in sorted(self.rows().items()):
+            count = int(row[COUNT])
+            buckets = row[FIRST_BUCKET:]
+            out[method] = {
+                "calls": count, "errors": int(row[ERRORS]), "cancelled": int(row[CANCELLED]), "mean": row[SUM] / count if count else 0.0,
+                "p50": _quantile(buckets, count, 0.5), "p99": _quantile(buckets, count, 0.99),
+                "sent_bytes": int(row[SENT]), "received_bytes": int(row[RECEIVED]),
+            }
+        return out
+
+    async def measure(self, method: str, handler: Callable[[str, Any, Any, Any], Awaitable[bool]],
+                      scope: Any, receive: Any, send: Any) -> None:
+        """Serves one ASGI call with ``handler(method, scope, receive, send)``, counting its time, bytes and failure (4xx, 5xx, failed stream).
+
+        ``handler`` returns True when the caller cancelled the call (it disconnected): counted as cancelled.
+        """
+        begun = perf_counter()
+        counts = [0, 0, 0]  # received, sent, failed
+        streamed = False
+
+        async def counting_receive() -> Any:
+            message = await receive()
+            counts[0] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Any) -> None:
+            nonlocal streamed
+            body = message.get("body")
+            if body:
+                counts[1] += len(body)
+                if streamed and body[:1] == wire.FAIL:
+                    counts[2] = 1
+            elif message["type"] == "http.response.start":
+                counts[2] = message["status"] >= 400
+                streamed = (b"content-type", wire.STREAM) in message.get("headers", ())
+            await send(message)
+
+        cancelled = False
+        try:
+            cancelled = await handler(method, scope, counting_receive, counting_send)
+        except BaseException:
+            counts[2] = 1
+            raise
+        finally:
+            self.record(method, perf_counter() - begun, bool(counts[2]) and not cancelled, counts[1], counts[0],
+                        cancelled)
+
+
+def _quantile(buckets: list[float], count: int, q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` (the last finite bound past it)."""
+    if not count:
+        return 0.0
+    rank, seen = q * count, 0.0
+    for bound, n in zip(BUCKETS, buckets):
+        seen += n
+        if seen >= rank:
+            return bound
+    return BUCKETS[-1]
+
+
+def timed(fn: F) -> F:
+    """Records each sync call of a ``Machine`` method ``(self, request, deadline, timeout)`` in ``self.rpc_stats``."""
+
+    @functools.wraps(fn)
+    def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:
+        begun = perf_counter()
+        failed = True
+        try:
+            result = fn(self, request, deadline, timeout)
+            failed = False
+            return result
+        finally:
+            self.rpc_stats.record(request.method, perf_counter() - begun, failed, len(request.data))
+
+    return call  # type: ignore[return-value]
+
+
+def atimed(fn: F) -> F:
+    """The async twin of ``timed``."""
+
+    @functools.wraps(fn)
+    async def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:
+        begun = perf_counter()
+        failed = True
+        try:
+            result = await fn(self, request, deadline, timeout)
+            failed = False
+            return result
+        finally:
+            self.rpc_stats.record(request.method, perf_counter() - begun, failed, len(request.data))
+
+    return call  # type: ignore[return-value]
