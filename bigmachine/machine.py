@@ -145,8 +145,11 @@ class Machine:
             loop.call_soon_threadsafe(_resolve, future)
         return True
 
-    def _stop(self, err: BaseException) -> None:
-        """Stops the machine with ``err``: pending and later calls fail with MachineStopped."""
+    def stop(self, err: BaseException) -> None:
+        """Stops the machine with ``err`` as its error: pending and later calls fail with MachineStopped.
+
+        What the session and systems use (a dead process, a lapsed keepalive, shutdown); ``cancel`` is
+        ``stop(Cancelled(...))``. An owned machine's instance is then ended too. Idempotent."""
         if not self._set_state(STOPPED, err):
             return
         self.stopped = time.time()
@@ -468,7 +471,7 @@ class Machine:
 
     def cancel(self) -> None:
         """Stops the machine; its error becomes ``Cancelled``. A dialled machine is only forgotten."""
-        self._stop(Cancelled(f"machine {self.addr or self.name} was cancelled"))
+        self.stop(Cancelled(f"machine {self.addr or self.name} was cancelled"))
 
     def mem_info(self, timeout: float | None = 10.0) -> dict[str, Any]:
         """psutil memory figures of the machine's process and host."""
@@ -507,7 +510,7 @@ class Machine:
         except BaseException as exc:
             if isinstance(exc, TimeoutError):
                 exc = TimeoutError(f"machine {self.addr or self.name} did not start within {timeout} s")
-            self._stop(exc)
+            self.stop(exc)
             if not self._session.is_shut_down:
                 progress.failed(self, exc)
             return
@@ -522,7 +525,7 @@ class Machine:
         try:
             info = await self._lifeline_call("Supervisor.info", timeout=timeout)
         except Exception as exc:
-            self._stop(exc if isinstance(exc, Error) else MachineStopped(
+            self.stop(exc if isinstance(exc, Error) else MachineStopped(
                 f"{self.addr}: no answer within {timeout:g} s: {type(exc).__name__}: {exc}", machine=self.addr))
             return
         self._running(info)
@@ -532,7 +535,7 @@ class Machine:
         err = await instance.wait_exit()
         if self._state != STOPPED:
             logger.error("machine %s: %s", self.addr or self.name, err)
-        self._stop(err)
+        self.stop(err)
 
     def bind(self, addr: str) -> None:
         """Sets the machine's address, once known (a system may know it at launch)."""
@@ -615,7 +618,7 @@ class Machine:
         output = self._instance.output if self._instance is not None else None
         if stacks := held_stacks(output or (), time.time() - lapsed):
             message += f"; its threads, dumped while it was held:\n{stacks}"
-        self._stop(MachineStopped(message, machine=self.addr))
+        self.stop(MachineStopped(message, machine=self.addr))
         return True
 
     def _repr_html_(self) -> str:

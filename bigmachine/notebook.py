@@ -10,6 +10,8 @@ import html
 import time
 from typing import TYPE_CHECKING
 
+from .state import RUNNING
+
 if TYPE_CHECKING:
     from .machine import Machine
     from .session import B
@@ -24,9 +26,9 @@ _CELL = "padding:2px 10px;text-align:left;border-bottom:1px solid #e5e7eb"
 def session_html(b: B) -> str:
     """The session's name and system, a table of its machines and the debug server's link."""
     machines = b.machines()
-    running = sum(1 for m in machines if m.state.name == "RUNNING")
-    shut_down = getattr(b, "_shutdown", False)
-    debug = (f' · <a href="{html.escape(b.debug_url)}" target="_blank">debug server</a>'
+    running = sum(1 for m in machines if m.state == RUNNING)
+    shut_down = b.is_shut_down
+    debug = (f' · <a href="{html.escape(b.debug_url)}/debug/bigmachine/status" target="_blank">debug server</a>'
              if b.debug_url and not shut_down else "")
     head = (f"<b>bigmachine</b> session <code>{html.escape(b.name)}</code> on "
             f"<code>{html.escape(repr(b.system))}</code> · {len(machines)} machines, {running} running{debug}")

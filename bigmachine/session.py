@@ -18,6 +18,7 @@ import tempfile
 import threading
 import weakref
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import tls
@@ -202,7 +203,7 @@ class B:
         started = []
         for machine, instance in zip(machines, launched):
             if isinstance(instance, BaseException):
-                machine._stop(instance)
+                machine.stop(instance)
                 progress.failed(machine, instance)
                 continue
             self._instances[machine] = instance
@@ -238,6 +239,14 @@ class B:
         machine.starting()
         self.loop.call_soon_threadsafe(lambda: self._spawn(machine.probe()))
         return machine
+
+    def instance(self, machine: Machine) -> Instance | None:
+        """How ``machine``'s system sees it (its process, instance or job), if this session launched it."""
+        return self._instances.get(machine)
+
+    def on_shutdown(self, close: Callable[[], None]) -> None:
+        """Has ``b.shutdown()`` call ``close()`` first, before machines stop (newest first): a debug server, say."""
+        self._closers.append(close)
 
     def machines(self) -> list[Machine]:
         """Every machine this session started or dialled, in any state."""
@@ -278,7 +287,7 @@ class B:
         if self._launching:  # b.start interrupted (Ctrl-C): what it launched must be known to be killed
             await asyncio.wait(list(self._launching), timeout=_SHUTDOWN_TIMEOUT / 2)
         for machine in self.machines():
-            machine._stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
+            machine.stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
         await asyncio.gather(*(i.kill() for i in self._instances.values()), return_exceptions=True)
         await self.system.shutdown()
         for _ in range(3):  # cancelled tasks may have started others (an instance's kill, say)
@@ -295,7 +304,7 @@ class B:
 
     def _close_pools(self) -> None:
         for machine in self.machines():
-            machine._stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
+            machine.stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
 
     def _stop_loop(self) -> None:
         loop = getattr(self, "loop", None)

@@ -127,7 +127,7 @@ def test_rich_views_show_states_errors_escaped_and_no_machines(testing_session: 
     [machine] = testing_session.start(1, bigmachine.Services(Noop=object()))
     machine.wait(bigmachine.RUNNING, timeout=30)
     assert ">RUNNING<" in machine._repr_html_() and machine.addr in testing_session._repr_html_()
-    machine._stop(bigmachine.Cancelled("<script>alert(1)</script>"))
+    machine.stop(bigmachine.Cancelled("<script>alert(1)</script>"))
     view = testing_session._repr_html_()
     assert ">STOPPED<" in view and "<script>" not in view and "&lt;script&gt;alert(1)&lt;/script&gt;" in view
     assert repr(machine) == f"<Machine {machine.addr} STOPPED>"

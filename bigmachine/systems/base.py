@@ -91,6 +91,10 @@ class System(abc.ABC):
     async def shutdown(self) -> None:
         """Frees what the system holds once every instance has been killed."""
 
+    def cost(self) -> dict[str, Any] | None:
+        """What the session has cost so far, for the status page (EC2: dollars; Slurm: core-hours); None if free."""
+        return None
+
     def maxprocs(self) -> int:
         """Processors each machine can use."""
         return 1

@@ -92,15 +92,10 @@ def find(b: B, key: str) -> Machine | None:
     return None
 
 
-def _instance(b: B, machine: Machine) -> Any:
-    """The system's instance of a machine the session started (None for dialled ones)."""
-    instances = getattr(b, "_instances", None) or {}
-    return instances.get(machine)
-
-
 def recent_output(b: B, machine: Machine, limit: int = 100) -> list[tuple[float, str, str]] | None:
     """The machine's last output lines ``(time, stream, line)`` if its system keeps them, else None."""
-    lines = getattr(_instance(b, machine), "output", None)
+    instance = b.instance(machine)
+    lines = instance.output if instance is not None else None
     return None if lines is None else list(lines)[-limit:]
 
 
@@ -112,7 +107,7 @@ def summary(b: B, machine: Machine, now: float | None = None) -> dict[str, Any]:
     end = machine.stopped if machine.state == STOPPED and machine.stopped else now
     times = machine.keepalive_reply_times()  # newest first
     err = machine.err
-    instance = _instance(b, machine)
+    instance = b.instance(machine)
     next_keepalive = machine.next_keepalive()
     return {
         "addr": machine.addr,

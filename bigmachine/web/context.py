@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from ..state import STOPPED
 from . import charts
 from .cluster import fan_out, find, summary
 from .history import History
@@ -62,7 +63,7 @@ class Debug:
             base=self.base(request), origin=f"{request.url.scheme}://{request.url.netloc}", page=page,
             refresh=refresh or None, now=time.time(), deadline=self.deadline,
             session={"name": self.b.name, "system": repr(system), "pid": os.getpid(),
-                     "cost": system.cost() if callable(getattr(system, "cost", None)) else None}, **context)
+                     "cost": system.cost()}, **context)
         return HTMLResponse(html)
 
     def machines(self, request: Request, *, everyone: bool = False) -> list[Machine]:
@@ -73,7 +74,7 @@ class Debug:
             if machine is None:
                 raise HTTPException(404, f"no machine {key!r} in session {self.b.name}; see {self.base(request)}/machines\n")
             return [machine]
-        return [m for m in self.b.machines() if everyone or m.state.name != "STOPPED"]
+        return [m for m in self.b.machines() if everyone or m.state != STOPPED]
 
     async def rows(self, machines: list[Machine]) -> list[dict[str, Any]]:
         """Each machine's summary plus its supervisor's status (or why there is none)."""

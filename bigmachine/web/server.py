@@ -150,7 +150,7 @@ def serve_debug(b: B, address: str, *, deadline: float | None = None, allow_host
                      hosts=_hosts(sock.getsockname()[0], allow_hosts))
     server = DebugServer(app, sock, on_start=app.state.debug.start_history)
     server.start()
-    b._closers.append(server.stop)
+    b.on_shutdown(server.stop)
     b.debug_url = server.url
     logger.info("debug server: %s%s/status", b.debug_url, PREFIX)
     return server

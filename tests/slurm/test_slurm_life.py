@@ -52,9 +52,10 @@ def test_status_shows_job_node_partition_state_and_core_hours(slurm_session: big
     serve_debug(slurm_session, "127.0.0.1:0")  # stopped by the session's shutdown
     assert slurm_session.debug_url is not None
     with httpx.Client(timeout=60) as http:
-        page = http.get(slurm_session.debug_url, params={"refresh": "0"})
+        base = slurm_session.debug_url + "/debug/bigmachine"
+        page = http.get(base + "/status", params={"refresh": "0"})
         assert page.status_code == 200, page.text[-2000:]
-        rows = http.get(slurm_session.debug_url.removesuffix("/status") + "/machines").json()
+        rows = http.get(base + "/machines").json()
     assert f"Slurm job {described['job']} · {slurm_cluster.host} · debug · RUNNING" in page.text
     assert "Core-hours" in page.text
     assert [r["instance"]["job"] for r in rows if r["addr"] == m.addr] == [described["job"]]
