@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import calltrace
 from .rpc import calls
 from .rpc.calls import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
@@ -299,7 +298,6 @@ class Machine:
             raise
 
     @timed
-    @calltrace.traced
     def _call_blocking(self, request: Request, deadline: float, timeout: float | None) -> Any:
         pool = self._sync_control if request.method.startswith(_CONTROL) else self._sync
         assert pool is not None
@@ -432,7 +430,6 @@ class Machine:
         return await self._acall(request, deadline, timeout)
 
     @atimed
-    @calltrace.atraced
     async def _acall(self, request: Request, deadline: float, timeout: float | None) -> Any:
         """Sends a call whatever the state (boot calls need that)."""
         pool = self._control if request.method.startswith(_CONTROL) else self._pool

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from . import wire
+from . import trace, wire
 
 __all__ = ["BUCKETS", "CANCELLED", "COUNT", "ERRORS", "FIRST_BUCKET", "RECEIVED", "SENT", "SUM", "CallStats", "atimed", "timed"]
 
@@ -119,10 +120,12 @@ def _quantile(buckets: list[float], count: int, q: float) -> float:
 
 
 def timed(fn: F) -> F:
-    """Records each sync call of a ``Machine`` method ``(self, request, deadline, timeout)`` in ``self.rpc_stats``."""
+    """Records each sync call of a ``Machine`` method ``(self, request, deadline, timeout)`` in ``self.rpc_stats``,
+    and in the machine's call trace (``trace``) from its start, so in-flight calls show."""
 
     @functools.wraps(fn)
     def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:
+        entry = trace.record(self, request.method)
         begun = perf_counter()
         failed = True
         try:
@@ -130,6 +133,7 @@ def timed(fn: F) -> F:
             failed = False
             return result
         finally:
+            entry[1], entry[3] = time.time(), failed
             self.rpc_stats.record(request.method, perf_counter() - begun, failed, len(request.data))
 
     return call  # type: ignore[return-value]
@@ -140,6 +144,7 @@ def atimed(fn: F) -> F:
 
     @functools.wraps(fn)
     async def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:
+        entry = trace.record(self, request.method)
         begun = perf_counter()
         failed = True
         try:
@@ -147,6 +152,7 @@ def atimed(fn: F) -> F:
             failed = False
             return result
         finally:
+            entry[1], entry[3] = time.time(), failed
             self.rpc_stats.record(request.method, perf_counter() - begun, failed, len(request.data))
 
     return call  # type: ignore[return-value]

@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import calltrace, profile
+from .. import profile
+from ..rpc import trace as calltrace
 from ..profile import heap
 from . import timeline
 from .context import REFRESH, Debug, debug_of

@@ -1,6 +1,6 @@
 """The live call timeline: one lane per machine, a bar per call over the last minute, as SVG.
 
-Drawn from the driver's own call records (``bigmachine.calltrace``): a bar from a
+Drawn from the driver's own call records (``bigmachine.rpc.trace``): a bar from a
 call's start to its end (to now while it runs, so in-flight calls grow), coloured by
 method, failed calls red. Pages embed the SVG, so it reads without JavaScript; a
 small script on the page fetches ``/timeline`` again every second to move it on.
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import calltrace
+from ..rpc import trace as calltrace
 from .context import debug_of, float_param
 from .cluster import key_of
 

@@ -11,7 +11,7 @@ import tracemalloc
 from types import SimpleNamespace
 from typing import Any
 
-from bigmachine import calltrace
+from bigmachine.rpc import trace as calltrace
 
 
 def _allocating_work() -> int:
@@ -46,25 +46,17 @@ def heap_tracing_cost() -> dict[str, float]:
 
 
 def calltrace_cost(n: int = 200_000) -> float:
-    """Microseconds ``calltrace.traced`` adds to a call (a sync no-op wrapped and not)."""
-
-    class Fake:
-        def plain(self, request: Any, deadline: float, timeout: float | None) -> None:
-            return None
-
-        traced = calltrace.traced(plain)
-
-    fake, request = Fake(), SimpleNamespace(method="S.m")
+    """Microseconds the call trace adds to a call (``rpc.stats.timed`` records it): one entry at the start,
+    its end filled in."""
+    holder = SimpleNamespace()
     runs = []
-    for name in ("plain", "traced") * 5:
-        fn = getattr(fake, name)
+    for _ in range(5):
         begun = time.perf_counter()
         for _ in range(n):
-            fn(request, 0.0, None)
-        runs.append((name, (time.perf_counter() - begun) / n))
-    plain = statistics.median(t for k, t in runs if k == "plain")
-    traced = statistics.median(t for k, t in runs if k == "traced")
-    return (traced - plain) * 1e6
+            entry = calltrace.record(holder, "S.m")
+            entry[1], entry[3] = 0.0, False
+        runs.append((time.perf_counter() - begun) / n)
+    return statistics.median(runs) * 1e6
 
 
 def history_sample_cost(machines: int = 2, samples: int = 20) -> dict[str, float]:

@@ -11,7 +11,7 @@ import pytest
 from browser import Browser
 from debug_support import ARTIFACTS, Cluster
 
-from bigmachine import calltrace
+from bigmachine.rpc import trace as calltrace
 from bigmachine.web.timeline import FAILED, render
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,19 +9,16 @@ a list and a deque append per call (measured in docs/debug-server.md).
 from __future__ import annotations
 
 import collections
-import functools
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any
 
-__all__ = ["RING", "Call", "atraced", "calls", "record", "traced"]
+__all__ = ["RING", "Call", "calls", "record"]
 
 RING = 2000  # calls kept per machine: a minute of a busy machine at ~30 calls/s
 
 Call = list[Any]
 """``[start, end or None while running, method, failed]``: ``time.time()`` instants."""
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 _ATTR = "_calltrace_ring"  # the ring lives on the machine object: no lookup table, gone with the machine
 _lock = threading.Lock()
@@ -48,43 +45,3 @@ def calls(machine: Any, since: float = 0.0) -> list[Call]:
     if ring is None:
         return []
     return [list(c) for c in list(ring) if c[1] is None or c[1] >= since]
-
-
-def traced(fn: F) -> F:
-    """Records each sync call of a ``Machine`` method ``(self, request, deadline, timeout)``."""
-    if getattr(fn, "__calltraced__", False):
-        return fn
-
-    @functools.wraps(fn)
-    def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:
-        entry = record(self, request.method)
-        try:
-            return fn(self, request, deadline, timeout)
-        except BaseException:
-            entry[3] = True
-            raise
-        finally:
-            entry[1] = time.time()
-
-    call.__calltraced__ = True  # type: ignore[attr-defined]
-    return call  # type: ignore[return-value]
-
-
-def atraced(fn: F) -> F:
-    """The async twin of ``traced``."""
-    if getattr(fn, "__calltraced__", False):
-        return fn
-
-    @functools.wraps(fn)
-    async def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:
-        entry = record(self, request.method)
-        try:
-            return await fn(self, request, deadline, timeout)
-        except BaseException:
-            entry[3] = True
-            raise
-        finally:
-            entry[1] = time.time()
-
-    call.__calltraced__ = True  # type: ignore[attr-defined]
-    return call  # type: ignore[return-value]
