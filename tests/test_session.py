@@ -1,0 +1,39 @@
+"""session.py: what B promises beyond starting machines: dialling, its instances, shutdown hooks."""
+
+from __future__ import annotations
+
+import bigmachine
+from bigmachine import RUNNING, STOPPED
+
+
+class Echo:
+    def echo(self, value: object) -> object:
+        return value
+
+
+def test_dialling_an_owned_machine_gives_that_machine(testing_session: bigmachine.B) -> None:
+    (m,) = testing_session.start(1, bigmachine.Services(E=Echo()))
+    assert m.wait(RUNNING, timeout=30) == RUNNING
+    assert testing_session.dial(m.addr) is m
+    assert testing_session.instance(m) is not None  # the system's view of it (here, a thread)
+
+
+def test_a_dialled_address_gives_the_same_object_until_it_stops_then_a_fresh_one(testing_session: bigmachine.B) -> None:
+    unreachable = "https://127.0.0.1:9/"  # nothing listens: the probe stops it
+    first = testing_session.dial(unreachable)
+    assert testing_session.dial(unreachable) is first or first.state == STOPPED
+    assert first.wait(STOPPED, timeout=30) == STOPPED
+    second = testing_session.dial(unreachable)
+    assert second is not first and not second.owned
+    assert testing_session.instance(second) is None  # dialled: no instance of this session's
+
+
+def test_shutdown_runs_its_hooks_first_newest_first_and_once() -> None:
+    ran: list[str] = []
+    b = bigmachine.start(bigmachine.systems.Testing())
+    b.on_shutdown(lambda: ran.append("first registered"))
+    b.on_shutdown(lambda: ran.append("last registered"))
+    assert not b.is_shut_down
+    b.shutdown()
+    b.shutdown()
+    assert ran == ["last registered", "first registered"] and b.is_shut_down
