@@ -52,3 +52,12 @@ def test_a_machine_has_three_kinds_of_connection(testing_session: bigmachine.B) 
     m.mem_info()
     connections = m.connections()
     assert connections["data"] == 1 and 1 <= connections["control"] <= 1 + 4  # the lifeline, and control calls
+
+
+def test_a_go_spelling_of_a_method_gets_a_hint(testing_session: bigmachine.B) -> None:
+    """Go bigmachine's Supervisor methods were CamelCase: ``Supervisor.MemInfo`` says what to call instead."""
+    (m,) = testing_session.start(1, bigmachine.Services(E=Echo()))
+    with pytest.raises(bigmachine.NotFound, match=r"no public method 'MemInfo'; did you mean 'mem_info'\?; its methods"):
+        m.call("Supervisor.MemInfo", timeout=30)
+    with pytest.raises(bigmachine.NotFound, match=r"no public method 'nope'; its methods"):
+        m.call("E.nope", timeout=30)

@@ -59,9 +59,9 @@ class Registry:
             )
         fn = getattr(service, name, None) if name and not name.startswith("_") else None
         if not callable(fn):
-            raise NotFound(
-                f"service {service_name!r} has no public method {name!r}; its methods: {public_methods(service)}"
-            )
+            methods = public_methods(service)
+            hint = next((f"; did you mean {m!r}?" for m in methods if _folded(m) == _folded(name)), "")
+            raise NotFound(f"service {service_name!r} has no public method {name!r}{hint}; its methods: {methods}")
         if inspect.isasyncgenfunction(fn):  # `async def` with `yield`: on the loop, with async stream arguments
             fn = _returning(fn)
         entry = (fn, inspect.iscoroutinefunction(fn))
@@ -76,6 +76,11 @@ def _returning(generator_function: Callable[..., Any]) -> Callable[..., Awaitabl
         return generator_function(*args, **kwargs)
 
     return call
+
+
+def _folded(name: str) -> str:
+    """A method name without case or underscores: Go's ``MemInfo`` and Python's ``mem_info`` fold alike."""
+    return name.replace("_", "").casefold()
 
 
 def public_methods(service: Any) -> list[str]:
