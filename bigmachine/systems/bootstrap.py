@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..machine import Machine
     from ..session import B
 
-__all__ = ["AgentInstance", "BootstrapAuthority", "sign_request"]
+__all__ = ["AgentInstance", "BootstrapAuthority", "probe", "sign_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,10 @@ class AgentInstance(Instance):
         """Processors the machine may use: by default all the agent's host reported."""
         return int(hello.get("cpus") or 1)
 
+    def _memory_limit(self, hello: dict[str, Any]) -> int | None:
+        """Bytes of memory the machine may use (None: no limit of its own)."""
+        return None
+
     async def _waiting(self) -> None:
         """Called between attempts to reach the agent; raises to give up (the host is gone)."""
 
@@ -261,7 +265,7 @@ class AgentInstance(Instance):
                   "system": self._system, "argv": sys.argv, "service_threads": system.service_threads,
                   "keepalive": astuple(system.liveness)}
         await wire.send(writer, "start", ca=session.authority.ca_pem.decode(), cert=cert.decode(), worker=worker,
-                        main=shipment.main, environ=environment(self._environ))
+                        main=shipment.main, environ=environment(self._environ), memory_limit=self._memory_limit(hello))
         ready = await self._reply(reader, "ready")
         return f"https://{'[' + host + ']' if ':' in host else host}:{int(ready['port'])}/"
 
@@ -304,6 +308,18 @@ class AgentInstance(Instance):
         if header["type"] == "out":
             stream = "stderr" if header.get("stream") == "stderr" else "stdout"
             self._forwarder.line(stream, str(header.get("line", "")))
+
+
+async def probe(authority: BootstrapAuthority, host: str, port: int) -> dict[str, Any]:
+    """The facts (``cpus``, ``memory``, ...) of the agent at ``host:port``, without starting a machine there."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=authority.client_context(), server_hostname=None), _CONNECT_TIMEOUT)
+    try:
+        await wire.send(writer, "hello", probe=True)
+        header, _ = await asyncio.wait_for(wire.receive(reader), _CONNECT_TIMEOUT)
+    finally:
+        await _shut(writer)
+    return header
 
 
 async def _shut(writer: asyncio.StreamWriter) -> None:
