@@ -62,7 +62,7 @@ def main():
     deadline = time.monotonic() + 60
     while not (out / "go").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    system = Hosts(agents, authority=authority, keepalive_period=0.5, keepalive_timeout=3.0,
+    system = Hosts(agents, authority=authority, machines_per_agent=1, keepalive_period=0.5, keepalive_timeout=3.0,
                    keepalive_rpc_timeout=1.0)
     with bigmachine.start(system) as b:
         machines = b.start(2, bigmachine.Services(E=Echo()))
@@ -115,14 +115,14 @@ def test_driver_ships_its_code_to_hosts_and_a_killed_driver_powers_them_off(
         text = log.read_text()
         assert "RESULTS " in text, text
         results = json.loads(text.split("RESULTS ", 1)[1].splitlines()[0])
-        assert results["addrs"] == [f"https://{addr}:{port}/" for _, addr in hosts]
+        assert results["addrs"] == [f"https://{addr}:{port + 1}/" for _, addr in hosts]  # the port above the agent's
         assert results["double"] == 8 and results["peer"] == 42 and results["back"] == 42  # across hosts
         where = results["where"]
         assert where["cwd"].startswith(str(started[0].workdir)) and not where["project_on_path"]
         assert where["argv0"] == os.path.join(where["cwd"], "code", "prog.py")
         assert where["helper"] == os.path.join(where["cwd"], "code", f"{helper}.py")
-        assert results["maxprocs"] == len(os.sched_getaffinity(0))
-        assert f"{hosts[0][1]}:{port}: doubling 4 on" in text  # output streamed back with the machine's prefix
+        assert results["maxprocs"] == len(os.sched_getaffinity(0))  # one machine per agent: all its CPUs
+        assert f"{hosts[0][1]}:{port + 1}: doubling 4 on" in text  # output streamed back with the machine's prefix
 
         driver.send_signal(signal.SIGKILL)  # no more keepalives: the leases lapse
         driver.wait(10)

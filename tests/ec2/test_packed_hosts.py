@@ -114,9 +114,14 @@ def test_machines_of_one_host_compute_in_parallel(lan: Lan, agents: Agents) -> N
             m.wait(bigmachine.RUNNING, timeout=60)
         n = 3_000_000
         _timed(machines, n // 10)  # warm up
-        one = min(_timed(machines[:1], n) for _ in range(2))
-        two = min(_timed(machines, n) for _ in range(2))  # twice the work
-        assert two < 1.5 * one, (one, two)
+        tries = []
+        for _ in range(3):  # two cores shared with whatever else runs here: the best of three tries
+            one, two = _timed(machines[:1], n), _timed(machines, n)  # the latter twice the work
+            tries.append((one, two))
+            if two < 1.5 * one:
+                break
+        else:
+            raise AssertionError(f"2 machines took over 1.5 times as long as 1 (seconds, 1 vs 2): {tries}")
 
 
 def test_a_memory_hog_runs_out_and_its_neighbour_serves(lan: Lan, agents: Agents) -> None:
