@@ -41,7 +41,7 @@ def make_system(**options: Any) -> tuple[EC2, list[dict[str, Any]]]:
     calls: list[dict[str, Any]] = []
     session.events.register("provide-client-params.ec2.RunInstances",
                             lambda params, **_: calls.append(copy.deepcopy(params)))
-    options = {"allow": "203.0.113.7/32", "price": 0.096, **options}
+    options = {"allow": "203.0.113.7/32", "price": 0.096, "cores_per_machine": 2, **options}  # one per m5.large
     system = EC2(boto3_session=session, **options)
     system.describe_interval = 0.1
     return system, calls
@@ -66,6 +66,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def machines_of(system: EC2) -> list[EC2Instance]:
+    return [m for host in system.hosts.values() for m in host.machines]
 
 
 def instances_of(moto_env: Moto, session: str) -> list[dict[str, Any]]:
@@ -101,7 +105,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
             assert "InstanceMarketOptions" not in params
             for spec in params["TagSpecifications"]:
                 tags = {t["Key"]: t["Value"] for t in spec["Tags"]}
-                assert tags["bigmachine:session"] == b.name and tags["bigmachine:machine"] == machine.name
+                assert tags["bigmachine:session"] == b.name and tags["bigmachine:machines"] == machine.name
                 assert tags["bigmachine:driver-host"] == socket.gethostname()
                 assert tags["bigmachine:user"] == current_user() and tags["team"] == "pi"
             assert {s["ResourceType"] for s in params["TagSpecifications"]} == {"instance", "volume"}
@@ -111,7 +115,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
         assert script.startswith("#!/bin/bash\n") and "trap 'shutdown -h now' EXIT" in script
         assert "PY=python{}.{}".format(*sys.version_info[:2]) in script
         assert f"bigmachine=={bigmachine.__version__}" in script
-        assert "-m bigmachine.systems.agent --listen 0.0.0.0:9443" in script
+        assert "-m bigmachine.systems.agent --listen 0.0.0.0:9443 --machines 1" in script
         # ... and carries nothing but one bootstrap's short-lived credentials
         credentials = user_data_credentials(script)
         assert set(credentials) == {"version", "name", "ca", "cert", "key", "expires"}
@@ -129,7 +133,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
         assert user_data_credentials(calls[1]["UserData"])["key"] != credentials["key"]  # one per instance
 
         # what EC2 holds
-        wait_for(lambda: all(getattr(i, "parked", False) for i in system.instances.values()))
+        wait_for(lambda: all(getattr(i, "parked", False) for i in machines_of(system)))
         found = instances_of(moto_env, b.name)
         assert len(found) == 2 and {i["State"]["Name"] for i in found} == {"running"}
         for instance in found:
@@ -147,7 +151,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
         assert {t["Key"]: t["Value"] for t in described["Tags"]}["bigmachine:session"] == b.name
         cidrs, pairs = set(), set()
         for permission in described["IpPermissions"]:
-            assert (permission["IpProtocol"], permission["FromPort"], permission["ToPort"]) == ("tcp", 9443, 9443)
+            assert (permission["IpProtocol"], permission["FromPort"], permission["ToPort"]) == ("tcp", 9443, 9444)  # the agent's, and one machine's
             cidrs |= {r["CidrIp"] for r in permission.get("IpRanges", [])}
             pairs |= {p["GroupId"] for p in permission.get("UserIdGroupPairs", [])}
         assert cidrs == {"203.0.113.7/32"} | {f"{i['PublicIpAddress']}/32" for i in found}
@@ -171,7 +175,7 @@ def test_spot_instances_with_a_max_price(moto_env: Moto, parked: None) -> None:
         assert options == {"MarketType": "spot", "SpotOptions": {"MaxPrice": "0.0500", "SpotInstanceType": "one-time",
                                                                  "InstanceInterruptionBehavior": "terminate"}}
         assert "spot-instances-request" in {s["ResourceType"] for s in calls[0]["TagSpecifications"]}
-        wait_for(lambda: all(getattr(i, "parked", False) for i in system.instances.values()))
+        wait_for(lambda: all(getattr(i, "parked", False) for i in machines_of(system)))
         facts = b._instances[m].describe()
         assert facts["market"] == "spot" and isinstance(facts["usd_per_hour"], float)  # moto's spot price
 
@@ -219,7 +223,7 @@ def test_the_monitor_stops_machines_of_interrupted_instances(moto_env: Moto, par
     system, _ = make_system()
     with bigmachine.start(system) as b:
         gone, noticed, fine = b.start(3, bigmachine.Services(A=Adder()))
-        wait_for(lambda: all(getattr(i, "parked", False) for i in system.instances.values()))
+        wait_for(lambda: all(getattr(i, "parked", False) for i in machines_of(system)))
         instance = b._instances[gone]
         moto_env.client().terminate_instances(InstanceIds=[instance.id])  # e.g. reclaimed: not by us
         b.loop.call_soon_threadsafe(instance._suspect, "test: its agent stopped answering")
@@ -228,7 +232,7 @@ def test_the_monitor_stops_machines_of_interrupted_instances(moto_env: Moto, par
         assert "terminated" in str(gone.err) or "shutting-down" in str(gone.err)
 
         notice = {"Status": {"Code": "marked-for-termination", "Message": "Spot instance termination"}}
-        b.loop.call_soon_threadsafe(b._instances[noticed]._observe, None, notice)
+        b.loop.call_soon_threadsafe(b._instances[noticed].host.observe, None, notice)
         noticed.wait(bigmachine.STOPPED, timeout=5)
         assert "spot interruption notice: marked-for-termination" in str(noticed.err)
         assert fine.state == bigmachine.STARTING
@@ -276,7 +280,7 @@ def test_an_instance_gone_before_its_agent_answers_fails_its_start_with_advice(
     with bigmachine.start(system) as b:
         m, = b.start(1, bigmachine.Services(A=Adder()))
         instance = b._instances[m]
-        wait_for(lambda: instance.state == "running")
+        wait_for(lambda: instance.host.state == "running")
         moto_env.client().terminate_instances(InstanceIds=[instance.id])  # as when its user-data script fails
         m.wait(bigmachine.STOPPED, timeout=10)
     assert f"instance {instance.id} (m5.large, on-demand) is terminated" in str(m.err)
