@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 from typing import Any
@@ -15,6 +16,14 @@ from bigmachine.systems.ec2.cli import main as ec2_command
 from test_ec2_launch import Adder, instances_of, machines_of, make_system, parked, wait_for  # noqa: F401 - a fixture
 
 Moto = Any  # tests/ec2/conftest.py
+
+
+async def _status(b: bigmachine.B) -> Any:
+    import httpx
+
+    transport = httpx.ASGITransport(app=b.debug_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.get("/debug/bigmachine/status")
 
 
 def test_six_machines_on_two_four_vcpu_instances(moto_env: Moto, parked: None) -> None:
@@ -39,6 +48,12 @@ def test_six_machines_on_two_four_vcpu_instances(moto_env: Moto, parked: None) -
         facts = b._instances[machines[0]].describe()
         assert facts["instance"] == hosts[0].id and facts["machines_on_instance"] == 4
         assert facts["session_usd_per_hour"] == pytest.approx(2 * 0.192) and system.cost()["instances"] == 2
+
+        # the status page groups machines under their instance
+        page = asyncio.run(_status(b)).text
+        assert page.count('<tr class="group">') == 2 and page.count('<tr class="machine"') == 6
+        assert f"<b>instance {hosts[0].id}</b> · m5.xlarge · on-demand · $0.1920/h · 4 machines" in page
+        assert page.index(hosts[4].id) > max(page.index(m.name) for m in machines[:4])
 
         # `python -m bigmachine.systems.ec2 list` shows the machines of each instance
         out = io.StringIO()
