@@ -6,8 +6,8 @@
 The agent starts with a short-lived bootstrap identity (``--credentials``: its own
 certificate and key and the bootstrap authority's certificate, made by the driver's
 ``BootstrapAuthority``; EC2 passes it in user-data). It accepts one driver whose client
-certificate that authority signed, once per machine (up to ``--machines``), then, over
-each such connection:
+certificate that authority signed, once per machine of that driver's session (up to
+``--machines``), then, over each such connection:
 
 1. ``hello``: the driver names its Python; another major.minor fails at once, naming
    both. The agent answers with host facts and a certificate signing request for a key
@@ -126,6 +126,7 @@ class Agent:
         self.poweroff = list(poweroff)
         self.pip = list(pip) or [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                                  "--quiet"]
+        self.session: str | None = None  # the one driver's session, once it has come
         self._claimed = 0  # bootstraps accepted
         self._live = 0  # of those, not ended yet
         self._ports: set[int] = set()  # the machine ports in use
@@ -257,6 +258,10 @@ class _Bootstrap:
         if hello.get("probe"):
             await self._say("hello", **self._facts())
             return None
+        session = str(hello.get("session"))
+        if self.agent.session not in (None, session):  # one driver: the session that came first
+            raise _Refused(f"this agent serves session {self.agent.session}, not {session}")
+        self.agent.session = session
         here = ".".join(map(str, sys.version_info[:3]))
         problem = python_mismatch(str(hello.get("python")), here, f"the machine {socket.gethostname()}")
         if problem:

@@ -136,3 +136,16 @@ def test_a_memory_hog_runs_out_and_its_neighbour_serves(lan: Lan, agents: Agents
         hog.wait(bigmachine.STOPPED, timeout=30)
         assert isinstance(hog.err, OutOfMemory), hog.err
         assert neighbour.state == bigmachine.RUNNING and neighbour.call("W.eat", 50, timeout=30) == 50
+
+
+def test_an_agent_serves_one_session(lan: Lan, agents: Agents) -> None:
+    authority = BootstrapAuthority(lifetime=120)  # shared by two sessions, as a Hosts user may
+    names, _ = _start_agents(lan, agents, authority, 1)
+    with bigmachine.start(_system(names, authority, machines_per_agent=2)) as first:
+        m, = first.start(1, bigmachine.Services(W=Worker()))
+        m.wait(bigmachine.RUNNING, timeout=60)
+        with bigmachine.start(_system(names, authority, machines_per_agent=2)) as second:
+            other, = second.start(1, bigmachine.Services(W=Worker()))
+            other.wait(bigmachine.STOPPED, timeout=30)
+        assert f"this agent serves session {first.name}, not {second.name}" in str(other.err)
+        assert m.call("W.pid", timeout=30)
