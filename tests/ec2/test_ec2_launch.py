@@ -256,13 +256,15 @@ def test_driver_options_and_variables_make_the_system(monkeypatch: pytest.Monkey
     driver.add_arguments(parser)
     args = parser.parse_args(["--bigm.system=ec2", "--bigm.ec2.instance-type", "c7i.large", "--bigm.ec2.max-price",
                               "0.05", "--bigm.ec2.tags", "team=pi,env=test", "--bigm.ec2.requirements", "none",
-                              "--no-bigm.ec2.fallback", "--bigm.ec2.allow", "198.51.100.0/24"])
+                              "--no-bigm.ec2.fallback", "--bigm.ec2.allow", "198.51.100.0/24",
+                              "--bigm.ec2.cores-per-machine", "4", "--bigm.ec2.memory-limit", "2G"])
     system = driver.make_system(args)
     assert isinstance(system, EC2)
     assert (system.region, system.instance_type, system.spot, system.fallback) == ("eu-west-1", "c7i.large", True,
                                                                                    False)
     assert (system.max_price, system.disk, system.requirements, system.allow) == (0.05, 30, [], "198.51.100.0/24")
     assert system.tags == {"team": "pi", "env": "test"}
+    assert (system.cores_per_machine, system.memory_limit, system.maxprocs()) == (4, 2 << 30, 4)
     with pytest.raises(ValueError, match="address must be"):
         EC2(address="elsewhere")
 
