@@ -7,8 +7,9 @@ good for serving one bootstrap (server auth only, so it cannot call any machine,
 from an authority no machine trusts) and the driver's client certificate towards
 agents. Whoever reads an agent's credentials (EC2 user-data is readable on the
 instance and through the EC2 API) can at most pretend to be that one agent, for
-minutes, to a driver that connects to its address; the agent accepts one driver,
-once, and the machine's key is generated on the host and only its CSR travels.
+minutes, to a driver that connects to its address; the agent serves one driver's
+session (a connection per machine, up to its ``--machines``), and each machine's key
+is generated on the host and only its CSR travels.
 """
 
 from __future__ import annotations
