@@ -235,3 +235,4 @@ def test_agent_refuses_clients_without_the_driver_certificate(lan: Lan, agents: 
     with bigmachine.start(_hosts(agent, authority)) as b:
         m, = b.start(1, bigmachine.Services(A=Adder()))
         assert m.call("A.add", 1, 1, timeout=30) == 2
+        assert b.system._capacity == {agent: len(os.sched_getaffinity(0))}  # by default, a machine per CPU

@@ -68,6 +68,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def machines_tag(params: dict[str, Any]) -> str:
+    """The machines a RunInstances call launches, from its tags."""
+    return next(t["Value"] for t in params["TagSpecifications"][0]["Tags"] if t["Key"] == "bigmachine:machines")
+
+
 def machines_of(system: EC2) -> list[EC2Instance]:
     return [m for host in system.hosts.values() for m in host.machines]
 
@@ -93,6 +98,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
         machines = b.start(2, bigmachine.Services(A=Adder()))
         assert [m.state for m in machines] == [bigmachine.STARTING] * 2  # b.start returns once launched
         assert len(calls) == 2
+        calls.sort(key=machines_tag)  # launched at once: in any order
         ami = moto_env.client("ssm").get_parameter(
             Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
         for params, machine in zip(calls, machines):
