@@ -74,6 +74,8 @@ class B:
             system.init(self)
             atexit.register(self.shutdown)  # a driver that forgets shutdown still leaves nothing behind
         except BaseException:
+            if getattr(self, "_thread", None) is not None and self._thread.is_alive():
+                asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(_EXECUTOR_GRACE)
             self._stop_loop()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             raise
@@ -290,13 +292,7 @@ class B:
             machine.stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
         await asyncio.gather(*(i.kill() for i in self._instances.values()), return_exceptions=True)
         await self.system.shutdown()
-        for _ in range(3):  # cancelled tasks may have started others (an instance's kill, say)
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            if not tasks:
-                break
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_other_tasks()
         try:  # the loop's default executor (asyncio.to_thread: streamed arguments read off the loop)
             await asyncio.wait_for(asyncio.get_running_loop().shutdown_default_executor(), _EXECUTOR_GRACE)
         except TimeoutError:
@@ -345,6 +341,17 @@ def _pickle_service(name: str, service: Any) -> bytes:
             f"service {name!r} of type {type(service).__qualname__} cannot be pickled: {exc}; "
             "keep unpicklable state (locks, sockets, files) out of the object, or create it in init(self, b)"
         ) from exc
+
+
+async def _cancel_other_tasks() -> None:
+    """Cancels every task of the running loop but this one, and waits for them."""
+    for _ in range(3):  # cancelled tasks may have started others (an instance's kill, say)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import asdict, dataclass, field, fields
 
 from ..rpc.threads import DEFAULT_SERVICE_THREADS
 
-__all__ = ["ENVIRONMENT_VARIABLE", "EXIT_OUT_OF_MEMORY", "LaunchSpec"]
+__all__ = ["ENVIRONMENT_VARIABLE", "EXIT_OUT_OF_MEMORY", "LaunchSpec", "describe_exit"]
 
 ENVIRONMENT_VARIABLE = "BIGMACHINE_LAUNCH_SPEC"
 EXIT_OUT_OF_MEMORY = 52  # a machine process's exit status after MemoryError escaped a service
@@ -54,3 +55,13 @@ class LaunchSpec:
             raise ValueError(f"launch spec has unknown fields {sorted(unknown)}: driver and machine versions differ?")
         values["keepalive"] = tuple(values.get("keepalive", cls.keepalive))
         return cls(**values)
+
+
+def describe_exit(code: int) -> str:
+    """How a machine process ended, from its exit status (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"

@@ -1,12 +1,13 @@
-"""The bootstrap agent: turns a host into one bigmachine machine for one driver, over mutual TLS.
+"""The bootstrap agent: turns a host into bigmachine machines for one driver, over mutual TLS.
 
     python -m bigmachine.systems.agent --listen 0.0.0.0:9443 --credentials bootstrap.json \\
-        [--workdir DIR] [--poweroff 'sudo shutdown -h now'] [--pip 'python -m pip install']
+        [--machines N] [--workdir DIR] [--poweroff 'sudo shutdown -h now'] [--pip 'python -m pip install']
 
 The agent starts with a short-lived bootstrap identity (``--credentials``: its own
 certificate and key and the bootstrap authority's certificate, made by the driver's
 ``BootstrapAuthority``; EC2 passes it in user-data). It accepts one driver whose client
-certificate that authority signed, then, over that connection:
+certificate that authority signed, once per machine of that driver's session (up to
+``--machines``), then, over each such connection:
 
 1. ``hello``: the driver names its Python; another major.minor fails at once, naming
    both. The agent answers with host facts and a certificate signing request for a key
@@ -14,14 +15,18 @@ certificate that authority signed, then, over that connection:
 2. ``code``: a zip of the driver's ``__main__`` file and local modules, unpacked into
    the machine's directory, and a requirements list, of which what this Python lacks is
    pip-installed.
-3. ``start``: the machine's certificate, signed by the session's authority. The agent
-   hands its port over to the machine (``bigmachine.runtime``), relays its output, reports its port
-   and pings every few seconds until the machine ends.
+3. ``start``: the machine's certificate, signed by the session's authority, and its
+   memory limit. The agent starts the machine (``bigmachine.runtime``) on a port of its own (the
+   agent's port plus 1, 2, ...: the machine port range; any free port where the agent
+   listens on port 0) in a memory cgroup of its own where the host allows one, relays
+   its output, reports its port and pings every few seconds until the machine ends.
 
-When the machine ends, for any reason (its lease lapsed, it crashed, the driver
-stopped it), the agent tells the driver, runs its power-off command and exits: one
-agent, one driver, one machine. It also ends, powering off, if no driver has
-bootstrapped it before its credentials expire. The wire format is frames of a 4-byte
+A ``hello`` with ``probe`` set only asks for the host's facts (CPUs, memory). When a
+machine ends, for any reason (its lease lapsed, it crashed, ran out of memory, the
+driver stopped it), the agent tells the driver; its neighbours run on. When the last
+one has ended, the agent runs its power-off command and exits: one agent, one driver,
+one host's machines. It also ends, powering off, if no driver has bootstrapped it
+before its credentials expire. The wire format is frames of a 4-byte
 length, a JSON header and, when the header has a ``size``, that many raw bytes.
 """
 
@@ -29,8 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -48,8 +53,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runtime.spec import ENVIRONMENT_VARIABLE, LaunchSpec
+from ..runtime.spec import ENVIRONMENT_VARIABLE, EXIT_OUT_OF_MEMORY, LaunchSpec, describe_exit
 from .janitor import kill_group
+from .memory import MemoryCgroup
 from .output import LineSplitter
 
 __all__ = ["DRIVER_NAME", "Agent", "agent_name", "main", "python_mismatch", "receive", "send"]
@@ -108,17 +114,22 @@ class _Refused(Exception):
 
 
 class Agent:
-    """Serves one bootstrap on ``host:port``; ``run`` returns once its machine has ended."""
+    """Serves one driver's bootstraps on ``host:port``; ``run`` returns once its last machine has ended."""
 
     def __init__(self, host: str, port: int, credentials: dict[str, Any], workdir: Path,
-                 *, poweroff: Sequence[str] = (), pip: Sequence[str] = ()) -> None:
+                 *, poweroff: Sequence[str] = (), pip: Sequence[str] = (), machines: int | None = None) -> None:
         self.host, self.port = host, port
+        self.machines = machines  # at most this many bootstraps (None: as many as the driver asks for)
+        self._any_port = port == 0  # then each machine takes any free port too
         self.credentials = credentials
         self.workdir = workdir
         self.poweroff = list(poweroff)
         self.pip = list(pip) or [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                                  "--quiet"]
-        self._claimed = False
+        self.session: str | None = None  # the one driver's session, once it has come
+        self._claimed = 0  # bootstraps accepted
+        self._live = 0  # of those, not ended yet
+        self._ports: set[int] = set()  # the machine ports in use
         self._done = asyncio.Event()
         self._server: asyncio.Server | None = None
         self.outcome = "no driver came"
@@ -132,12 +143,14 @@ class Agent:
         print(f"listening on {self.host}:{self.port}", file=sys.stderr, flush=True)
         left = float(self.credentials.get("expires", time.time() + 3600)) - time.time()
         try:
-            await asyncio.wait_for(self._done.wait(), None if self._claimed else max(left, 0.0))
+            await asyncio.wait_for(self._done.wait(), max(left, 0.0))
         except TimeoutError:
             if not self._claimed:
                 self._close_server()
                 return f"no driver bootstrapped this agent before its credentials expired ({left:.0f} s)"
             await self._done.wait()
+        finally:
+            self._close_server()
         return self.outcome
 
     def _context(self) -> ssl.SSLContext:
@@ -162,21 +175,43 @@ class Agent:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         subject = dict(x[0] for x in (writer.get_extra_info("peercert") or {}).get("subject", ()))
-        if self._claimed or subject.get("commonName") != DRIVER_NAME:
-            logger.warning("agent: refused %s (%s)", peer, "already claimed" if self._claimed else subject)
+        full = self.machines is not None and self._claimed >= self.machines
+        if full or self._done.is_set() or subject.get("commonName") != DRIVER_NAME:
+            logger.warning("agent: refused %s (%s)", peer, "all machines claimed" if full else subject)
             writer.close()
             return
-        self._claimed = True  # one driver: the first one the bootstrap authority vouches for
-        self._close_server()
         logger.info("agent: driver connected from %s", peer)
+        self._live += 1
+        outcome: str | None = "bootstrap failed"
         try:
-            self.outcome = await _Bootstrap(self, reader, writer).run()
-        except Exception as exc:  # noqa: BLE001 - whatever happened, the agent ends
+            outcome = await _Bootstrap(self, reader, writer).run()
+        except Exception as exc:  # noqa: BLE001 - whatever happened, this machine ends
             logger.exception("agent: bootstrap failed")
-            self.outcome = f"bootstrap failed: {exc}"
+            outcome = f"bootstrap failed: {exc}"
         finally:
             writer.close()
-            self._done.set()
+            self._live -= 1
+            if outcome is not None:
+                self.outcome = outcome
+            if self._claimed and not self._live:  # the last machine ended: so does the agent
+                self._done.set()
+
+    def claim(self) -> None:
+        """Counts a bootstrap (a probe is none); the server closes once ``machines`` are claimed."""
+        self._claimed += 1
+        if self.machines is not None and self._claimed >= self.machines:
+            self._close_server()
+
+    def take_port(self) -> int:
+        """A machine's port: the lowest free one above the agent's (0, any, where the agent took any)."""
+        if self._any_port:
+            return 0
+        port = next(p for p in itertools.count(self.port + 1) if p not in self._ports)
+        self._ports.add(port)
+        return port
+
+    def free_port(self, port: int) -> None:
+        self._ports.discard(port)
 
 
 class _Bootstrap:
@@ -187,9 +222,15 @@ class _Bootstrap:
         self.connected = True
         self.process: asyncio.subprocess.Process | None = None
 
-    async def run(self) -> str:
+    async def run(self) -> str | None:
+        """How the machine ended; None after a probe, which starts none."""
         try:
-            key, hello = await self._hello()
+            hello = await self._hello()
+            if hello is None:
+                return None
+            self.agent.claim()
+            key, csr = _key_and_request(str(hello.get("machine", "machine")))
+            await self._say("hello", **self._facts(), csr=csr)
             machine_dir = await self._code(hello)
             return await self._start(hello, key, machine_dir)
         except _Refused as exc:
@@ -211,17 +252,31 @@ class _Bootstrap:
             raise _Refused(f"expected a {kind!r} message, got {header['type']!r}")
         return header, payload
 
-    async def _hello(self) -> tuple[Any, dict[str, Any]]:
+    async def _hello(self) -> dict[str, Any] | None:
+        """The driver's hello, checked; None (after answering with the host's facts) when it only probes."""
         hello, _ = await self._expect("hello")
+        if hello.get("probe"):
+            await self._say("hello", **self._facts())
+            return None
+        session = str(hello.get("session"))
+        if self.agent.session not in (None, session):  # one driver: the session that came first
+            raise _Refused(f"this agent serves session {self.agent.session}, not {session}")
+        self.agent.session = session
         here = ".".join(map(str, sys.version_info[:3]))
         problem = python_mismatch(str(hello.get("python")), here, f"the machine {socket.gethostname()}")
         if problem:
+            self.agent.claim()
             raise _Refused(problem)
-        key, csr = _key_and_request(str(hello.get("machine", "machine")))
+        return hello
+
+    def _facts(self) -> dict[str, Any]:
+        """What the driver learns of this host."""
+        import psutil
+
         local = self.writer.get_extra_info("sockname")[0]
-        await self._say("hello", python=here, hostname=socket.gethostname(), addresses=_addresses(local),
-                        cpus=len(os.sched_getaffinity(0)), pid=os.getpid(), csr=csr)
-        return key, hello
+        return {"python": ".".join(map(str, sys.version_info[:3])), "hostname": socket.gethostname(),
+                "addresses": _addresses(local), "cpus": len(os.sched_getaffinity(0)), "pid": os.getpid(),
+                "memory": psutil.virtual_memory().total}
 
     async def _code(self, hello: dict[str, Any]) -> Path:
         header, archive = await self._expect("code")
@@ -261,26 +316,46 @@ class _Bootstrap:
         argv = list(worker.pop("argv", None) or [""])
         if start.get("main"):
             argv[0] = str(code_dir / start["main"])
+        port = self.agent.take_port()
+        try:
+            return await self._serve(hello, worker, argv, tls_dir, machine_dir, port, start.get("memory_limit"),
+                                     start.get("environ", {}))
+        finally:
+            self.agent.free_port(port)
+
+    async def _serve(self, hello: dict[str, Any], worker: dict[str, Any], argv: list[str], tls_dir: Path,
+                     machine_dir: Path, port: int, memory_limit: int | None, environ: dict[str, str]) -> str:
+        """Runs the machine process until it ends, in a memory cgroup of its own where one can be made."""
         read_fd, write_fd = os.pipe()
-        spec = LaunchSpec(**worker, tls_dir=str(tls_dir), host=self.agent.host, port=self.agent.port,
+        spec = LaunchSpec(**worker, tls_dir=str(tls_dir), host=self.agent.host, port=port,
                           parent=os.getpid(), report_fd=write_fd, argv=argv,
-                          path=[str(code_dir), *(p for p in sys.path if p)])
-        env = {**os.environ, **start.get("environ", {}), "PYTHONUNBUFFERED": "1", **spec.to_environment()}
+                          path=[str(machine_dir / "code"), *(p for p in sys.path if p)])
+        cgroup = MemoryCgroup.create(f"bigmachine-{os.getpid()}-{machine_dir.name}", memory_limit) if memory_limit \
+            else None
+        if memory_limit:
+            spec.memory_limit = memory_limit
+            spec.cgroup_procs = cgroup.procs_file if cgroup else None
+        env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1", **spec.to_environment()}
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _MACHINE_BOOT,  # type: ignore[attr-defined]
                 env=env, cwd=machine_dir, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # its own group: see below
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
         finally:
             os.close(write_fd)
         relays = [asyncio.create_task(self._relay(self.process.stdout, "stdout")),
                   asyncio.create_task(self._relay(self.process.stderr, "stderr"))]
         listener = asyncio.create_task(self._listen())
         pinger = asyncio.create_task(self._ping(float(hello.get("ping", 5.0))))
+        oom = False
         try:
-            port = await _read_port(read_fd)
-            if port is not None:
-                await self._say("ready", port=port)
+            served = await _read_port(read_fd)
+            if served is not None:
+                await self._say("ready", port=served)
             code = await self.process.wait()
             await asyncio.gather(*relays)  # the last lines say why it ended
         finally:
@@ -289,7 +364,14 @@ class _Bootstrap:
             await asyncio.gather(listener, pinger, *relays, return_exceptions=True)
             await self._stop_process()
             kill_group(self.process.pid)  # what its services started ends with it
-        reason = _describe(code)
+            if cgroup is not None:
+                cgroup.kill()
+                oom = cgroup.oom_kills() > 0
+                await asyncio.to_thread(cgroup.remove)
+        reason = describe_exit(code)
+        if oom and code < 0:
+            code, reason = EXIT_OUT_OF_MEMORY, f"ran out of memory: the kernel's OOM killer ended it at its limit " \
+                                               f"of {int(memory_limit or 0) >> 20} MiB"
         await self._say("exit", status=code, reason=reason)
         return f"the machine process {reason}"
 
@@ -412,14 +494,6 @@ def _satisfied(requirement: str) -> bool:
         return False
 
 
-def _describe(code: int) -> str:
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-code).name}"
-        return f"was killed by signal {-code}"
-    return f"exited with status {code}"
-
-
 def _power_off(command: Sequence[str], reason: str) -> None:
     if not command:
         return
@@ -436,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (the machine's)")
     parser.add_argument("--credentials", required=True, metavar="FILE",
                         help="the bootstrap identity (JSON from BootstrapAuthority.credentials)")
+    parser.add_argument("--machines", type=int, metavar="N",
+                        help="serve at most N machines (default: as many as the driver starts here)")
     parser.add_argument("--workdir", metavar="DIR", help="where machines keep code and keys (default: a temp dir)")
     parser.add_argument("--poweroff", default="", metavar="CMD", help="run when the machine ends, e.g. 'sudo poweroff'")
     parser.add_argument("--pip", default="", metavar="CMD",
@@ -447,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bigmachine-agent-"))
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     agent = Agent(host.strip("[]") or "0.0.0.0", int(port), credentials, workdir,
-                  poweroff=shlex.split(args.poweroff), pip=shlex.split(args.pip))
+                  poweroff=shlex.split(args.poweroff), pip=shlex.split(args.pip), machines=args.machines)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reason = "stopped by a signal"
     try:

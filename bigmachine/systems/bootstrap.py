@@ -7,8 +7,9 @@ good for serving one bootstrap (server auth only, so it cannot call any machine,
 from an authority no machine trusts) and the driver's client certificate towards
 agents. Whoever reads an agent's credentials (EC2 user-data is readable on the
 instance and through the EC2 API) can at most pretend to be that one agent, for
-minutes, to a driver that connects to its address; the agent accepts one driver,
-once, and the machine's key is generated on the host and only its CSR travels.
+minutes, to a driver that connects to its address; the agent serves one driver's
+session (a connection per machine, up to its ``--machines``), and each machine's key
+is generated on the host and only its CSR travels.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import tls
 from ..errors import Error, MachineStopped, OutOfMemory
-from . import agent as wire
+from . import agent as agent_protocol  # its messages and names (not rpc.wire: a protocol of its own)
 from . import output
 from .base import Instance
 from ..runtime.spec import EXIT_OUT_OF_MEMORY
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ..machine import Machine
     from ..session import B
 
-__all__ = ["AgentInstance", "BootstrapAuthority", "sign_request"]
+__all__ = ["AgentInstance", "BootstrapAuthority", "probe", "sign_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,13 @@ class BootstrapAuthority:
     def credentials(self, name: str, *, lifetime: float | None = None) -> dict[str, Any]:
         """What the agent called ``name`` starts with (JSON-ready): good for serving one bootstrap, briefly."""
         life = self.lifetime if lifetime is None else lifetime
-        cert, key = self._issue(wire.agent_name(name), "server", life)
+        cert, key = self._issue(agent_protocol.agent_name(name), "server", life)
         return {"version": 1, "name": name, "ca": self.ca_pem, "cert": cert, "key": key, "expires": time.time() + life}
 
     def client_context(self) -> ssl.SSLContext:
         """The driver's TLS context towards agents: presents the driver certificate, trusts only this authority."""
         if self._client is None:
-            identity = self._authority.issue([], common_name=wire.DRIVER_NAME, usages=("client",),
+            identity = self._authority.issue([], common_name=agent_protocol.DRIVER_NAME, usages=("client",),
                                              lifetime=datetime.timedelta(days=7))
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -157,6 +158,10 @@ class AgentInstance(Instance):
         """Processors the machine may use: by default all the agent's host reported."""
         return int(hello.get("cpus") or 1)
 
+    def _memory_limit(self, hello: dict[str, Any]) -> int | None:
+        """Bytes of memory the machine may use (None: no limit of its own)."""
+        return None
+
     async def _waiting(self) -> None:
         """Called between attempts to reach the agent; raises to give up (the host is gone)."""
 
@@ -168,7 +173,7 @@ class AgentInstance(Instance):
         """Stops the machine: asks the agent to end it, waits a little, hangs up."""
         if self._writer is not None and not self._exit.done():
             try:
-                await asyncio.wait_for(wire.send(self._writer, "kill"), 2.0)
+                await asyncio.wait_for(agent_protocol.send(self._writer, "kill"), 2.0)
                 await asyncio.wait_for(asyncio.shield(self._exit), 5.0)
             except (TimeoutError, ConnectionError, OSError, RuntimeError):
                 pass
@@ -238,10 +243,10 @@ class AgentInstance(Instance):
                 await asyncio.sleep(_RETRY_EVERY)
                 await self._waiting()
         subject = dict(x[0] for x in (writer.get_extra_info("peercert") or {}).get("subject", ()))
-        if subject.get("commonName") != wire.agent_name(self.agent):
+        if subject.get("commonName") != agent_protocol.agent_name(self.agent):
             await _shut(writer)
             raise Error(f"the agent at {host}:{port} is {subject.get('commonName')!r}, not "
-                        f"{wire.agent_name(self.agent)!r}")
+                        f"{agent_protocol.agent_name(self.agent)!r}")
         return reader, writer
 
     async def _open(self, host: str, port: int,
@@ -250,25 +255,25 @@ class AgentInstance(Instance):
 
     async def _bootstrap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> str:
         session, machine, shipment = self._session, self.machine, self._shipment
-        await wire.send(writer, "hello", python=_PYTHON, session=session.name, machine=machine.name, ping=self._ping)
+        await agent_protocol.send(writer, "hello", python=_PYTHON, session=session.name, machine=machine.name, ping=self._ping)
         hello = await self._reply(reader, "hello")
         self.facts = hello
         hosts = [host, *(a for a in hello.get("addresses", []) if _is_ip(a))]
         cert = sign_request(session.authority, hello["csr"], hosts, common_name=machine.name)
-        await wire.send(writer, "code", shipment.archive, requirements=shipment.requirements)
+        await agent_protocol.send(writer, "code", shipment.archive, requirements=shipment.requirements)
         system = session.system
         worker = {"session": session.name, "lease": system.initial_lease(), "maxprocs": self._maxprocs(hello),
                   "system": self._system, "argv": sys.argv, "service_threads": system.service_threads,
                   "keepalive": astuple(system.liveness)}
-        await wire.send(writer, "start", ca=session.authority.ca_pem.decode(), cert=cert.decode(), worker=worker,
-                        main=shipment.main, environ=environment(self._environ))
+        await agent_protocol.send(writer, "start", ca=session.authority.ca_pem.decode(), cert=cert.decode(), worker=worker,
+                        main=shipment.main, environ=environment(self._environ), memory_limit=self._memory_limit(hello))
         ready = await self._reply(reader, "ready")
         return f"https://{'[' + host + ']' if ':' in host else host}:{int(ready['port'])}/"
 
     async def _reply(self, reader: asyncio.StreamReader, kind: str) -> dict[str, Any]:
         """The next message of ``kind``, relaying output on the way; the agent's error or exit fails it."""
         while True:
-            header, _ = await wire.receive(reader)
+            header, _ = await agent_protocol.receive(reader)
             self.last_heard = time.monotonic()
             if header["type"] == kind:
                 return header
@@ -285,7 +290,7 @@ class AgentInstance(Instance):
         quiet = max(3 * self._ping, 5.0)
         while True:
             try:
-                header, _ = await asyncio.wait_for(wire.receive(reader), quiet)
+                header, _ = await asyncio.wait_for(agent_protocol.receive(reader), quiet)
             except TimeoutError:
                 self._suspect(f"no word from the agent {self.agent} for {time.monotonic() - self.last_heard:.0f} s")
                 continue
@@ -304,6 +309,18 @@ class AgentInstance(Instance):
         if header["type"] == "out":
             stream = "stderr" if header.get("stream") == "stderr" else "stdout"
             self._forwarder.line(stream, str(header.get("line", "")))
+
+
+async def probe(authority: BootstrapAuthority, host: str, port: int) -> dict[str, Any]:
+    """The facts (``cpus``, ``memory``, ...) of the agent at ``host:port``, without starting a machine there."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=authority.client_context(), server_hostname=None), _CONNECT_TIMEOUT)
+    try:
+        await agent_protocol.send(writer, "hello", probe=True)
+        header, _ = await asyncio.wait_for(agent_protocol.receive(reader), _CONNECT_TIMEOUT)
+    finally:
+        await _shut(writer)
+    return header
 
 
 async def _shut(writer: asyncio.StreamWriter) -> None:

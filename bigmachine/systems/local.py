@@ -18,7 +18,7 @@ from ..errors import MachineStopped, OutOfMemory
 from . import output
 from .base import Instance, System
 from .janitor import Janitor, kill_group
-from ..runtime.spec import EXIT_OUT_OF_MEMORY, LaunchSpec
+from ..runtime.spec import EXIT_OUT_OF_MEMORY, LaunchSpec, describe_exit
 from .memory import MemoryCgroup, kernel_oom_kill, parse_size
 from .output import Forwarder
 
@@ -211,7 +211,7 @@ class LocalProcess(Instance):
             if (line := kernel_oom_kill(pid)) is not None:
                 return OutOfMemory(f"machine process {pid} was killed by the kernel's OOM killer: {line}",
                                    machine=addr)
-        return MachineStopped(f"machine process {pid} {_describe(code)}", machine=addr)
+        return MachineStopped(f"machine process {pid} {describe_exit(code)}", machine=addr)
 
     async def kill(self) -> None:
         if not self._exited.done():
@@ -261,12 +261,3 @@ class _PipeReader:
         if self._owns_fd:
             os.close(self._fd)
         self._on_data(None)
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"

@@ -62,14 +62,14 @@ def main():
     deadline = time.monotonic() + 60
     while not (out / "go").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    system = Hosts(agents, authority=authority, keepalive_period=0.5, keepalive_timeout=3.0,
+    system = Hosts(agents, authority=authority, machines_per_agent=2, keepalive_period=0.5, keepalive_timeout=3.0,
                    keepalive_rpc_timeout=1.0)
     with bigmachine.start(system) as b:
-        machines = b.start(2, bigmachine.Services(E=Echo()))
+        machines = b.start(3, bigmachine.Services(E=Echo()))  # two on the first host, one on the second
         for m in machines:
             m.wait(bigmachine.RUNNING, timeout=60)
-        m0, m1 = machines
-        results = {{"addrs": [m.addr for m in machines], "maxprocs": m0.maxprocs, "double": m0.call("E.double", 4),
+        m0, _, m1 = machines
+        results = {{"addrs": [m.addr for m in (m0, m1)], "maxprocs": m0.maxprocs, "double": m0.call("E.double", 4),
                    "where": m0.call("E.where"), "peer": m0.call("E.peer", m1.addr), "back": m1.call("E.peer", m0.addr)}}
         print("RESULTS " + json.dumps(results), flush=True)
         time.sleep(600)  # until the test kills this driver
@@ -115,20 +115,22 @@ def test_driver_ships_its_code_to_hosts_and_a_killed_driver_powers_them_off(
         text = log.read_text()
         assert "RESULTS " in text, text
         results = json.loads(text.split("RESULTS ", 1)[1].splitlines()[0])
-        assert results["addrs"] == [f"https://{addr}:{port}/" for _, addr in hosts]
+        first, second = results["addrs"]  # on ports above the agent's, in the order the bootstraps came
+        assert first in {f"https://{hosts[0][1]}:{port + i}/" for i in (1, 2)}
+        assert second == f"https://{hosts[1][1]}:{port + 1}/"
         assert results["double"] == 8 and results["peer"] == 42 and results["back"] == 42  # across hosts
         where = results["where"]
         assert where["cwd"].startswith(str(started[0].workdir)) and not where["project_on_path"]
         assert where["argv0"] == os.path.join(where["cwd"], "code", "prog.py")
         assert where["helper"] == os.path.join(where["cwd"], "code", f"{helper}.py")
-        assert results["maxprocs"] == len(os.sched_getaffinity(0))
-        assert f"{hosts[0][1]}:{port}: doubling 4 on" in text  # output streamed back with the machine's prefix
+        assert results["maxprocs"] == max(1, len(os.sched_getaffinity(0)) // 2)  # two machines share the host
+        assert f"{first.removeprefix('https://').rstrip('/')}: doubling 4 on" in text  # output streamed back with the machine's prefix
 
         driver.send_signal(signal.SIGKILL)  # no more keepalives: the leases lapse
         driver.wait(10)
-        for agent in started:
+        for agent, machines in zip(started, (2, 1)):
             agent.wait_exit(20)
-            assert "lease lapsed" in agent.text()
+            assert agent.text().count("lease lapsed") == machines, agent.text()  # each machine's own lease
             assert "exited with status 0" in agent.marker.read_text()  # the power-off command ran
     finally:
         if driver.poll() is None:
@@ -233,3 +235,4 @@ def test_agent_refuses_clients_without_the_driver_certificate(lan: Lan, agents: 
     with bigmachine.start(_hosts(agent, authority)) as b:
         m, = b.start(1, bigmachine.Services(A=Adder()))
         assert m.call("A.add", 1, 1, timeout=30) == 2
+        assert b.system._capacity == {agent: len(os.sched_getaffinity(0))}  # by default, a machine per CPU

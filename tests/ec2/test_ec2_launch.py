@@ -41,7 +41,7 @@ def make_system(**options: Any) -> tuple[EC2, list[dict[str, Any]]]:
     calls: list[dict[str, Any]] = []
     session.events.register("provide-client-params.ec2.RunInstances",
                             lambda params, **_: calls.append(copy.deepcopy(params)))
-    options = {"allow": "203.0.113.7/32", "price": 0.096, **options}
+    options = {"allow": "203.0.113.7/32", "price": 0.096, "cores_per_machine": 2, **options}  # one per m5.large
     system = EC2(boto3_session=session, **options)
     system.describe_interval = 0.1
     return system, calls
@@ -68,6 +68,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def machines_tag(params: dict[str, Any]) -> str:
+    """The machines a RunInstances call launches, from its tags."""
+    return next(t["Value"] for t in params["TagSpecifications"][0]["Tags"] if t["Key"] == "bigmachine:machines")
+
+
+def machines_of(system: EC2) -> list[EC2Instance]:
+    return [m for host in system.hosts.values() for m in host.machines]
+
+
 def instances_of(moto_env: Moto, session: str) -> list[dict[str, Any]]:
     reply = moto_env.client().describe_instances(Filters=[{"Name": "tag:bigmachine:session", "Values": [session]}])
     return [i for r in reply["Reservations"] for i in r["Instances"]]
@@ -89,6 +98,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
         machines = b.start(2, bigmachine.Services(A=Adder()))
         assert [m.state for m in machines] == [bigmachine.STARTING] * 2  # b.start returns once launched
         assert len(calls) == 2
+        calls.sort(key=machines_tag)  # launched at once: in any order
         ami = moto_env.client("ssm").get_parameter(
             Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
         for params, machine in zip(calls, machines):
@@ -101,7 +111,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
             assert "InstanceMarketOptions" not in params
             for spec in params["TagSpecifications"]:
                 tags = {t["Key"]: t["Value"] for t in spec["Tags"]}
-                assert tags["bigmachine:session"] == b.name and tags["bigmachine:machine"] == machine.name
+                assert tags["bigmachine:session"] == b.name and tags["bigmachine:machines"] == machine.name
                 assert tags["bigmachine:driver-host"] == socket.gethostname()
                 assert tags["bigmachine:user"] == current_user() and tags["team"] == "pi"
             assert {s["ResourceType"] for s in params["TagSpecifications"]} == {"instance", "volume"}
@@ -111,7 +121,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
         assert script.startswith("#!/bin/bash\n") and "trap 'shutdown -h now' EXIT" in script
         assert "PY=python{}.{}".format(*sys.version_info[:2]) in script
         assert f"bigmachine=={bigmachine.__version__}" in script
-        assert "-m bigmachine.systems.agent --listen 0.0.0.0:9443" in script
+        assert "-m bigmachine.systems.agent --listen 0.0.0.0:9443 --machines 1" in script
         # ... and carries nothing but one bootstrap's short-lived credentials
         credentials = user_data_credentials(script)
         assert set(credentials) == {"version", "name", "ca", "cert", "key", "expires"}
@@ -129,7 +139,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
         assert user_data_credentials(calls[1]["UserData"])["key"] != credentials["key"]  # one per instance
 
         # what EC2 holds
-        wait_for(lambda: all(getattr(i, "parked", False) for i in system.instances.values()))
+        wait_for(lambda: all(getattr(i, "parked", False) for i in machines_of(system)))
         found = instances_of(moto_env, b.name)
         assert len(found) == 2 and {i["State"]["Name"] for i in found} == {"running"}
         for instance in found:
@@ -147,7 +157,7 @@ def test_run_instances_parameters_and_shutdown(moto_env: Moto, parked: None) -> 
         assert {t["Key"]: t["Value"] for t in described["Tags"]}["bigmachine:session"] == b.name
         cidrs, pairs = set(), set()
         for permission in described["IpPermissions"]:
-            assert (permission["IpProtocol"], permission["FromPort"], permission["ToPort"]) == ("tcp", 9443, 9443)
+            assert (permission["IpProtocol"], permission["FromPort"], permission["ToPort"]) == ("tcp", 9443, 9444)  # the agent's, and one machine's
             cidrs |= {r["CidrIp"] for r in permission.get("IpRanges", [])}
             pairs |= {p["GroupId"] for p in permission.get("UserIdGroupPairs", [])}
         assert cidrs == {"203.0.113.7/32"} | {f"{i['PublicIpAddress']}/32" for i in found}
@@ -171,7 +181,7 @@ def test_spot_instances_with_a_max_price(moto_env: Moto, parked: None) -> None:
         assert options == {"MarketType": "spot", "SpotOptions": {"MaxPrice": "0.0500", "SpotInstanceType": "one-time",
                                                                  "InstanceInterruptionBehavior": "terminate"}}
         assert "spot-instances-request" in {s["ResourceType"] for s in calls[0]["TagSpecifications"]}
-        wait_for(lambda: all(getattr(i, "parked", False) for i in system.instances.values()))
+        wait_for(lambda: all(getattr(i, "parked", False) for i in machines_of(system)))
         facts = b._instances[m].describe()
         assert facts["market"] == "spot" and isinstance(facts["usd_per_hour"], float)  # moto's spot price
 
@@ -219,7 +229,7 @@ def test_the_monitor_stops_machines_of_interrupted_instances(moto_env: Moto, par
     system, _ = make_system()
     with bigmachine.start(system) as b:
         gone, noticed, fine = b.start(3, bigmachine.Services(A=Adder()))
-        wait_for(lambda: all(getattr(i, "parked", False) for i in system.instances.values()))
+        wait_for(lambda: all(getattr(i, "parked", False) for i in machines_of(system)))
         instance = b._instances[gone]
         moto_env.client().terminate_instances(InstanceIds=[instance.id])  # e.g. reclaimed: not by us
         b.loop.call_soon_threadsafe(instance._suspect, "test: its agent stopped answering")
@@ -228,7 +238,7 @@ def test_the_monitor_stops_machines_of_interrupted_instances(moto_env: Moto, par
         assert "terminated" in str(gone.err) or "shutting-down" in str(gone.err)
 
         notice = {"Status": {"Code": "marked-for-termination", "Message": "Spot instance termination"}}
-        b.loop.call_soon_threadsafe(b._instances[noticed]._observe, None, notice)
+        b.loop.call_soon_threadsafe(b._instances[noticed].host.observe, None, notice)
         noticed.wait(bigmachine.STOPPED, timeout=5)
         assert "spot interruption notice: marked-for-termination" in str(noticed.err)
         assert fine.state == bigmachine.STARTING
@@ -252,13 +262,15 @@ def test_driver_options_and_variables_make_the_system(monkeypatch: pytest.Monkey
     driver.add_arguments(parser)
     args = parser.parse_args(["--bigm.system=ec2", "--bigm.ec2.instance-type", "c7i.large", "--bigm.ec2.max-price",
                               "0.05", "--bigm.ec2.tags", "team=pi,env=test", "--bigm.ec2.requirements", "none",
-                              "--no-bigm.ec2.fallback", "--bigm.ec2.allow", "198.51.100.0/24"])
+                              "--no-bigm.ec2.fallback", "--bigm.ec2.allow", "198.51.100.0/24",
+                              "--bigm.ec2.cores-per-machine", "4", "--bigm.ec2.memory-limit", "2G"])
     system = driver.make_system(args)
     assert isinstance(system, EC2)
     assert (system.region, system.instance_type, system.spot, system.fallback) == ("eu-west-1", "c7i.large", True,
                                                                                    False)
     assert (system.max_price, system.disk, system.requirements, system.allow) == (0.05, 30, [], "198.51.100.0/24")
     assert system.tags == {"team": "pi", "env": "test"}
+    assert (system.cores_per_machine, system.memory_limit, system.maxprocs()) == (4, 2 << 30, 4)
     with pytest.raises(ValueError, match="address must be"):
         EC2(address="elsewhere")
 
@@ -276,7 +288,7 @@ def test_an_instance_gone_before_its_agent_answers_fails_its_start_with_advice(
     with bigmachine.start(system) as b:
         m, = b.start(1, bigmachine.Services(A=Adder()))
         instance = b._instances[m]
-        wait_for(lambda: instance.state == "running")
+        wait_for(lambda: instance.host.state == "running")
         moto_env.client().terminate_instances(InstanceIds=[instance.id])  # as when its user-data script fails
         m.wait(bigmachine.STOPPED, timeout=10)
     assert f"instance {instance.id} (m5.large, on-demand) is terminated" in str(m.err)

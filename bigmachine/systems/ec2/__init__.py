@@ -1,18 +1,22 @@
-"""The EC2 system: each machine is an EC2 instance, bootstrapped by an agent, terminated with its session.
+"""The EC2 system: machines on EC2 instances, bootstrapped by an agent, terminated with their session.
 
-    with bigmachine.start(EC2(instance_type="c7i.large", spot=True)) as b: ...
-    python prog.py --bigm.system=ec2 --bigm.ec2.instance-type=c7i.large --bigm.ec2.spot
+    with bigmachine.start(EC2(instance_type="c7i.4xlarge", spot=True)) as b: ...
+    python prog.py --bigm.system=ec2 --bigm.ec2.instance-type=c7i.4xlarge --bigm.ec2.spot
 
-``b.start(n)`` makes ``n`` RunInstances calls at once (spot first when asked, falling
-back to on-demand when EC2 has no spot capacity) and returns; each instance's
-user-data installs Python and bigmachine and runs the bootstrap agent
-(``bigmachine.systems.agent``), which the driver then reaches over mutual TLS to ship
-its code and start the machine. Every instance carries the tag ``bigmachine:session``,
-terminates when it powers off, and powers off when its machine ends (a lapsed lease
-included). ``b.shutdown()`` terminates every instance of the session. An instance
-whose agent goes quiet is looked up (DescribeInstances, rate-limited and shared by
-the session's instances): one interrupted (spot notice, stopping, terminated) stops
-its machine at once with the reason. ``python -m bigmachine.systems.ec2 list`` and
+A machine is one Python process, whose plain methods share one interpreter lock, so an
+instance runs ``vcpus // cores_per_machine`` machines (16 on a c7i.4xlarge by
+default), each with ``maxprocs = cores_per_machine`` and its share of the instance's
+memory. ``b.start(n)`` makes ``ceil(n / that)`` RunInstances calls at once (spot first
+when asked, falling back to on-demand when EC2 has no spot capacity) and returns;
+each instance's user-data installs Python and bigmachine and runs one bootstrap agent
+(``bigmachine.systems.agent``), which the driver reaches over mutual TLS once per
+machine to ship its code and start it on its own port (the agent's port plus 1, 2,
+...). Every instance carries the tag ``bigmachine:session``, terminates when it powers
+off, and powers off when its last machine ends (a lapsed lease included); a machine
+that ends leaves its neighbours running. ``b.shutdown()`` terminates every instance
+of the session. An instance whose agent goes quiet is looked up (DescribeInstances,
+rate-limited and shared by the session's instances): one interrupted (spot notice,
+stopping, terminated) stops its machines at once with the reason. ``python -m bigmachine.systems.ec2 list`` and
 ``terminate`` find instances left behind by their tags.
 """
 
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime
 import functools
 import ipaddress
 import logging
@@ -32,32 +35,32 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ...errors import Error
 from ...version import __version__
-from ...errors import Error, MachineStopped
 from ..base import Instance, System
-from ..bootstrap import AgentInstance, BootstrapAuthority
+from ..bootstrap import BootstrapAuthority
+from ..memory import parse_size
 from ..shipping import Shipment, collect
 from . import userdata
 from .aws import SPOT_CAPACITY_ERRORS, Aws, AwsError, current_user
+from .instances import EC2Host, EC2Instance
 
 if TYPE_CHECKING:
     from ...machine import Machine
     from ...session import B
 
-__all__ = ["EC2", "EC2Instance"]
+__all__ = ["EC2", "EC2Host", "EC2Instance"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9443
 SESSION_TAG = "bigmachine:session"
-_GONE = ("shutting-down", "terminated", "stopping", "stopped")
-_SPOT_NOTICES = ("marked-for-", "instance-terminated-", "instance-stopped-")  # spot request status codes
 _CHECKIP = "https://checkip.amazonaws.com/"
 _T = TypeVar("_T")
 
 
 class EC2(System):
-    """Machines on EC2 instances, one per machine; see the module's docstring."""
+    """Machines on EC2 instances, ``vcpus // cores_per_machine`` per instance; see the module's docstring."""
 
     name = "ec2"
     start_timeout = 600.0  # boot, install Python and bigmachine, ship the code, run init
@@ -69,10 +72,16 @@ class EC2(System):
                  address: str = "public", port: int = DEFAULT_PORT, instance_profile: str | None = None,
                  key_pair: str | None = None, disk: int | None = None, tags: Mapping[str, str] | None = None,
                  requirements: Sequence[str] | None = None, package: str | None = None, price: float | None = None,
+                 cores_per_machine: int = 1, memory_limit: int | float | str | None = None,
                  boto3_session: Any = None, keepalive_period: float = 5.0, keepalive_timeout: float = 60.0,
-                 keepalive_rpc_timeout: float = 10.0, start_timeout: float | None = None) -> None:
+                 keepalive_rpc_timeout: float = 10.0, **options: Any) -> None:
+        """``cores_per_machine``: vCPUs per machine (its ``maxprocs``); an instance runs ``vcpus // cores_per_machine``
+        machines. ``memory_limit`` bounds each machine (default: the instance's memory divided by its machines).
+        ``options``: ``start_timeout``, ``service_threads``, ``max_connections`` (see ``System``)."""
         super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
-                         keepalive_rpc_timeout=keepalive_rpc_timeout, start_timeout=start_timeout)
+                         keepalive_rpc_timeout=keepalive_rpc_timeout, **options)
+        if not isinstance(cores_per_machine, int) or isinstance(cores_per_machine, bool) or cores_per_machine < 1:
+            raise ValueError(f"cores_per_machine must be a whole number >= 1, not {cores_per_machine!r}")
         if address not in ("public", "private"):
             raise ValueError(f"address must be 'public' or 'private', not {address!r}")
         if not 0 < port < 65536:
@@ -90,6 +99,8 @@ class EC2(System):
         self.requirements = None if requirements is None else list(requirements)
         self.package = package or f"bigmachine=={__version__}"
         self.price = price
+        self.cores_per_machine = cores_per_machine
+        self.memory_limit = parse_size(memory_limit) if memory_limit is not None else None
         self._boto3_session = boto3_session
         self.info: dict[str, Any] = {}
         self._session: B | None = None
@@ -105,8 +116,11 @@ class EC2(System):
         self.aws = Aws(self.region, self._boto3_session)
         self.region = self.aws.region
         self.info = self.aws.instance_type(self.instance_type)  # validated here: a typo fails at once
+        if self.cores_per_machine > self.info["vcpus"]:
+            raise Error(f"cores_per_machine={self.cores_per_machine} is more than the {self.info['vcpus']} vCPUs of "
+                        f"{self.instance_type}: pass at most {self.info['vcpus']}, or a larger instance type")
         self.authority = BootstrapAuthority(lifetime=self.start_timeout + 300)
-        self.instances: dict[str, EC2Instance] = {}
+        self.hosts: dict[str, EC2Host] = {}  # instance id -> the instance and its machines
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._prepared: asyncio.Future[tuple[str, str | None]] | None = None
         self._created_group: str | None = None
@@ -119,7 +133,12 @@ class EC2(System):
         self._prices: dict[tuple[str, str], float | None] = {}
 
     def maxprocs(self) -> int:
-        return int(self.info.get("vcpus", 1))
+        return self.cores_per_machine
+
+    @property
+    def machines_per_instance(self) -> int:
+        """How many machines each instance runs: a machine per ``cores_per_machine`` vCPUs."""
+        return max(1, int(self.info.get("vcpus", 1)) // self.cores_per_machine)
 
     async def launch(self, session: B, machines: list[Machine], environ: dict[str, str]) -> list[Instance | BaseException]:
         try:
@@ -127,8 +146,14 @@ class EC2(System):
             shipment = await self._api(collect, self.requirements)
         except Exception as exc:  # noqa: BLE001 - no machine can start: each gets the reason
             return [exc] * len(machines)
-        return list(await asyncio.gather(*(self._launch_one(m, ami, root, shipment, environ) for m in machines),
-                                         return_exceptions=True))
+        per = self.machines_per_instance
+        groups = [machines[i:i + per] for i in range(0, len(machines), per)]
+        results = await asyncio.gather(*(self._launch_host(g, ami, root, shipment, environ) for g in groups),
+                                       return_exceptions=True)
+        launched: list[Instance | BaseException] = []
+        for group, result in zip(groups, results):
+            launched += result if isinstance(result, list) else [result] * len(group)
+        return launched
 
     async def shutdown(self) -> None:
         if self._session is None:
@@ -151,7 +176,7 @@ class EC2(System):
 
     def cost(self) -> dict[str, Any]:
         """The session's instances: how many, their price per hour (running ones), their cost so far (USD)."""
-        instances = list(getattr(self, "instances", {}).values())
+        instances = list(getattr(self, "hosts", {}).values())  # each instance once, whatever its machines
         return {"instances": len(instances),
                 "usd_per_hour": round(sum(i.price or 0.0 for i in instances if i.ended is None), 4),
                 "usd_so_far": round(sum(i.cost() for i in instances), 4)}
@@ -180,26 +205,33 @@ class EC2(System):
             allow = self.allow or (cidr if self.address == "private" else await self._api(_driver_address))
             assert self._session is not None
             self.security_group = self._created_group = await self._api(
-                self.aws.create_security_group, _group_name(self._session.name), vpc, self.port, allow,
+                self.aws.create_security_group, _group_name(self._session.name), vpc, self.ports, allow,
                 self._tags())
-            logger.info("security group %s: port %d open to %s and the session's machines", self.security_group,
-                        self.port, allow)
+            logger.info("security group %s: ports %d-%d open to %s and the session's machines", self.security_group,
+                        *self.ports, allow)
         return ami, root
 
-    async def _launch_one(self, machine: Machine, ami: str, root: str | None, shipment: Shipment,
-                          environ: dict[str, str]) -> Instance:
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The machine port range: the agent's port, then one port per machine of an instance."""
+        return self.port, self.port + self.machines_per_instance
+
+    async def _launch_host(self, machines: list[Machine], ami: str, root: str | None, shipment: Shipment,
+                           environ: dict[str, str]) -> list[Instance | BaseException]:
+        """One instance for ``machines``: its agent starts them all."""
         assert self._session is not None
-        agent = f"{self._session.name}/{machine.name}/{secrets.token_hex(4)}"
-        script = userdata.render(self.authority.credentials(agent), session=self._session.name, machine=machine.name,
+        names = [m.name for m in machines]
+        agent = f"{self._session.name}/{names[0]}/{secrets.token_hex(4)}"
+        script = userdata.render(self.authority.credentials(agent), session=self._session.name, machines=names,
                                  port=self.port, python="{}.{}".format(*sys.version_info[:2]), package=self.package,
                                  version=__version__)
-        params = self._run_params(machine, ami, root, script)
+        params = self._run_params(names, ami, root, script)
         desc = await self._api(self._run, params)
-        instance = EC2Instance(self, machine, desc, agent, shipment, environ)
-        self.instances[instance.id] = instance
-        logger.info("%s: launched %s (%s, %s) in %s", machine.name, instance.id, instance.instance_type,
-                    instance.market, instance.zone)
-        return instance
+        host = EC2Host(self, desc, agent)
+        self.hosts[host.id] = host
+        logger.info("%s: launched %s (%s, %s) in %s", " ".join(names), host.id, host.instance_type, host.market,
+                    host.zone)
+        return [EC2Instance(host, m, shipment, environ) for m in machines]
 
     def _run(self, params: dict[str, Any]) -> dict[str, Any]:
         """RunInstances: spot first when asked, then on-demand if EC2 has no spot capacity (and fallback is on)."""
@@ -221,16 +253,17 @@ class EC2(System):
             logger.warning("no spot %s to be had (%s); launching on demand instead", self.instance_type, exc.code)
         return self.aws.run(params)
 
-    def _run_params(self, machine: Machine, ami: str, root: str | None, script: str) -> dict[str, Any]:
+    def _run_params(self, machines: list[str], ami: str, root: str | None, script: str) -> dict[str, Any]:
         assert self._session is not None
-        tags = [{"Key": k, "Value": v} for k, v in {**self._tags(), "bigmachine:machine": machine.name,
-                                                    "Name": f"bigmachine {self._session.name} {machine.name}"}.items()]
+        names = " ".join(machines)[:255]  # a tag value's limit
+        tags = [{"Key": k, "Value": v} for k, v in {**self._tags(), "bigmachine:machines": names,
+                                                    "Name": f"bigmachine {self._session.name} {names}"[:255]}.items()]
         params: dict[str, Any] = {
             "ImageId": ami, "InstanceType": self.instance_type, "MinCount": 1, "MaxCount": 1, "UserData": script,
             "InstanceInitiatedShutdownBehavior": "terminate",
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
-            "ClientToken": f"{self._session.name}-{machine.name}"[:58],  # the spot call adds "-spot": 64 at most
+            "ClientToken": f"{self._session.name}-{machines[0]}"[:58],  # the spot call adds "-spot": 64 at most
         }
         if self.subnet and self.address == "public":
             params["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": self.subnet, "AssociatePublicIpAddress": True,
@@ -255,14 +288,14 @@ class EC2(System):
         return {**self.tags, SESSION_TAG: self._session.name, "bigmachine:driver-host": socket.gethostname(),
                 "bigmachine:user": current_user()}
 
-    async def _open_to(self, instance: EC2Instance) -> None:
+    async def _open_to(self, instance: EC2Host) -> None:
         """Lets the session's machines reach one over its public address (our own group only)."""
         if self._created_group is None or not instance.public_ip or self.address != "public":
             return
-        await self._api(self.aws.allow, self._created_group, self.port, f"{instance.public_ip}/32",
-                        f"bigmachine machine {instance.id}")
+        await self._api(self.aws.allow, self._created_group, self.ports, f"{instance.public_ip}/32",
+                        f"bigmachine instance {instance.id}")
 
-    async def _price(self, instance: EC2Instance) -> float | None:
+    async def _price(self, instance: EC2Host) -> float | None:
         if self.price is not None:
             return self.price
         key = (instance.market, instance.zone if instance.market == "spot" else "")
@@ -301,15 +334,15 @@ class EC2(System):
             found = await self._api(self.aws.instances, [{"Name": f"tag:{SESSION_TAG}",
                                                           "Values": [self._session.name]}])
             notices: dict[str, dict[str, Any]] = {}
-            suspects = {i.spot_request for i in self.instances.values() if i.suspected and i.spot_request}
+            suspects = {i.spot_request for i in self.hosts.values() if i.suspected and i.spot_request}
             if suspects:
                 notices = await self._api(self.aws.spot_requests, suspects)
         except Error as exc:
             logger.warning("session %s: could not describe its instances: %s", self._session.name, exc)
             return
         by_id = {d["InstanceId"]: d for d in found}
-        for iid, instance in list(self.instances.items()):
-            instance._observe(by_id.get(iid), notices.get(instance.spot_request or ""))
+        for iid, instance in list(self.hosts.items()):
+            instance.observe(by_id.get(iid), notices.get(instance.spot_request or ""))
 
     async def _terminate(self, iid: str) -> None:
         """Terminates an instance, batched with the others terminated at the same moment."""
@@ -337,7 +370,7 @@ class EC2(System):
                 {"Name": f"tag:{SESSION_TAG}", "Values": [self._session.name]},
                 {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
             await self._api(self.aws.terminate, {d["InstanceId"] for d in found})
-            spot = {i.spot_request for i in self.instances.values() if i.spot_request}
+            spot = {i.spot_request for i in self.hosts.values() if i.spot_request}
             await self._api(self.aws.cancel_spot_requests, spot)
         except Error as exc:
             logger.error("session %s: could not terminate its instances: %s; run `python -m "
@@ -367,112 +400,6 @@ class EC2(System):
                                      {"Name": "tag:bigmachine:driver-host", "Values": [socket.gethostname()]}])
         except Error as exc:
             logger.debug("could not sweep old security groups: %s", exc)
-
-
-class EC2Instance(AgentInstance):
-    """A machine's EC2 instance: its agent's link, what EC2 says of it, and what it costs."""
-
-    def __init__(self, system: EC2, machine: Machine, desc: dict[str, Any], agent: str, shipment: Shipment,
-                 environ: dict[str, str]) -> None:
-        self.system = system
-        self.id: str = desc["InstanceId"]
-        self.instance_type: str = desc.get("InstanceType", system.instance_type)
-        self.market = "spot" if desc.get("InstanceLifecycle") == "spot" else "on-demand"
-        self.spot_request: str | None = desc.get("SpotInstanceRequestId")
-        launched = desc.get("LaunchTime")
-        self.launched = launched.timestamp() if isinstance(launched, datetime.datetime) else time.time()
-        self.state, self.zone, self.public_ip, self.private_ip = "pending", "", "", ""
-        self.price: float | None = system.price
-        self.ended: float | None = None
-        self.suspected = False
-        self._watch: asyncio.Task[None] | None = None
-        self._update(desc)
-        assert system._session is not None
-        super().__init__(system._session, machine, system.authority, agent, shipment, environ, system="ec2",
-                         ping=system.keepalive_period)
-
-    def describe(self) -> dict[str, Any]:
-        total = self.system.cost()
-        return {"instance": self.id, "type": self.instance_type, "market": self.market, "zone": self.zone,
-                "state": self.state, "public_ip": self.public_ip, "private_ip": self.private_ip,
-                "usd_per_hour": self.price if self.price is not None else "unknown",
-                "cost_usd": round(self.cost(), 4), "session_usd_per_hour": total["usd_per_hour"],
-                "session_cost_usd": total["usd_so_far"], **super().describe()}
-
-    def cost(self) -> float:
-        """What the instance has cost so far (USD), at its price per hour."""
-        end = self.ended or time.time()
-        return (self.price or 0.0) * max(0.0, end - self.launched) / 3600
-
-    def _update(self, desc: dict[str, Any]) -> None:
-        self.state = desc.get("State", {}).get("Name", self.state)
-        self.zone = desc.get("Placement", {}).get("AvailabilityZone", self.zone)
-        self.public_ip = desc.get("PublicIpAddress", self.public_ip)
-        self.private_ip = desc.get("PrivateIpAddress", self.private_ip)
-        self.spot_request = desc.get("SpotInstanceRequestId") or self.spot_request
-        if self.state in _GONE and self.ended is None:
-            self.ended = time.time()
-
-    def _observe(self, desc: dict[str, Any] | None, spot: dict[str, Any] | None) -> None:
-        """What a DescribeInstances round found: an interrupted instance ends its machine, saying why."""
-        if desc is not None:
-            self._update(desc)
-        if self._killing is not None or self._exit.done():
-            return
-        where = f"instance {self.id} ({self.instance_type}, {self.market})"
-        if desc is not None and self.state in _GONE:
-            reason = desc.get("StateReason", {}).get("Message") or desc.get("StateTransitionReason") or "no reason given"
-            if self._host and not self._address.done():  # it ran, but its agent never answered
-                reason += (f"; its agent never answered: see its boot log with `aws ec2 get-console-output "
-                           f"--instance-id {self.id} --region {self.system.region}`")
-            self._end(MachineStopped(f"{where} is {self.state}: {reason}", machine=self.machine.addr))
-        elif spot is not None and str(spot.get("Status", {}).get("Code", "")).startswith(_SPOT_NOTICES):
-            status = spot["Status"]
-            self._end(MachineStopped(f"{where} got a spot interruption notice: {status.get('Code')}: "
-                                     f"{status.get('Message', '')}", machine=self.machine.addr))
-
-    async def _locate(self) -> tuple[str, int]:
-        while not (self.state == "running" and self._host_address()):
-            await self.system._round()
-            if self._exit.done():
-                raise self._exit.result()
-        self.price = await self.system._price(self)
-        await self.system._open_to(self)
-        return self._host_address(), self.system.port
-
-    async def _waiting(self) -> None:
-        """While the agent doesn't answer yet: an instance that powered off already won't (user-data failed)."""
-        await self.system._round()
-        if self._exit.done():
-            raise self._exit.result()
-
-    def _host_address(self) -> str:
-        return self.public_ip if self.system.address == "public" else self.private_ip
-
-    def _suspect(self, why: str) -> None:
-        """The agent went quiet: look the instance up (rate-limited) until it speaks again or is found gone."""
-        logger.warning("%s (%s): %s; checking the instance", self.prefix, self.id, why)
-        self.suspected = True
-        if self._watch is None or self._watch.done():
-            self._watch = self.system._spawn(self._check())
-
-    async def _check(self) -> None:
-        quiet = max(3 * self.system.keepalive_period, 5.0)
-        while not self._exit.done():
-            await self.system._round()
-            if self._writer is not None and time.monotonic() - self.last_heard < quiet:
-                self.suspected = False  # it spoke again
-                return
-            await asyncio.sleep(self.system.describe_interval)
-
-    async def _stop(self) -> None:
-        self._end(MachineStopped(f"instance {self.id} was terminated by the driver", machine=self.machine.addr))
-        await self.system._terminate(self.id)
-        if self.ended is None:
-            self.ended = time.time()
-        if self._watch is not None:
-            self._watch.cancel()
-        await self._hang_up(self._exit.result())
 
 
 def _group_name(session: str) -> str:

@@ -135,25 +135,27 @@ class Aws:
 
     # ------------------------------------------------------------------ security groups
 
-    def create_security_group(self, name: str, vpc: str, port: int, allow: str, tags: dict[str, str]) -> str:
-        """A group with only ``port`` open, to ``allow`` and to its own members."""
+    def create_security_group(self, name: str, vpc: str, ports: tuple[int, int], allow: str,
+                              tags: dict[str, str]) -> str:
+        """A group with only the machine port range ``ports`` (first, last) open, to ``allow`` and to its own members."""
+        first, last = ports
         group = self.call("CreateSecurityGroup", self.ec2.create_security_group, GroupName=name, VpcId=vpc,
-                          Description=f"bigmachine machine port {port} for {allow} and the group members",
+                          Description=f"bigmachine machine ports {first}-{last} for {allow} and the group members",
                           TagSpecifications=[{"ResourceType": "security-group", "Tags": _tags(tags)}])["GroupId"]
         self.call("AuthorizeSecurityGroupIngress", self.ec2.authorize_security_group_ingress, GroupId=group,
                   IpPermissions=[
-                      {"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+                      {"IpProtocol": "tcp", "FromPort": first, "ToPort": last,
                        "IpRanges": [{"CidrIp": allow, "Description": "bigmachine driver"}]},
-                      {"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+                      {"IpProtocol": "tcp", "FromPort": first, "ToPort": last,
                        "UserIdGroupPairs": [{"GroupId": group, "Description": "bigmachine machines"}]},
                   ])
         return str(group)
 
-    def allow(self, group: str, port: int, cidr: str, description: str) -> None:
-        """Opens ``port`` of the group to ``cidr`` (a machine's public address), once."""
+    def allow(self, group: str, ports: tuple[int, int], cidr: str, description: str) -> None:
+        """Opens the port range ``ports`` (first, last) of the group to ``cidr`` (an instance's public address), once."""
         try:
             self.call("AuthorizeSecurityGroupIngress", self.ec2.authorize_security_group_ingress, GroupId=group,
-                      IpPermissions=[{"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+                      IpPermissions=[{"IpProtocol": "tcp", "FromPort": ports[0], "ToPort": ports[1],
                                       "IpRanges": [{"CidrIp": cidr, "Description": description}]}])
         except AwsError as exc:
             if exc.code != "InvalidPermission.Duplicate":

@@ -78,15 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _list(aws: Aws, session: str | None, mine: bool) -> int:
     instances = find(aws, session=session, mine=mine)
-    rows = [("INSTANCE", "STATE", "TYPE", "MARKET", "LAUNCHED", "SESSION", "MACHINE", "USER@HOST", "ADDRESS")]
+    rows = [("INSTANCE", "STATE", "TYPE", "MARKET", "LAUNCHED", "SESSION", "USER@HOST", "ADDRESS", "MACHINES")]
     for i in instances:
         launched = i.get("LaunchTime")
         rows.append((i["InstanceId"], i["State"]["Name"], i.get("InstanceType", ""),
                      "spot" if i.get("InstanceLifecycle") == "spot" else "on-demand",
                      launched.strftime("%Y-%m-%d %H:%M") if isinstance(launched, datetime.datetime) else "",
-                     _tag(i, SESSION_TAG), _tag(i, "bigmachine:machine"),
-                     f"{_tag(i, 'bigmachine:user')}@{_tag(i, 'bigmachine:driver-host')}",
-                     i.get("PublicIpAddress") or i.get("PrivateIpAddress") or ""))
+                     _tag(i, SESSION_TAG), f"{_tag(i, 'bigmachine:user')}@{_tag(i, 'bigmachine:driver-host')}",
+                     i.get("PublicIpAddress") or i.get("PrivateIpAddress") or "", _machines(i)))
     if len(rows) == 1:
         print("no bigmachine instances" + (f" of session {session}" if session else " of yours" if mine else "")
               + f" in {aws.region}")
@@ -125,6 +124,12 @@ def _filters(session: str | None, mine: bool) -> list[dict[str, Any]]:
         return [{"Name": "tag:bigmachine:user", "Values": [current_user()]},
                 {"Name": "tag:bigmachine:driver-host", "Values": [socket.gethostname()]}]
     return [{"Name": "tag-key", "Values": [SESSION_TAG]}]
+
+
+def _machines(instance: dict[str, Any]) -> str:
+    """The machines an instance runs (its ``bigmachine:machines`` tag): how many, and their names."""
+    names = (_tag(instance, "bigmachine:machines") or _tag(instance, "bigmachine:machine")).split()
+    return f"{len(names)}: {' '.join(names)}" if names else ""
 
 
 def _tag(resource: dict[str, Any], key: str) -> str:

@@ -14,16 +14,21 @@ __all__ = ["add_arguments", "from_arguments"]
 # (option, keyword of EC2, type, help); the variable is BIGMACHINE_EC2_<OPTION> with - as _.
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("region", "region", str, "AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION)"),
-    ("instance-type", "instance_type", str, "instance type; machines get its vCPUs as maxprocs (default: m5.large)"),
+    ("instance-type", "instance_type", str, "instance type (default: m5.large)"),
+    ("cores-per-machine", "cores_per_machine", int,
+     "vCPUs per machine, its maxprocs: an instance runs vcpus // this many machines (default: 1; use the type's "
+     "vCPUs for one machine per instance, for native code that releases the GIL)"),
+    ("memory-limit", "memory_limit", str,
+     "memory per machine, like 2G (default: the instance's memory divided by its machines)"),
     ("max-price", "max_price", float, "highest spot price to pay, USD per hour (default: the on-demand price)"),
     ("ami", "ami", str, "image (default: the current Amazon Linux 2023, from its public SSM parameter)"),
     ("subnet", "subnet", str, "subnet to launch in (default: a default subnet of the default VPC)"),
     ("security-group", "security_group", str,
-     "security group for the instances (default: one made for the session with only the machine port open)"),
+     "security group for the instances (default: one made for the session with only the machine ports open)"),
     ("allow", "allow", str, "address range the made security group admits the driver from "
                             "(default: the driver's public address; the VPC's range with --bigm.ec2.address=private)"),
     ("address", "address", str, "which address machines are reached at: public or private (default: public)"),
-    ("port", "port", int, "the machine port (default: 9443)"),
+    ("port", "port", int, "the agent's port; an instance's machines take the ports above it (default: 9443)"),
     ("instance-profile", "instance_profile", str, "IAM instance profile (name or ARN) for the machines"),
     ("key-pair", "key_pair", str, "EC2 key pair, for SSH access to the instances"),
     ("disk", "disk", int, "root disk size, GiB (default: the image's)"),
