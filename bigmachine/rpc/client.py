@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from typing import Any
 
 from ..errors import ProtocolError
@@ -256,7 +256,24 @@ class AsyncReplyStream:
         await asyncio.wait_for(self._waiter, remaining(deadline))
 
 
-class AsyncPool:
+class _Counted:
+    """What both pools count: connections open (``_all``) and idle (``_idle``)."""
+
+    _all: Collection[Any]
+    _idle: Collection[Any]
+
+    @property
+    def open(self) -> int:
+        """Connections open now, idle ones included."""
+        return len(self._all)
+
+    @property
+    def busy(self) -> int:
+        """Connections carrying a call now."""
+        return len(self._all) - len(self._idle)
+
+
+class AsyncPool(_Counted):
     """Keep-alive connections to one server, for one event loop, within a ``ConnectionBudget``."""
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str,
@@ -270,16 +287,6 @@ class AsyncPool:
         self._all: set[AsyncConnection] = set()
         self._connecting: set[asyncio.Future[Any]] = set()
         self._closed: BaseException | None = None
-
-    @property
-    def open(self) -> int:
-        """Connections open now, idle ones included."""
-        return len(self._all)
-
-    @property
-    def busy(self) -> int:
-        """Connections carrying a call now."""
-        return len(self._all) - len(self._idle)
 
     async def acquire(self) -> AsyncConnection:
         """An idle connection, or a new one once the budget allows (waiting meanwhile)."""
@@ -539,7 +546,7 @@ class SyncConnection:
         self.sock.close()
 
 
-class SyncPool:
+class SyncPool(_Counted):
     """Blocking connections to one server, shared by threads (one at a time each), within a ``ConnectionBudget``."""
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str,
@@ -553,16 +560,6 @@ class SyncPool:
         self._lock = threading.Lock()
         self._connecting: set[ssl.SSLSocket] = set()
         self._closed: BaseException | None = None
-
-    @property
-    def open(self) -> int:
-        """Connections open now, idle ones included."""
-        return len(self._all)
-
-    @property
-    def busy(self) -> int:
-        """Connections carrying a call now."""
-        return len(self._all) - len(self._idle)
 
     def acquire(self, deadline: float) -> SyncConnection:
         """The most recently used idle connection, or a new one once the budget allows."""

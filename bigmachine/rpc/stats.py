@@ -119,6 +119,12 @@ def _quantile(buckets: list[float], count: int, q: float) -> float:
     return BUCKETS[-1]
 
 
+def _done(caller: Any, request: Any, entry: trace.Call, begun: float, failed: bool) -> None:
+    """A call made by ``caller`` (a ``Machine``) ended: its trace entry and its row are filled in."""
+    entry[1], entry[3] = time.time(), failed
+    caller.rpc_stats.record(request.method, perf_counter() - begun, failed, len(request.data))
+
+
 def timed(fn: F) -> F:
     """Records each sync call of a ``Machine`` method ``(self, request, deadline, timeout)`` in ``self.rpc_stats``,
     and in the machine's call trace (``trace``) from its start, so in-flight calls show."""
@@ -133,8 +139,7 @@ def timed(fn: F) -> F:
             failed = False
             return result
         finally:
-            entry[1], entry[3] = time.time(), failed
-            self.rpc_stats.record(request.method, perf_counter() - begun, failed, len(request.data))
+            _done(self, request, entry, begun, failed)
 
     return call  # type: ignore[return-value]
 
@@ -152,7 +157,6 @@ def atimed(fn: F) -> F:
             failed = False
             return result
         finally:
-            entry[1], entry[3] = time.time(), failed
-            self.rpc_stats.record(request.method, perf_counter() - begun, failed, len(request.data))
+            _done(self, request, entry, begun, failed)
 
     return call  # type: ignore[return-value]

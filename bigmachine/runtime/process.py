@@ -63,7 +63,13 @@ def _serve(spec: LaunchSpec) -> None:
     _limit_memory(spec.memory_limit, spec.cgroup_procs)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from .server import MachineServer
+    try:
+        from .server import MachineServer
+    except SystemError as exc:
+        if spec.memory_limit is None:
+            raise
+        # A C extension that cannot allocate under the limit may say so this way instead of MemoryError.
+        raise MemoryError(f"importing the machine's server failed: {exc}") from exc
 
     def exit_now(reason: str, code: int = 0) -> None:
         logger.warning("machine exiting: %s", reason)

@@ -128,7 +128,7 @@ class Soak:
                 with self.lock:
                     self.counts["dial_to_killed_peer"] += 1
                 continue
-            self.outcome("dial", relay, got, a + 2, err if err is None else RuntimeError(f"to peer {peer.addr}: {err!r}"))
+            self.outcome("dial", relay, got, a + 2, err)  # the relay's own kill is told apart there
 
     def slow_callbacks(self) -> None:
         while time.monotonic() < self.end:

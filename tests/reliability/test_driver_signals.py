@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tagged import tagged_processes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,17 +116,6 @@ START_16 = textwrap.dedent(
 )
 
 
-def _tagged_processes(tag: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("BIGMACHINE_TEST_TAG") == tag:
-                found.append(process)
-        except psutil.Error:
-            pass
-    return found
-
-
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.03, 0.2])
 def test_ctrl_c_during_start_leaves_no_machine_once_shutdown_returns(tmp_path: Path, delay: float) -> None:
     """Ctrl-C at any moment of ``b.start(16)``: ``shutdown`` waits for what is being launched and
@@ -144,10 +134,10 @@ def test_ctrl_c_during_start_leaves_no_machine_once_shutdown_returns(tmp_path: P
         assert "KeyboardInterrupt" in err or "started" in out, err
         assert "Task was destroyed but it is pending" not in err, err
         assert not tmpdir.exists(), "the driver's temp dir was left behind"
-        assert not [p for p in _tagged_processes(tag) if p.pid != driver.pid], "machines outlived shutdown"
+        assert not [p for p in tagged_processes(tag) if p.pid != driver.pid], "machines outlived shutdown"
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.communicate()
-        for process in _tagged_processes(tag):
+        for process in tagged_processes(tag):
             process.kill()

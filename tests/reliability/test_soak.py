@@ -17,24 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from tagged import tagged_processes
 
 SECONDS = float(os.environ.get("BIGMACHINE_SOAK_SECONDS", "90"))
 UNREAD = 30.0  # seconds the driver's stdout goes unread
 
 pytestmark = pytest.mark.timeout(SECONDS + 300)
-
-
-def _tagged(tag: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("BIGMACHINE_TEST_TAG") == tag:
-                found.append(process)
-        except psutil.Error:
-            pass
-    return found
 
 
 def test_soak(tmp_path: Path) -> None:
@@ -55,7 +44,7 @@ def test_soak(tmp_path: Path) -> None:
         if driver.poll() is None:
             driver.kill()
             driver.communicate()
-        leftovers = [p for p in _tagged(tag) if p.pid != driver.pid]
+        leftovers = [p for p in tagged_processes(tag) if p.pid != driver.pid]
         for process in leftovers:
             process.kill()
         errors.close()
