@@ -449,7 +449,7 @@ def _fetch_profile(httpx: Any, url: str, seconds: float, result: dict[str, Any])
 
 
 def _pstats_check(content: bytes) -> str:
-    """Whether the profile loads with `pstats.Stats`, as API.md promises."""
+    """Whether the profile loads with `pstats.Stats`, as docs/api.md promises."""
     import pstats
 
     with _temp_bytes(content) as path:

@@ -1,4 +1,4 @@
-"""The public API of API.md is importable by its exact names, and nothing private leaks into __all__."""
+"""The public API of docs/api.md is importable by its exact names, and nothing private leaks into __all__."""
 
 from __future__ import annotations
 
