@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = ["CallFuture", "CallbackThreads", "PendingCall", "settle"]
 logger = logging.getLogger(__name__)
 
 _IDLE = 2.0  # seconds an idle callback thread waits for more work before it ends
+_CLOSE_WAIT = 2.0  # seconds b.shutdown() waits for callback threads to end
 
 
 class CallbackThreads:
@@ -39,6 +41,7 @@ class CallbackThreads:
         self._cond = threading.Condition()
         self._idle = 0
         self._started = 0
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     def run(self, fn: Callable[[], None]) -> None:
@@ -49,8 +52,9 @@ class CallbackThreads:
                 self._cond.notify()
                 return
             self._started += 1
-            name = f"{self._name}_{self._started}"
-        threading.Thread(target=self._work_loop, name=name, daemon=True).start()
+            thread = threading.Thread(target=self._work_loop, name=f"{self._name}_{self._started}", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
 
     def _work_loop(self) -> None:
         while True:
@@ -68,11 +72,17 @@ class CallbackThreads:
                 logger.exception("a done-callback raised")
             del fn
 
-    def close(self) -> None:
-        """Lets every thread end once its work is done (no wait: a callback may be waiting on a call)."""
+    def close(self, wait: float = _CLOSE_WAIT) -> None:
+        """Lets every thread end once its work is done, and waits up to ``wait`` seconds for them
+        (no longer: a callback may be waiting on something that never comes)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            threads = list(self._threads)
+        deadline = time.monotonic() + wait
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class PendingCall:
