@@ -27,13 +27,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(autouse=True)
-def uvicorn_logs_too(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """uvicorn's loggers don't propagate to the root, where caplog listens: listen there too."""
+def every_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Debug records too: ``no_error_logged`` looks at everything the machine's server said."""
     caplog.set_level(logging.DEBUG)
-    uvicorn = logging.getLogger("uvicorn")
-    uvicorn.addHandler(caplog.handler)
-    yield
-    uvicorn.removeHandler(caplog.handler)
 
 
 @pytest.fixture

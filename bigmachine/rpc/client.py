@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_MAX_CONNECTIONS", "IDLE_TIMEOUT", "AsyncPool", "SyncPool"]
 logger = logging.getLogger(__name__)
 
 _READ_SIZE = 1 << 18
+_SYNC_READ_SIZE = 1 << 16  # a TLS record is at most 16 KiB: a blocking read never returns more than a few
 CONNECT_TIMEOUT = 10.0  # a connect or TLS handshake past this is tried afresh (a host that dropped our SYN)
 DEFAULT_MAX_CONNECTIONS = 64  # to one machine from one session; calls past it wait their turn
 IDLE_TIMEOUT = 60.0  # a connection unused this long is closed (the server keeps its side 5x longer)
@@ -101,6 +102,15 @@ class AsyncConnection(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
         self._drain = None
+
+    def _bound(self, deadline: float) -> None:
+        """Bounds the next read or write by ``deadline``; without one the socket stays blocking, which
+        saves a failed read and a poll per read (a call without a deadline is ended by waking it)."""
+        timeout = remaining(deadline)
+        if timeout is None and self._blocking:
+            return
+        self.sock.settimeout(timeout)
+        self._blocking = timeout is None
 
     # codec listener
     def response_head(self, response: Response) -> None:
@@ -436,6 +446,9 @@ class SyncConnection:
         finally:
             pool._connecting.discard(self.sock)
         self._parser = ResponseParser(self)
+        self._blocking = False  # the socket has no timeout: a read or write is one system call
+        self._buffer = bytearray(_SYNC_READ_SIZE)  # every read lands here: no allocation per read
+        self._view = memoryview(self._buffer)
         self._poll = select.poll()
         self._poll.register(self.sock, select.POLLIN)
         self._response: Response | None = None
@@ -454,7 +467,7 @@ class SyncConnection:
     def send(self, data: bytes | tuple[bytes, ...], deadline: float) -> None:
         try:
             for part in data if isinstance(data, tuple) else (data,):
-                self.sock.settimeout(remaining(deadline))
+                self._bound(deadline)
                 self.sock.sendall(part)
         except BaseException:
             self.broken = True
@@ -465,6 +478,7 @@ class SyncConnection:
         if not (self.sock.pending() or self._poll.poll(0)):
             return False
         self.sock.settimeout(0)
+        self._blocking = False
         try:
             self.sock.recv(1)  # application data nobody asked for, or b"" at EOF
         except (ssl.SSLWantReadError, BlockingIOError):
@@ -505,11 +519,11 @@ class SyncConnection:
 
     def _receive(self, deadline: float) -> None:
         try:
-            self.sock.settimeout(remaining(deadline))
-            data = self.sock.recv(_READ_SIZE)
-            if not data:
+            self._bound(deadline)
+            n = self.sock.recv_into(self._buffer)
+            if not n:
                 raise _Closed("the machine closed the connection")
-            self._parser.feed(data)
+            self._parser.feed(self._view[:n])
         except ProtocolError:
             self.broken = True  # out of step: closed at release
             if not self._done:
@@ -517,6 +531,15 @@ class SyncConnection:
         except BaseException:
             self.broken = True
             raise
+
+    def _bound(self, deadline: float) -> None:
+        """Bounds the next read or write by ``deadline``; without one the socket stays blocking, which
+        saves a failed read and a poll per read (a call without a deadline is ended by waking it)."""
+        timeout = remaining(deadline)
+        if timeout is None and self._blocking:
+            return
+        self.sock.settimeout(timeout)
+        self._blocking = timeout is None
 
     # codec listener
     def response_head(self, response: Response) -> None:

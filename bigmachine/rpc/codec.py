@@ -1,7 +1,8 @@
-"""A sans-I/O HTTP/1.1 codec: requests encoded as one ``bytes``, responses parsed by httptools.
+"""A sans-I/O HTTP/1.1 codec, both ways: requests and responses encoded as ``bytes``, parsed by httptools.
 
-Both client transports (the asyncio protocol and the blocking socket) share it, so a
-request is always a single write and parsing is the same C parser uvicorn uses.
+Both client transports (the asyncio protocol and the blocking socket) and the machine's
+server share it, so a message head and a small body always go in a single write and
+parsing is the same C parser on both ends.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import httptools
 
 from ..errors import ProtocolError
 
-__all__ = ["JOIN_LIMIT", "LAST_CHUNK", "Response", "ResponseListener", "ResponseParser", "encode_chunk", "encode_head", "encode_request"]
+__all__ = ["JOIN_LIMIT", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
+           "ResponseParser", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
+           "encode_stream_head"]
 
 LAST_CHUNK = b"0\r\n\r\n"
 JOIN_LIMIT = 1 << 16  # a body past this goes in its own write after its head: copying it onto the head costs more
@@ -31,6 +34,26 @@ def encode_request(host: bytes, path: bytes, content_type: bytes, body: bytes | 
     if body is None:
         return encode_head(host, path, content_type, None)
     return encode_head(host, path, content_type, len(body)) + body
+
+
+def encode_response(status: int, content_type: bytes, body: bytes, *, keep_alive: bool = True) -> bytes:
+    """A whole response, head and body in one buffer (a big body is better sent apart: ``encode_response_head``)."""
+    return encode_response_head(status, content_type, len(body), keep_alive=keep_alive) + body
+
+
+def encode_response_head(status: int, content_type: bytes, length: int, *, keep_alive: bool = True) -> bytes:
+    """A response's head; ``keep_alive=False`` tells the client the connection closes after it."""
+    return b"HTTP/1.1 %d %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n%b\r\n" % (
+        status, _REASONS.get(status, b"Status"), content_type, length, b"" if keep_alive else b"Connection: close\r\n")
+
+
+def encode_stream_head(content_type: bytes) -> bytes:
+    """The head of a 200 response whose body follows in chunks (``encode_chunk``, then ``LAST_CHUNK``)."""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\nTransfer-Encoding: chunked\r\n\r\n" % content_type
+
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+            413: b"Content Too Large", 500: b"Internal Server Error"}
 
 
 def encode_chunk(data: bytes) -> bytes:
@@ -77,7 +100,7 @@ class ResponseParser:
         """Notes that a request was sent: exactly one response may now begin."""
         self._outstanding = True
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Parses ``data``; raises ProtocolError on a malformed response or one nobody asked for.
 
         A response with no request outstanding (a second response, bytes after a complete
@@ -116,3 +139,78 @@ class ResponseParser:
     def on_message_complete(self) -> None:
         self._outstanding = False
         self._listener.response_complete()
+
+
+class Request:
+    """The head of a request; its body goes to the listener as it is parsed."""
+
+    __slots__ = ("method", "path", "content_type", "content_length", "keep_alive")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.path = b""
+        self.content_type = b""
+        self.content_length = -1  # -1: chunked, or not given
+        self.keep_alive = True
+
+
+class RequestListener(Protocol):
+    """What a server connection implements to receive parsed requests."""
+
+    def request_head(self, request: Request) -> None: ...
+    def request_body(self, data: bytes) -> None: ...
+    def request_complete(self) -> None: ...
+
+
+class RequestParser:
+    """Feeds bytes to httptools and reports request heads, body pieces and completions to a listener."""
+
+    __slots__ = ("_parser", "_listener", "request")
+
+    def __init__(self, listener: RequestListener) -> None:
+        self._listener = listener
+        self._parser = httptools.HttpRequestParser(self)
+        self.request: Request | None = None
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Parses ``data``; raises ProtocolError on a malformed request, or what a listener raised."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if exc.__context__ is not None:
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserUpgrade as exc:
+            raise ProtocolError("protocol upgrades are not served") from exc
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(f"malformed HTTP request: {exc}") from exc
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.request = Request()
+
+    def on_url(self, url: bytes) -> None:
+        assert self.request is not None
+        self.request.path += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.request
+        assert request is not None
+        name = name.lower()
+        if name == b"content-type":
+            request.content_type = value
+        elif name == b"content-length":
+            request.content_length = int(value)
+
+    def on_headers_complete(self) -> None:
+        request = self.request
+        assert request is not None
+        request.method = self._parser.get_method()
+        request.keep_alive = self._parser.should_keep_alive()
+        self._listener.request_head(request)
+
+    def on_body(self, body: bytes) -> None:
+        self._listener.request_body(body)
+
+    def on_message_complete(self) -> None:
+        self._listener.request_complete()

@@ -2,7 +2,7 @@
 
 - ``spec``: ``LaunchSpec``, the one contract between a system and a starting machine.
 - ``process``: the machine process's entry point (``python -m bigmachine.runtime``).
-- ``server``: ``MachineServer``, the supervisor and the RPC app under uvicorn on one socket.
+- ``server``: ``MachineServer``, the supervisor and the RPC server on one socket.
 - ``supervisor``: the built-in ``Supervisor`` service: lease, services, health, profiles.
 
 Nothing here imports the driver's systems or its debug server.

@@ -3,35 +3,33 @@
 It installs services, holds the machine's lease (the machine exits when the driver
 stops renewing it) and reports on the machine's health. It is the machine's end of the
 control plane: ``keepalive``, ``ping`` and ``info`` run on the machine's loop, and its
-other plain methods on a small pool of their own (``control_service``), so no number
-of service calls in the service threads ever delays them (issue 9: busy is not dead).
+other plain methods in the threads of the connections that call them, never waiting
+for a service slot, so no number of service calls ever delays them (docs/reliability.md,
+"Busy is not dead").
 """
 
 from __future__ import annotations
 
 import asyncio
 import faulthandler
-import functools
-import inspect
 import logging
 import os
 import socket
 import sys
 import time
-import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import expvar, functions
 from ..errors import SerializationError
 from ..rpc import wire
-from ..rpc.server import Registry, public_methods
-from ..rpc.threads import ServiceThreads
+from ..rpc.server import Registry
+from ..rpc.slots import ServiceSlots
 
 if TYPE_CHECKING:
     from ..session import B
 
-__all__ = ["Supervisor", "control_service"]
+__all__ = ["Supervisor"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ class Supervisor:
 
     def __init__(self, session: B, registry: Registry, *, exit: Callable[[str], None],
                  lease: float, maxprocs: int, parent: int | None = None,
-                 service_threads: ServiceThreads | None = None, dump_stacks: bool = False) -> None:
+                 service_slots: ServiceSlots | None = None, dump_stacks: bool = False) -> None:
         """``dump_stacks``: have faulthandler write every thread's stack to stderr when the loop is held
         past half a lease (a process of its own only: faulthandler is process-wide)."""
         self._session = session
@@ -50,7 +48,7 @@ class Supervisor:
         self._lease = lease
         self._renewed = time.monotonic()
         self._lease_end = self._renewed + lease
-        self._service_threads = service_threads
+        self._service_slots = service_slots
         self._dump_stacks = dump_stacks
         self._parent = parent
         self._maxprocs = maxprocs
@@ -180,8 +178,8 @@ class Supervisor:
 
     def _calls(self) -> dict[str, int]:
         """Service calls queued for a thread and running now, and the thread limit."""
-        threads = self._service_threads
-        return threads.load() if threads is not None else {"queued": 0, "running": 0, "threads": 0}
+        slots = self._service_slots
+        return slots.load() if slots is not None else {"queued": 0, "running": 0, "threads": 0}
 
     def _cpu_percent(self, used: float, created: float) -> float:
         """CPU use of this process (100 = one core) since the previous status, or since it started."""
@@ -236,26 +234,3 @@ class Supervisor:
 
         heap = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
         return {"threads": threading.active_count(), "tasks": len(asyncio.all_tasks()), "heap_bytes": heap}
-
-
-def control_service(service: Any, threads: ServiceThreads) -> Any:
-    """``service`` as the RPC layer sees it, with its plain public methods run on ``threads``.
-
-    Its ``async def`` methods stay on the loop. The registry dispatches coroutine functions on
-    the loop, so the plain ones are wrapped as such, each a hop to the control threads.
-    """
-    view = types.SimpleNamespace()
-    for name in public_methods(service):
-        method = getattr(service, name)
-        if not inspect.iscoroutinefunction(method):
-            method = _on_threads(method, threads)
-        setattr(view, name, method)
-    return view
-
-
-def _on_threads(method: Callable[..., Any], threads: ServiceThreads) -> Callable[..., Any]:
-    @functools.wraps(method)
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        return await threads.run(functools.partial(method, *args, **kwargs))
-
-    return run

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..liveness import Liveness
 from ..rpc.client import DEFAULT_MAX_CONNECTIONS
-from ..rpc.threads import DEFAULT_SERVICE_THREADS
+from ..rpc.slots import DEFAULT_SERVICE_THREADS
 
 if TYPE_CHECKING:
     from ..machine import Machine

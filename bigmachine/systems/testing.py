@@ -114,7 +114,6 @@ class TestInstance(Instance):
                 loop.close()
             except OSError as exc:  # a handle still busy: uvloop refuses; the machine is gone all the same
                 logger.warning("in-process machine %s: its loop did not close cleanly: %s", self.server.addr, exc)
-            self.server.executor.shutdown(wait=False, cancel_futures=True)
             self.exited.set()
             self._tell_driver(self.reason or "stopped")
 

@@ -182,8 +182,14 @@ class Busy:
         sys.stderr.write("\n")
         return lines
 
+    async def asleep(self, seconds: float, tag: Any = None) -> Any:
+        """Sleeps on the machine's event loop (stuck behind ``stall_loop``)."""
+        await asyncio.sleep(seconds)
+        return tag
+
     async def stall_loop(self, seconds: float) -> float:
-        """Blocks the machine's event loop: it answers nothing meanwhile, as a hung machine."""
+        """Blocks the machine's event loop: its pings and ``async def`` methods hang meanwhile (plain methods,
+        served by their connections' threads, go on)."""
         time.sleep(seconds)
         return seconds
 

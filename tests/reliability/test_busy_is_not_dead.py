@@ -188,11 +188,12 @@ def test_a_dialled_peer_cancelled_is_dialled_afresh(pair: tuple[bigmachine.B, Te
 
 def test_a_dialled_peer_that_hangs_is_stopped_and_pending_calls_fail(
         pair: tuple[bigmachine.B, Testing, bigmachine.Machine, bigmachine.Machine]) -> None:
-    """The peer's loop is blocked: the relay's pings fail, and within the timeout its call ends with MachineStopped."""
+    """The peer's loop is blocked: the relay's pings fail, and within the timeout its calls to methods on that
+    loop end with MachineStopped."""
     _, _, relay, peer = pair
     assert relay.call("Relay.call", peer.addr, "Busy.sleep", 0, "warm") == "warm"
-    pending = relay.submit("Relay.call", peer.addr, "Busy.sleep", 0.5)  # no deadline
-    retrying = relay.submit("Relay.retry_call", peer.addr, "Busy.sleep", 0.5)  # nor here
+    pending = relay.submit("Relay.call", peer.addr, "Busy.asleep", 0.5)  # no deadline
+    retrying = relay.submit("Relay.retry_call", peer.addr, "Busy.asleep", 0.5)  # nor here
     stall = peer.submit("Busy.stall_loop", 8.0)
     begun = time.monotonic()
     for future in (pending, retrying):

@@ -1,0 +1,521 @@
+"""One connection of a machine's server, served by its own thread: requests in, replies out, in turn.
+
+A plain method runs right in the connection's thread once it holds a service slot, so a
+call costs no hop between threads: the thread wakes when the request arrives, and sleeps
+again after sending the reply. An ``async def`` method runs on the machine's loop, which
+the thread waits for. Whole bodies are read as they came (``wire.loads`` reads pieces
+without joining them); streamed arguments and replies are frames in HTTP chunks, read and
+written as the method consumes and produces them.
+
+A caller that hangs up (``HangupWatch``) cancels its call: an ``async def`` method gets
+``CancelledError``, a plain method's result is dropped, and the call is counted cancelled
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from ..errors import Error, NotFound, ProtocolError
+from . import codec, wire
+
+if TYPE_CHECKING:
+    from .server import RpcServer
+
+__all__ = ["ServerConnection"]
+
+logger = logging.getLogger(__name__)
+
+_READ_SIZE = 256 << 10
+_DONE = object()
+
+
+class _HungUp(Exception):
+    """The caller closed the connection: nobody is left to answer."""
+
+
+class _MethodRaised(Exception):
+    """The service method raised its ``__cause__`` (told apart from the library's own failures around it)."""
+
+
+class _Call:
+    """One call in progress: counted exactly once, when it ends or when its caller hangs up."""
+
+    __slots__ = ("method", "begun", "gone", "received", "sent", "failed", "_count_once", "_waiting", "_server")
+
+    def __init__(self, server: RpcServer, method: str) -> None:
+        self._server = server
+        self.method = method
+        self.begun = time.perf_counter()
+        self.gone = False
+        self.received = self.sent = 0
+        self.failed = False
+        self._count_once = [None]  # list.pop is atomic: whichever thread pops first counts the call
+        self._waiting: concurrent.futures.Future[Any] | None = None  # work on the loop this call waits for
+
+    def hang_up(self) -> None:
+        """The caller is gone (the hang-up watch's thread): cancel what runs, count the call cancelled."""
+        self.gone = True
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.cancel()
+        self.count(cancelled=True)
+
+    def count(self, cancelled: bool = False) -> None:
+        try:
+            self._count_once.pop()
+        except IndexError:
+            return
+        self._server.registry.stats.record(self.method, time.perf_counter() - self.begun,
+                                           self.failed and not cancelled, self.sent, self.received, cancelled)
+
+    def on_loop(self, coroutine: Any) -> Any:
+        """Runs ``coroutine`` on the machine's loop and waits for it; a hang-up cancels it."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._server.loop)
+        self._waiting = future
+        try:
+            if self.gone:
+                future.cancel()
+            return future.result()
+        except concurrent.futures.CancelledError:
+            if self.gone:
+                raise _HungUp() from None
+            raise
+        finally:
+            self._waiting = None
+
+
+class ServerConnection:
+    """A TLS connection accepted by ``RpcServer``, served by one thread until either side closes it."""
+
+    def __init__(self, server: RpcServer, raw: socket.socket) -> None:
+        self.server = server
+        self.raw = raw
+        self.sock: ssl.SSLSocket | None = None
+        self.fd = -1  # watched for hang-ups while the connection lives
+        self.busy = False  # a request is being read or served
+        self.call: _Call | None = None
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._parser = codec.RequestParser(self)
+        self._request: codec.Request | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._frames: collections.deque[tuple[bytes, bytes]] | None = None
+        self._reader: wire.FrameReader | None = None
+        self._complete = False
+        self.argument_ended = False
+
+    # ------------------------------------------------------------------ the thread
+
+    def run(self) -> None:
+        """The connection's thread: handshake, then serve requests until the caller or the server closes."""
+        try:
+            self.raw.settimeout(self.server.handshake_timeout)
+            self.sock = self.server.context.wrap_socket(self.raw, server_side=True)  # takes over raw's descriptor
+            _block_with_bound(self.sock, self.server.idle_timeout)
+            self.fd = self.sock.fileno()
+            if not self.server.hangups.watch(self.fd, self._hung_up):
+                return  # the server ended while we shook hands
+            while not self.server.closing and self._serve_next():
+                pass
+        except (OSError, ssl.SSLError, ProtocolError, _HungUp) as exc:
+            logger.debug("connection from %s ended: %r", _peer(self.raw), exc)
+        finally:
+            self.server.forget(self)
+
+    def _hung_up(self) -> None:
+        call = self.call
+        if call is not None:
+            call.hang_up()
+
+    def _serve_next(self) -> bool:
+        """Reads and answers one request; False when the connection should close."""
+        self._request, self._complete = None, False
+        while self._request is None:
+            if not self._read():
+                return False  # closed (or idle too long) between requests: the normal end
+        self.busy = True
+        try:
+            return self._answer(self._request) and self._request.keep_alive
+        finally:
+            self.busy = False
+
+    def _read(self) -> bool:
+        """Reads what has arrived and parses it; False at the end of the connection."""
+        assert self.sock is not None
+        try:
+            n = self.sock.recv_into(self._buffer)
+        except (ssl.SSLWantReadError, BlockingIOError):  # SO_RCVTIMEO passed
+            if self._request is None and not self.busy:
+                return False  # idle past the server's bound: the client reconnects when it needs to
+            raise TimeoutError(f"nothing read for {self.server.idle_timeout:g} s in the middle of a request") from None
+        if not n:
+            if self.busy:
+                raise _HungUp("the caller closed the connection mid-request")
+            return False
+        self._parser.feed(self._view[:n])
+        return True
+
+    # ------------------------------------------------------------------ parser listener
+
+    def request_head(self, request: codec.Request) -> None:
+        if self._request is not None:
+            raise ProtocolError("a request arrived before the previous one was answered: requests are not pipelined")
+        self._request = request
+        self._body, self._body_size = [], 0
+        self.argument_ended = False
+        if request.content_type == wire.CALL_STREAM:
+            self._frames, self._reader = collections.deque(), wire.FrameReader()
+        else:
+            self._frames = self._reader = None
+
+    def request_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self.call is not None:
+            self.call.received += len(data)
+        if self._reader is not None:
+            assert self._frames is not None
+            self._frames.extend(self._reader.feed(data))
+        elif self._body_size <= wire.MAX_REQUEST:
+            self._body.append(data)
+
+    def request_complete(self) -> None:
+        self._complete = True
+
+    # ------------------------------------------------------------------ answering
+
+    def _answer(self, request: codec.Request) -> bool:
+        path = request.path
+        if not path.startswith(b"/rpc/"):
+            return self._refuse(404, b"not found: RPC paths are /rpc/Service.method\n")
+        if request.method != b"POST":
+            return self._refuse(405, b"RPC calls are POST requests\n")
+        method = path[5:].decode("utf-8", "replace")
+        if "%" in method:
+            method = unquote(method)
+        call = self.call = _Call(self.server, method)
+        call.received = self._body_size
+        try:
+            return self._serve_call(call, request)
+        except _HungUp:
+            call.count(cancelled=True)
+            return False
+        finally:
+            call.count()
+            self.call = None
+
+    def _refuse(self, status: int, message: bytes) -> bool:
+        """Answers a request that is not a call with a plain-text reason."""
+        self._read_whole_body()
+        keep_alive = self._reusable()
+        self._send(codec.encode_response(status, _TEXT, message, keep_alive=keep_alive))
+        return keep_alive
+
+    def _serve_call(self, call: _Call, request: codec.Request) -> bool:
+        try:
+            if request.content_type == wire.CALL:
+                self._read_whole_body()  # before anything can fail: the connection stays in step
+            fn, is_async, limited = self.server.registry.resolve(call.method)
+            if request.content_type == wire.CALL:
+                if self._body_size > wire.MAX_REQUEST:
+                    raise ProtocolError(f"the request is over {wire.MAX_REQUEST >> 20} MiB; stream large arguments instead")
+                result = self._invoke_whole(call, fn, is_async, limited)
+                stream = None
+            elif request.content_type == wire.CALL_STREAM:
+                stream, args, kwargs = self._streamed_arguments(call, is_async)
+                result = self._invoke(call, fn, is_async, limited, args, kwargs)
+                if not wire.is_stream(result):
+                    stream.drain()
+                    result = wire.encode_result(call.method, result)
+            else:
+                self._read_whole_body()
+                raise ProtocolError(f"{call.method}: unexpected content type {request.content_type!r}")
+        except _HungUp:
+            raise
+        except _MethodRaised as raised:  # whatever the method raised, library errors included, is remote
+            return self._send_error(call, 500, wire.encode_error(raised.__cause__, remote=True))  # type: ignore[arg-type]
+        except Error as exc:  # the library's own: NotFound, SerializationError, ProtocolError
+            return self._send_error(call, 404 if isinstance(exc, NotFound) else 400, wire.encode_error(exc, remote=False))
+        except MemoryError as exc:
+            self.server.out_of_memory(call.method, exc)  # the machine is done for: it reports and exits
+            raise _HungUp() from exc
+        except Exception as exc:  # a failure around the method (its iterator's setup, say): still the caller's to see
+            return self._send_error(call, 500, wire.encode_error(exc, remote=True))
+        if call.gone:
+            raise _HungUp()
+        if isinstance(result, bytes):
+            return self._send_body(call, 200, wire.RESULT, result)
+        return self._stream_reply(call, result, stream)
+
+    def _invoke_whole(self, call: _Call, fn: Callable[..., Any], is_async: bool, limited: bool) -> Any:
+        """Runs a call whose arguments came whole: its pickled result, or the iterator to stream."""
+        body = self._body
+        if is_async:
+            args, kwargs = wire.decode_args(call.method, body)
+            result = call.on_loop(_acall_method(fn, args, kwargs))
+            return result if wire.is_stream(result) else wire.encode_result(call.method, result)
+        with self._slot(call, limited):
+            args, kwargs = wire.decode_args(call.method, body)
+            del body
+            result = _call_method(fn, args, kwargs)
+            return result if wire.is_stream(result) else wire.encode_result(call.method, result)
+
+    def _invoke(self, call: _Call, fn: Callable[..., Any], is_async: bool, limited: bool, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        if is_async:
+            return call.on_loop(_acall_method(fn, args, kwargs))
+        with self._slot(call, limited):
+            return _call_method(fn, args, kwargs)
+
+    def _slot(self, call: _Call, limited: bool = True) -> _Slot | contextlib.nullcontext[None]:
+        """A service slot held while a plain method runs; control methods (``limited`` False) need none."""
+        return _Slot(self.server, call) if limited else _NO_SLOT
+
+    def _read_whole_body(self) -> None:
+        while not self._complete:
+            if not self._read():
+                raise _HungUp("the caller closed the connection mid-request")
+            if self._body_size > wire.MAX_REQUEST and self._reader is None:
+                break  # not worth reading on: refused, and the connection closed after the reply
+
+    # ------------------------------------------------------------------ streamed arguments
+
+    def _streamed_arguments(self, call: _Call, is_async: bool) -> tuple[_ArgumentStream, tuple[Any, ...], dict[str, Any]]:
+        """Reads the head frame of a call with a streamed argument and puts the stream in its place."""
+        frames = self._frames
+        assert frames is not None
+        while not frames:
+            if self._complete:
+                raise ProtocolError(f"{call.method}: the streamed call has no head frame")
+            if not self._read():
+                raise _HungUp("the caller disconnected")
+        kind, head = frames.popleft()
+        if kind != wire.HEAD:
+            raise ProtocolError(f"{call.method}: the streamed call does not start with a head frame")
+        args, kwargs = wire.decode_args(call.method, head)
+        stream = _ArgumentStream(self)
+        value: Any = stream.aiter(self.server.loop) if is_async else iter(stream)
+        args = tuple(value if isinstance(a, wire.StreamArgument) else a for a in args)
+        kwargs = {k: value if isinstance(v, wire.StreamArgument) else v for k, v in kwargs.items()}
+        return stream, args, kwargs
+
+    def next_frame(self) -> tuple[bytes, bytes] | None:
+        """The next frame of the streamed argument, read as needed; None once the body ended without one."""
+        frames = self._frames
+        assert frames is not None
+        while not frames:
+            if self._complete:
+                return None
+            if not self._read():
+                raise _HungUp("the caller disconnected while streaming an argument")
+        return frames.popleft()
+
+    # ------------------------------------------------------------------ replies
+
+    def _stream_reply(self, call: _Call, source: Any, stream: _ArgumentStream | None) -> bool:
+        self._send(codec.encode_stream_head(wire.STREAM))
+        try:
+            for chunk in self._chunks(call, source):
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"{call.method}: a streamed reply must yield bytes, not {type(chunk).__qualname__}")
+                if chunk:
+                    self._send_chunk(call, wire.frame(wire.DATA, bytes(chunk)))
+            if stream is not None:
+                stream.drain()  # the reply ended before the argument: read the rest, then end
+        except (_HungUp, OSError):
+            raise _HungUp() from None
+        except Exception as exc:
+            logger.debug("%s: streamed reply failed: %r", call.method, exc)
+            call.failed = True
+            self._send_chunk(call, wire.frame(wire.FAIL, wire.encode_error(exc, remote=True)))
+            self._send(codec.LAST_CHUNK)
+            return self._reusable()
+        self._send_chunk(call, wire.frame(wire.END))
+        self._send(codec.LAST_CHUNK)
+        return self._reusable()
+
+    def _chunks(self, call: _Call, source: Any) -> Iterator[Any]:
+        """The items of a reply's iterator: a sync one advanced here (holding a slot for each step), an async one on the loop."""
+        if isinstance(source, collections.abc.AsyncIterator):
+            try:
+                while (item := call.on_loop(_anext(source))) is not _DONE:
+                    yield item
+            finally:
+                if call.gone or isinstance(source, collections.abc.AsyncGenerator):
+                    _close_on_loop(source, self.server.loop)
+            return
+        try:
+            while True:
+                with self._slot(call):
+                    item = next(source, _DONE)
+                if item is _DONE:
+                    return
+                yield item
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    def _reusable(self) -> bool:
+        """Whether the connection can take another request: this one read to its end. Past the end frame of
+        a streamed argument only the last chunk is left: it is read; a request cut short leaves the
+        connection out of step, so it is closed."""
+        while not self._complete and self.argument_ended:
+            if not self._read():
+                return False
+        return self._complete
+
+    def _send_error(self, call: _Call, status: int, body: bytes) -> bool:
+        call.failed = True
+        if call.gone:
+            raise _HungUp()
+        return self._send_body(call, status, wire.ERROR, body)
+
+    def _send_body(self, call: _Call, status: int, content_type: bytes, body: bytes) -> bool:
+        """Sends a whole reply; returns whether the connection takes another request (the reply says so)."""
+        call.sent += len(body)
+        keep_alive = self._reusable()
+        if len(body) > codec.JOIN_LIMIT:  # a big body: two writes beat copying it onto its head
+            self._send(codec.encode_response_head(status, content_type, len(body), keep_alive=keep_alive))
+            self._send(body)
+        else:
+            self._send(codec.encode_response(status, content_type, body, keep_alive=keep_alive))
+        return keep_alive
+
+    def _send_chunk(self, call: _Call, data: bytes) -> None:
+        call.sent += len(data)
+        self._send(codec.encode_chunk(data))
+
+    def _send(self, data: bytes) -> None:
+        assert self.sock is not None
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        """Closes the sockets (the connection's own thread, at its end)."""
+        if self.sock is not None:
+            self.sock.close()
+        self.raw.close()
+
+    def wake(self) -> None:
+        """Shuts the socket down from another thread: a blocked read or write returns at once."""
+        try:
+            socket.socket.shutdown(self.sock or self.raw, socket.SHUT_RDWR)  # not the TLS layer: safe from another thread
+        except OSError:
+            pass
+
+
+_TEXT = b"text/plain; charset=utf-8"
+_NO_SLOT = contextlib.nullcontext()
+
+
+class _Slot:
+    """Holds one of the machine's service slots for a plain method; a caller that hangs up while queued gives up."""
+
+    __slots__ = ("_server", "_call")
+
+    def __init__(self, server: RpcServer, call: _Call) -> None:
+        self._server, self._call = server, call
+
+    def __enter__(self) -> None:
+        call = self._call
+        if not self._server.slots.acquire(lambda: call.gone):
+            raise _HungUp("the call was abandoned while it waited for a service thread")
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.slots.release()
+
+
+class _ArgumentStream:
+    """The streamed argument of a call: data frames read from the request body as the method asks."""
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self._connection = connection
+        self._ended = False
+
+    def next_chunk(self) -> bytes | None:
+        """The next chunk, or None at the end of the stream."""
+        if self._ended:
+            return None
+        frame = self._connection.next_frame()
+        if frame is None:
+            raise ProtocolError("the streamed argument ended without an end frame")
+        kind, payload = frame
+        if kind == wire.DATA:
+            return payload
+        if kind == wire.END:
+            self._ended = self._connection.argument_ended = True
+            return None
+        raise ProtocolError("the caller's stream argument failed: " + payload.decode(errors="replace"))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (chunk := self.next_chunk()) is not None:
+            yield chunk
+
+    async def aiter(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[bytes]:
+        """For ``async def`` methods: each chunk is read by a worker thread while the loop serves on."""
+        while (chunk := await loop.run_in_executor(None, self.next_chunk)) is not None:
+            yield chunk
+
+    def drain(self) -> None:
+        """Reads what the method left unread, so the connection can be reused."""
+        while self.next_chunk() is not None:
+            pass
+
+
+def _call_method(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except MemoryError:
+        raise  # the machine's problem, not the call's: see RpcServer.out_of_memory
+    except Exception as exc:
+        raise _MethodRaised() from exc
+
+
+async def _acall_method(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return await fn(*args, **kwargs)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _MethodRaised() from exc
+
+
+async def _anext(source: AsyncIterator[Any]) -> Any:
+    return await anext(source, _DONE)
+
+
+def _close_on_loop(source: Any, loop: asyncio.AbstractEventLoop) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None and not loop.is_closed():
+        try:
+            asyncio.run_coroutine_threadsafe(aclose(), loop)
+        except RuntimeError:
+            pass
+
+
+def _block_with_bound(sock: socket.socket, seconds: float) -> None:
+    """Blocking reads and writes that give up after ``seconds`` (SO_RCVTIMEO, SO_SNDTIMEO): one system call
+    per read, where a Python socket timeout costs a failed read and a poll before each."""
+    sock.settimeout(None)
+    bound = struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        return "%s:%s" % sock.getpeername()[:2]
+    except OSError:
+        return "a closed socket"
