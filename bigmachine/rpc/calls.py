@@ -29,12 +29,17 @@ class Request:
     """A call ready to send: the whole request, or its head plus an argument to stream."""
 
     method: str
-    data: bytes | tuple[bytes, bytes]  # one buffer; or head and a big body, not copied together
+    data: bytes | tuple[bytes, ...]  # one buffer; or a head and the pieces of a big body, not copied together
     stream: Any = None  # a binary file, an iterator or an async iterator of bytes
 
 
 def _is_stream_argument(value: Any) -> bool:
+    if type(value) in _NEVER_STREAMED:
+        return False
     return isinstance(value, (io.RawIOBase, io.BufferedIOBase)) or wire.is_stream(value)
+
+
+_NEVER_STREAMED = frozenset((int, float, str, bytes, bool, type(None), tuple, list, dict))
 
 
 def check_method_name(method: Any) -> None:
@@ -65,15 +70,16 @@ def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[st
     path = _path(method)
     streamed = [k for k, v in [*enumerate(args), *kwargs.items()] if _is_stream_argument(v)]
     if not streamed:
-        body = wire.encode_args(method, args, kwargs)
-        if len(body) > wire.MAX_REQUEST:
+        parts = wire.encode_arg_parts(method, args, kwargs)
+        size = sum(map(len, parts)) if len(parts) > 1 else len(parts[0])
+        if size > wire.MAX_REQUEST:
             raise SerializationError(
-                f"{method}: the arguments pickle to {len(body) / (1 << 20):.0f} MiB, over the {wire.MAX_REQUEST >> 20} MiB "
+                f"{method}: the arguments pickle to {size / (1 << 20):.0f} MiB, over the {wire.MAX_REQUEST >> 20} MiB "
                 "a call can carry whole; pass large data as a binary file or an iterator of bytes, which is streamed"
             )
-        if len(body) > JOIN_LIMIT:
-            return Request(method, (encode_head(host, path, wire.CALL, len(body)), body))
-        return Request(method, encode_request(host, path, wire.CALL, body))
+        if size <= JOIN_LIMIT:
+            return Request(method, encode_request(host, path, wire.CALL, parts[0] if len(parts) == 1 else b"".join(parts)))
+        return Request(method, (encode_head(host, path, wire.CALL, size), *parts))
     if len(streamed) > 1:
         raise ValueError(f"{method}: only one argument can be streamed; arguments {streamed} are all streams")
     (where,) = streamed

@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import ProtocolError
 from . import wire
 from .budget import ConnectionBudget
-from .codec import Response, ResponseParser
+from .codec import DIRECT_BODY, DirectBody, Response, ResponseParser
 from .deadlines import remaining
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "IDLE_TIMEOUT", "AsyncPool", "SyncPool"]
@@ -102,15 +102,6 @@ class AsyncConnection(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
         self._drain = None
-
-    def _bound(self, deadline: float) -> None:
-        """Bounds the next read or write by ``deadline``; without one the socket stays blocking, which
-        saves a failed read and a poll per read (a call without a deadline is ended by waking it)."""
-        timeout = remaining(deadline)
-        if timeout is None and self._blocking:
-            return
-        self.sock.settimeout(timeout)
-        self._blocking = timeout is None
 
     # codec listener
     def response_head(self, response: Response) -> None:
@@ -454,6 +445,7 @@ class SyncConnection:
         self._response: Response | None = None
         self._frames: collections.deque[tuple[bytes, bytes]] | None = None
         self._reader: wire.FrameReader | None = None
+        self._direct: DirectBody | None = None
         self._done = False
         self.broken = False
         self.in_use = True
@@ -524,6 +516,8 @@ class SyncConnection:
             if not n:
                 raise _Closed("the machine closed the connection")
             self._parser.feed(self._view[:n])
+            if self._direct is not None and not self._done:
+                self._read_direct(self._direct)
         except ProtocolError:
             self.broken = True  # out of step: closed at release
             if not self._done:
@@ -541,17 +535,33 @@ class SyncConnection:
         self.sock.settimeout(timeout)
         self._blocking = timeout is None
 
+    def _read_direct(self, direct: DirectBody) -> None:
+        """Reads the rest of a large whole reply into its one buffer, past the parser (``DirectBody``)."""
+        try:
+            direct.read_rest(self.sock)
+        except ConnectionResetError as exc:
+            raise _Closed(str(exc)) from None
+        assert self._response is not None
+        self._response.chunks = [direct.buffer]  # type: ignore[list-item]
+        self._parser = ResponseParser(self)  # it saw the head only: a fresh one for the next response
+        self.response_complete()
+
     # codec listener
     def response_head(self, response: Response) -> None:
         self._response = response
+        self._direct = None
         if response.content_type == wire.STREAM:
             self._frames = collections.deque()
             self._reader = wire.FrameReader()
+        elif response.content_length >= DIRECT_BODY and response.content_type == wire.RESULT:
+            self._direct = DirectBody(response.content_length)
 
     def response_body(self, data: bytes) -> None:
         if self._frames is not None:
             assert self._reader is not None
             self._frames.extend(self._reader.feed(data))
+        elif self._direct is not None:
+            self._direct.add(data)
         else:
             assert self._response is not None
             self._response.chunks.append(data)

@@ -7,18 +7,21 @@ parsing is the same C parser on both ends.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from typing import Protocol
 
 import httptools
 
 from ..errors import ProtocolError
 
-__all__ = ["JOIN_LIMIT", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
+__all__ = ["DIRECT_BODY", "JOIN_LIMIT", "DirectBody", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
            "ResponseParser", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
            "encode_stream_head"]
 
 LAST_CHUNK = b"0\r\n\r\n"
 JOIN_LIMIT = 1 << 16  # a body past this goes in its own write after its head: copying it onto the head costs more
+DIRECT_BODY = 1 << 20  # a whole body this big is read straight into one buffer of its size (DirectBody)
 
 
 def encode_head(host: bytes, path: bytes, content_type: bytes, length: int | None) -> bytes:
@@ -64,11 +67,12 @@ def encode_chunk(data: bytes) -> bytes:
 class Response:
     """The head of a response, and its body when it was not streamed."""
 
-    __slots__ = ("status", "content_type", "chunks", "keep_alive")
+    __slots__ = ("status", "content_type", "content_length", "chunks", "keep_alive")
 
     def __init__(self) -> None:
         self.status = 0
         self.content_type = b""
+        self.content_length = -1  # -1: chunked, or not given
         self.chunks: list[bytes] = []
         self.keep_alive = True
 
@@ -122,9 +126,13 @@ class ResponseParser:
         self.response = Response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
-            assert self.response is not None
-            self.response.content_type = value
+        response = self.response
+        assert response is not None
+        name = name.lower()
+        if name == b"content-type":
+            response.content_type = value
+        elif name == b"content-length":
+            response.content_length = int(value)
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -214,3 +222,35 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         self._listener.request_complete()
+
+
+class DirectBody:
+    """A large whole body read straight into one buffer of its announced size, past the parser.
+
+    The parser would hand it over in pieces of a TLS record each, to be copied together again
+    before unpickling; here each read lands where the body ends up. The parser saw only the
+    head (and whatever body came with it, given to ``add``): its owner replaces it afterwards.
+    """
+
+    __slots__ = ("buffer", "_view", "filled")
+
+    def __init__(self, length: int) -> None:
+        self.buffer = bytearray(length)
+        self._view = memoryview(self.buffer)
+        self.filled = 0
+
+    def add(self, data: bytes) -> None:
+        """Body bytes the parser passed on (those that came in the same read as the head)."""
+        end = self.filled + len(data)
+        self._view[self.filled:end] = data
+        self.filled = end
+
+    def read_rest(self, sock: ssl.SSLSocket | socket.socket) -> int:
+        """Reads the rest of the body from ``sock``; returns how many bytes that took."""
+        start, view, size = self.filled, self._view, len(self._view)
+        while self.filled < size:
+            n = sock.recv_into(view[self.filled:])
+            if not n:
+                raise ConnectionResetError(f"the peer closed the connection {self.filled} bytes into a {size}-byte body")
+            self.filled += n
+        return self.filled - start

@@ -1,16 +1,16 @@
-"""Noticing callers that hang up while their calls run, for every connection of a server, in one thread.
+"""Noticing callers that hang up while their calls run, for every connection of a server, on its loop.
 
 A connection's thread is busy running the call, so it cannot see its caller go. Each
-connection's socket is registered once, edge-triggered, for the peer's close (``EPOLLRDHUP``,
-``EPOLLHUP``): ordinary request bytes never wake this thread, and a call costs no system call.
+connection's socket is registered once, edge-triggered, for the peer's close
+(``EPOLLRDHUP``, ``EPOLLHUP``) in an epoll set that the machine's loop watches: ordinary
+request bytes never wake anyone, and a call costs no system call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import select
-import threading
 from collections.abc import Callable
 
 __all__ = ["HangupWatch"]
@@ -21,60 +21,47 @@ _EVENTS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR | select.EPOLLET
 
 
 class HangupWatch:
-    """Calls ``on_hangup()`` of a watched socket once its peer closes or resets it."""
+    """Calls ``on_hangup()`` of a watched socket, on ``loop``, once its peer closes or resets it."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self._epoll = select.epoll()
-        self._wake_read, self._wake_write = os.pipe()
-        self._epoll.register(self._wake_read, select.EPOLLIN)
         self._watched: dict[int, Callable[[], None]] = {}
         self._closed = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="bigmachine-hangups", daemon=True)
-        self._thread.start()
+        loop.add_reader(self._epoll.fileno(), self._on_events)
 
     def watch(self, fd: int, on_hangup: Callable[[], None]) -> bool:
-        """Starts watching ``fd``; False once the watch is closed (the server is ending)."""
-        with self._lock:
-            if self._closed:
-                return False
-            self._watched[fd] = on_hangup
+        """Starts watching ``fd`` (any thread); False once the watch is closed (the server is ending)."""
+        if self._closed:
+            return False
+        self._watched[fd] = on_hangup
+        try:
             self._epoll.register(fd, _EVENTS)
-            return True
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        return True
 
     def forget(self, fd: int) -> None:
-        """Stops watching ``fd``; call before closing it (its number may be reused)."""
-        with self._lock:
-            if self._watched.pop(fd, None) is not None and not self._closed:
-                try:
-                    self._epoll.unregister(fd)
-                except OSError:
-                    pass
-
-    def _run(self) -> None:
-        while not self._closed:
+        """Stops watching ``fd`` (any thread); call before closing it (its number may be reused)."""
+        if self._watched.pop(fd, None) is not None:
             try:
-                events = self._epoll.poll()
-            except InterruptedError:
-                continue
-            except (OSError, ValueError):  # closed under us
-                return
-            for fd, _ in events:
-                on_hangup = self._watched.get(fd)
-                if on_hangup is not None:
-                    try:
-                        on_hangup()
-                    except Exception:
-                        logger.exception("noticing a caller's hang-up failed")
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def _on_events(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            on_hangup = self._watched.get(fd)
+            if on_hangup is not None:
+                try:
+                    on_hangup()
+                except Exception:
+                    logger.exception("noticing a caller's hang-up failed")
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            os.write(self._wake_write, b"x")
-        self._thread.join(1.0)
-        with self._lock:
-            self._epoll.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+        """Stops watching (on the loop)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()

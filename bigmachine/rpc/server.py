@@ -103,39 +103,42 @@ class RpcServer:
         self.slots = slots
         self.idle_timeout = idle_timeout
         self.handshake_timeout = HANDSHAKE_TIMEOUT
-        self.hangups = HangupWatch()
+        self.hangups = HangupWatch(loop)
         self.closing = False
         self.aborted = False
         self._on_memory_error = on_memory_error
         self._connections: set[ServerConnection] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
-        self._acceptor: threading.Thread | None = None
 
     def serve(self, listener: socket.socket) -> None:
-        """Starts accepting on a bound, listening socket (in a thread of its own)."""
-        listener.setblocking(True)
+        """Starts accepting on a bound, listening socket (its loop watches it; call on the loop)."""
+        listener.setblocking(False)
         self._listener = listener
-        self._acceptor = threading.Thread(target=self._accept, args=(listener,), name="bigmachine-accept", daemon=True)
-        self._acceptor.start()
+        self.loop.add_reader(listener.fileno(), self._accept, listener)
 
     def _accept(self, listener: socket.socket) -> None:
+        """Takes every waiting connection and starts its thread."""
         while not self.closing:
             try:
                 raw, _ = listener.accept()
-            except OSError:
-                if self.closing:
-                    return
-                logger.debug("accept failed", exc_info=True)
-                continue
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, say: the caller's connect fails; we go on
+                logger.warning("accepting a connection failed: %s", exc)
+                return
+            raw.setblocking(True)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = ServerConnection(self, raw)
             with self._lock:
-                if self.closing:
-                    raw.close()
-                    return
                 self._connections.add(connection)
-            threading.Thread(target=connection.run, name="bigmachine-service", daemon=True).start()
+            try:
+                threading.Thread(target=connection.run, name="bigmachine-service", daemon=True).start()
+            except RuntimeError as exc:  # can't start new thread: out of memory or of address space
+                logger.warning("no thread to serve a connection: %s", exc)
+                with self._lock:
+                    self._connections.discard(connection)
+                raw.close()
 
     def forget(self, connection: ServerConnection) -> None:
         """A connection's thread ends: its socket is closed and no longer watched."""
@@ -159,11 +162,11 @@ class RpcServer:
             return sum(c.busy for c in self._connections)
 
     def stop(self) -> None:
-        """Stops accepting and closes idle connections; busy ones close after their reply."""
+        """Stops accepting and closes idle connections; busy ones close after their reply (on the loop)."""
         self._close(every=False)
 
     def abort(self) -> None:
-        """Ends every connection now, as a crash would; calls running in threads finish unanswered."""
+        """Ends every connection now, as a crash would; calls running in threads finish unanswered (on the loop)."""
         self._close(every=True)
 
     def _close(self, *, every: bool) -> None:
@@ -173,12 +176,9 @@ class RpcServer:
             connections = list(self._connections)
         if every:
             self.slots.close()
-        listener = self._listener
+        listener, self._listener = self._listener, None
         if listener is not None:
-            try:
-                socket.socket.shutdown(listener, socket.SHUT_RDWR)  # wakes the blocked accept()
-            except OSError:
-                pass
+            self.loop.remove_reader(listener.fileno())
             listener.close()
         for connection in connections:
             if every or not connection.busy:

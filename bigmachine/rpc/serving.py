@@ -114,6 +114,7 @@ class ServerConnection:
         self._body_size = 0
         self._frames: collections.deque[tuple[bytes, bytes]] | None = None
         self._reader: wire.FrameReader | None = None
+        self._direct: codec.DirectBody | None = None
         self._complete = False
         self.argument_ended = False
 
@@ -176,10 +177,13 @@ class ServerConnection:
         self._request = request
         self._body, self._body_size = [], 0
         self.argument_ended = False
+        self._direct = None
         if request.content_type == wire.CALL_STREAM:
             self._frames, self._reader = collections.deque(), wire.FrameReader()
         else:
             self._frames = self._reader = None
+            if request.content_type == wire.CALL and codec.DIRECT_BODY <= request.content_length <= wire.MAX_REQUEST:
+                self._direct = codec.DirectBody(request.content_length)
 
     def request_body(self, data: bytes) -> None:
         self._body_size += len(data)
@@ -188,6 +192,8 @@ class ServerConnection:
         if self._reader is not None:
             assert self._frames is not None
             self._frames.extend(self._reader.feed(data))
+        elif self._direct is not None:
+            self._direct.add(data)
         elif self._body_size <= wire.MAX_REQUEST:
             self._body.append(data)
 
@@ -255,7 +261,7 @@ class ServerConnection:
             return self._send_error(call, 500, wire.encode_error(exc, remote=True))
         if call.gone:
             raise _HungUp()
-        if isinstance(result, bytes):
+        if isinstance(result, list):  # encode_result's pieces
             return self._send_body(call, 200, wire.RESULT, result)
         return self._stream_reply(call, result, stream)
 
@@ -284,6 +290,20 @@ class ServerConnection:
         return _Slot(self.server, call) if limited else _NO_SLOT
 
     def _read_whole_body(self) -> None:
+        direct = self._direct
+        if direct is not None and not self._complete:
+            assert self.sock is not None
+            try:
+                read = direct.read_rest(self.sock)
+            except ConnectionResetError as exc:
+                raise _HungUp(str(exc)) from None
+            self._body_size += read
+            if self.call is not None:
+                self.call.received += read
+            self._parser = codec.RequestParser(self)  # it saw the head only: a fresh one for the next request
+            self._complete = True
+        if direct is not None:
+            self._body = [direct.buffer]  # type: ignore[list-item]
         while not self._complete:
             if not self._read():
                 raise _HungUp("the caller closed the connection mid-request")
@@ -381,17 +401,19 @@ class ServerConnection:
         call.failed = True
         if call.gone:
             raise _HungUp()
-        return self._send_body(call, status, wire.ERROR, body)
+        return self._send_body(call, status, wire.ERROR, [body])
 
-    def _send_body(self, call: _Call, status: int, content_type: bytes, body: bytes) -> bool:
+    def _send_body(self, call: _Call, status: int, content_type: bytes, pieces: list[bytes]) -> bool:
         """Sends a whole reply; returns whether the connection takes another request (the reply says so)."""
-        call.sent += len(body)
+        size = sum(map(len, pieces)) if len(pieces) > 1 else len(pieces[0])
+        call.sent += size
         keep_alive = self._reusable()
-        if len(body) > codec.JOIN_LIMIT:  # a big body: two writes beat copying it onto its head
-            self._send(codec.encode_response_head(status, content_type, len(body), keep_alive=keep_alive))
-            self._send(body)
+        if size > codec.JOIN_LIMIT:  # a big body: its pieces go as they are, never copied onto the head
+            self._send(codec.encode_response_head(status, content_type, size, keep_alive=keep_alive))
+            for piece in pieces:
+                self._send(piece)
         else:
-            self._send(codec.encode_response(status, content_type, body, keep_alive=keep_alive))
+            self._send(codec.encode_response(status, content_type, b"".join(pieces), keep_alive=keep_alive))
         return keep_alive
 
     def _send_chunk(self, call: _Call, data: bytes) -> None:

@@ -30,7 +30,9 @@ __all__ = [
     "FrameReader",
     "StreamArgument",
     "decode_args",
+    "dump_parts",
     "dumps",
+    "encode_arg_parts",
     "encode_args",
     "encode_error",
     "encode_result",
@@ -58,21 +60,60 @@ _PLAIN = (int, float, str, bytes, bool, type(None))
 
 def dumps(obj: Any) -> bytes:
     """Pickles with cloudpickle, so functions and ``__main__`` classes travel by value."""
-    if _is_plain(obj, 3):
-        return pickle.dumps(obj, 5)  # the C pickler, 5-10x faster for the common small call
-    data: bytes = cloudpickle.dumps(obj, protocol=5)
-    return data
+    parts = dump_parts(obj)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _is_plain(obj: Any, depth: int) -> bool:
+def dump_parts(obj: Any) -> list[bytes]:
+    """``dumps(obj)`` as the pieces to send one after another: a large ``bytes`` inside ``obj`` is a piece
+    itself, never copied (pickle writes payloads of 64 KiB or more straight to its file)."""
+    plain = _plainness(obj, 3)
+    if plain == _SMALL:
+        return [pickle.dumps(obj, 5)]  # the C pickler, 5-10x faster for the common small call
+    parts = _Parts()
+    pickler = pickle.Pickler(parts, 5) if plain == _LARGE else cloudpickle.Pickler(parts, protocol=5)
+    pickler.dump(obj)
+    return parts.pieces
+
+
+_NOT_PLAIN, _SMALL, _LARGE = 0, 1, 2
+_LARGE_PAYLOAD = 1 << 16  # pickle's own threshold for writing a payload apart
+
+
+def _plainness(obj: Any, depth: int) -> int:
+    """Whether the C pickler can take ``obj`` (nothing to pickle by value), and whether it holds a large payload."""
     kind = type(obj)
     if kind in _PLAIN:
-        return True
+        return _LARGE if kind is bytes and len(obj) >= _LARGE_PAYLOAD else _SMALL
     if depth and kind in (tuple, list) and len(obj) <= 16:
-        return all(_is_plain(item, depth - 1) for item in obj)
-    if depth and kind is dict and len(obj) <= 16:
-        return all(type(k) is str and _is_plain(v, depth - 1) for k, v in obj.items())
-    return False
+        items = obj
+    elif depth and kind is dict and len(obj) <= 16:
+        if not all(type(k) is str for k in obj):
+            return _NOT_PLAIN
+        items = obj.values()
+    else:
+        return _NOT_PLAIN
+    found = _SMALL
+    for item in items:
+        plain = _plainness(item, depth - 1)
+        if plain == _NOT_PLAIN:
+            return _NOT_PLAIN
+        found = max(found, plain)
+    return found
+
+
+class _Parts:
+    """The file a pickler writes to: each write is kept as it is. Only ``bytes`` are kept by reference
+    (immutable); a mutable buffer is copied, since the call may be sent after its caller changed it."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.pieces.append(data if type(data) is bytes else bytes(data))
+        return len(data)
 
 
 def loads(data: bytes | list[bytes]) -> Any:
@@ -122,8 +163,14 @@ class StreamArgument:
 
 def encode_args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickles a call's arguments; names the argument that can't be pickled."""
+    parts = encode_arg_parts(method, args, kwargs)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def encode_arg_parts(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[bytes]:
+    """``encode_args`` as pieces to send one after another (``dump_parts``)."""
     try:
-        return dumps((args, kwargs))
+        return dump_parts((args, kwargs))
     except Exception as exc:
         for where, value in [*enumerate(args), *kwargs.items()]:
             try:
@@ -145,24 +192,26 @@ def decode_args(method: str, data: bytes | list[bytes]) -> tuple[tuple[Any, ...]
     return args, kwargs
 
 
-def encode_result(method: str, value: Any) -> bytes:
-    """Pickles a method's result; names the method and the result's type if it can't be, or if it is too big.
+def encode_result(method: str, value: Any) -> list[bytes]:
+    """Pickles a method's result into pieces to send one after another (``dump_parts``); names the method
+    and the result's type if it can't be pickled, or if it is too big.
 
     A result over ``MAX_REQUEST`` is refused on the machine, as an argument is in the driver:
     held whole it costs several times its size on both ends (docs/reliability.md).
     """
     try:
-        data = dumps(value)
+        parts = dump_parts(value)
     except Exception as exc:
         raise SerializationError(
             f"{method}: result of type {type(value).__qualname__} cannot be pickled: {exc}"
         ) from exc
-    if len(data) > MAX_REQUEST:
+    size = sum(map(len, parts))
+    if size > MAX_REQUEST:
         raise SerializationError(
-            f"{method}: the result of type {type(value).__qualname__} pickles to {_mib(len(data))}, over the "
+            f"{method}: the result of type {type(value).__qualname__} pickles to {_mib(size)}, over the "
             f"{_mib(MAX_REQUEST)} a reply can carry whole; return an iterator of bytes (a generator), which is streamed"
         )
-    return data
+    return parts
 
 
 def _mib(size: int) -> str:

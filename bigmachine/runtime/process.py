@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 
 from .spec import EXIT_OUT_OF_MEMORY, LaunchSpec
 
@@ -77,17 +78,28 @@ def _serve(spec: LaunchSpec) -> None:
         sys.stderr.flush()
         os._exit(code)
 
-    async def serve() -> None:
+    async def serve() -> signal.Signals | None:
         server = MachineServer(spec, on_exit=exit_now)
         addr = await server.start()
         os.write(report_fd, (addr + "\n").encode())
         os.close(report_fd)
         await server.serve_until_exit()
+        return server.stopped_by
 
     import uvloop
 
-    uvloop.run(serve())
-    exit_now("stopped by a signal")
+    stopped_by = uvloop.run(serve())
+    if stopped_by is not None:  # end as the signal would have ended us: the driver sees it in the exit status
+        logger.warning("machine exiting: stopped by %s", stopped_by.name)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(stopped_by, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped_by)
+    exit_now("stopped")
+
+
+_CAPPED_THREAD_STACK = 4 << 20
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
 def _limit_memory(limit: int | None, cgroup_procs: str | None) -> None:
@@ -97,6 +109,18 @@ def _limit_memory(limit: int | None, cgroup_procs: str | None) -> None:
             f.write(str(os.getpid()))
     elif limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        _spend_little_address_space()
+
+
+def _spend_little_address_space() -> None:
+    """Under an address-space cap, what is only reserved counts as much as what is used: each connection's
+    thread would reserve an 8 MiB stack and a 64 MiB malloc arena. Threads get 4 MiB stacks and share
+    one arena instead (enough for service code; the cap is the fallback where no cgroup can be made)."""
+    threading.stack_size(_CAPPED_THREAD_STACK)
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Shared by the process entry point (``bigmachine.runtime.process``) and the in-pr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -47,6 +48,7 @@ class MachineServer:
         self.server: RpcServer | None = None
         self.addr = ""
         self._stopped: asyncio.Event | None = None
+        self.stopped_by: signal.Signals | None = None  # the signal that stopped the machine, if one did
 
     async def start(self) -> str:
         """Binds, starts serving and the lease watchdog; returns the address."""
@@ -87,7 +89,8 @@ class MachineServer:
         """Serves until ``stop`` (or SIGTERM/SIGINT in a process of its own), then lets replies in progress go out."""
         assert self._stopped is not None and self.server is not None
         loop = asyncio.get_running_loop()
-        signals = [sig for sig in (signal.SIGTERM, signal.SIGINT) if _add_signal_handler(loop, sig, self.stop)]
+        signals = [sig for sig in (signal.SIGTERM, signal.SIGINT)
+                   if _add_signal_handler(loop, sig, functools.partial(self._stop_by_signal, sig))]
         try:
             await self._stopped.wait()
             if not self.server.aborted:
@@ -96,6 +99,10 @@ class MachineServer:
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+
+    def _stop_by_signal(self, sig: signal.Signals) -> None:
+        self.stopped_by = sig
+        self.stop()
 
     def stop(self) -> None:
         """Stops serving (on the machine's loop): no new call is taken, replies in progress go out."""

@@ -150,8 +150,20 @@ class Supervisor:
                 "percent": usage.percent}
 
     def expvars(self) -> dict[str, Any]:
-        """This process's published variables."""
+        """This process's published variables (once the loop answers: ``_loop_answers``)."""
+        self._loop_answers()
         return expvar.snapshot()
+
+    def _loop_answers(self) -> None:
+        """Waits until the machine's loop runs a no-op. The views of the machine's health (status, metrics,
+        variables) answer only while the loop does: a machine whose loop is held misses its keepalives and
+        is not healthy, whatever its connections' threads still answer."""
+        future = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self._session.loop)
+        try:
+            future.result(timeout=self._lease)
+        except TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"the machine's event loop has not run for {self._lease:g} s") from None
 
     async def exit(self, reason: str = "asked to by the driver") -> None:
         """Ends the machine, shortly after replying (async: it schedules on the machine's loop)."""
@@ -169,6 +181,7 @@ class Supervisor:
         """
         import psutil
 
+        self._loop_answers()
         process = psutil.Process()
         times = process.cpu_times()
         used = times.user + times.system
@@ -197,9 +210,10 @@ class Supervisor:
         return self._registry.stats.snapshot()
 
     def metrics(self) -> bytes:
-        """Prometheus text exposition of this machine's registry and served calls."""
+        """Prometheus text exposition of this machine's registry and served calls (once the loop answers)."""
         from ..metrics import machine_exposition
 
+        self._loop_answers()
         return machine_exposition(self._registry.stats)
 
     async def profile_cpu(self, seconds: float, interval: float = 0.005, mode: str = "cpu",
