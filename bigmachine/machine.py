@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -28,11 +28,10 @@ from .liveness import held_stacks
 from .rpc.stats import CallStats, atimed, timed
 from .rpc import wire
 from .rpc.budget import ConnectionBudget
-from .rpc.client import AsyncPool, SyncConnection, SyncPool
+from .rpc.client import AsyncPool, SyncPool
 from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
-from .streaming import SourceError as _SourceError
+from .rpc.streams import SourceError as _SourceError
 from .streaming import SyncOverAsync as _SyncOverAsync
-from .streaming import send_streamed
 
 if TYPE_CHECKING:
     from .session import B
@@ -302,23 +301,15 @@ class Machine:
         pool = self._sync_control if request.method.startswith(_CONTROL) else self._sync
         assert pool is not None
         try:
-            conn = _clean_connection(pool, deadline)
-            try:
-                response = conn.request(request.data, deadline)
-            except BaseException:
-                conn.broken = True
-                pool.release(conn)
-                raise
+            response, conn = pool.call(request, deadline)
         except BaseException as exc:
             raise self._sync_error(exc, request.method, timeout)
-        if response.content_type == wire.STREAM:
-            return self._sync_stream(conn, deadline, request.method, timeout)
-        pool.release(conn)
+        if conn is not None:
+            return self._sync_stream(pool.reply_frames(conn, deadline), request.method, timeout)
         return calls.decode_reply(response, request.method, self.addr)
 
-    def _sync_stream(self, conn: Any, deadline: float, method: str, timeout: float | None) -> Iterator[bytes]:
-        pool = conn.pool
-        frames = conn.frames(deadline)
+    def _sync_stream(self, frames: Generator[tuple[bytes, bytes], None, None], method: str,
+                     timeout: float | None) -> Iterator[bytes]:
         try:
             while True:
                 try:
@@ -333,7 +324,6 @@ class Machine:
                 yield chunk
         finally:
             frames.close()
-            pool.release(conn)
 
     def submit(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Starts a call on the session's loop; returns a future of its result.
@@ -435,12 +425,7 @@ class Machine:
         pool = self._control if request.method.startswith(_CONTROL) else self._pool
         assert pool is not None
         try:
-            async with asyncio.timeout(remaining(deadline)):
-                if request.stream is None:
-                    response, conn = await pool.request(request.data)
-                else:
-                    conn = await pool.acquire()
-                    response = await send_streamed(conn, request)
+            response, conn = await pool.call(request, deadline)
         except BaseException as exc:
             raise await self._async_error(exc, request.method, timeout)
         if response.content_type == wire.STREAM:
@@ -626,15 +611,6 @@ class Machine:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _clean_connection(pool: SyncPool, deadline: float) -> SyncConnection:
-    """A pooled connection with nothing unread on it: one with stray bytes or an EOF is closed, never used."""
-    while True:
-        conn = pool.acquire(deadline)
-        if not conn.stale():
-            return conn
-        pool.release(conn)  # stale() marked it broken: release closes it
 
 
 for _name in __all__:

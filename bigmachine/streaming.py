@@ -1,11 +1,5 @@
-"""Streamed arguments and replies across threads and loops.
-
-A call whose argument streams is sent full duplex: a task pumps the argument while the
-reply streams back, else a reply that echoes its argument fills both sides' buffers and
-blocks. A reply living on the session's loop is read from other threads or loops
-through ``SyncOverAsync``. The argument's own failure (its iterator raising) is told
-apart from transport errors as ``SourceError``, so the caller gets it as is.
-"""
+"""Streamed replies across threads and loops: a reply living on the session's loop is read from other
+threads or loops through ``SyncOverAsync`` (sending streamed arguments is ``rpc/streams.py``)."""
 
 from __future__ import annotations
 
@@ -16,38 +10,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .rpc import calls
-from .rpc.calls import Request
-from .rpc.client import AsyncConnection
-from .rpc.codec import Response
-
-__all__ = ["SourceError", "SyncOverAsync", "send_streamed"]
-
-
-class SourceError(Exception):
-    """The caller's own stream argument raised (its ``__cause__``): raised as is, never as a transport error."""
-
-
-async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except Exception as exc:
-        raise SourceError() from exc
-
-
-async def _achunks(source: Any) -> AsyncIterator[bytes]:
-    """The chunks of a stream argument; a sync source is read off the loop."""
-    if isinstance(source, collections.abc.AsyncIterator):
-        async for chunk in source:
-            if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                raise TypeError(f"a streamed argument must yield bytes, not {type(chunk).__qualname__}")
-            if chunk:
-                yield bytes(chunk)
-        return
-    chunks = calls.stream_chunks(source)
-    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-        yield chunk
+__all__ = ["SyncOverAsync"]
 
 
 class SyncOverAsync(collections.abc.Iterator[bytes]):
@@ -96,27 +59,3 @@ def _copy_outcome(future: concurrent.futures.Future[Any], task: asyncio.Future[A
         future.set_exception(exc)
     else:
         future.set_result(task.result())
-
-
-async def send_streamed(conn: AsyncConnection, request: Request) -> Response:
-    """Sends a call whose argument streams: a task pumps the argument while the reply comes back (full duplex)."""
-    response = conn.send(request.data, complete=False)
-    pump = conn.pump = asyncio.get_running_loop().create_task(_pump(conn, request.stream))
-    try:
-        return await response
-    except BaseException:
-        pump.cancel()
-        conn.abort()
-        raise
-
-
-async def _pump(conn: AsyncConnection, source: Any) -> None:
-    """Sends a streamed argument's chunks, then its end; the source's own failure goes to the caller."""
-    try:
-        async for chunk in _guarded(_achunks(source)):
-            await conn.write(calls.data_chunk(chunk))
-        conn.finish(calls.END_OF_STREAM)
-    except SourceError as exc:
-        conn.fail_request(exc)
-    except BaseException:  # the connection broke or the call ended: whoever reads the reply sees that
-        conn.abort()

@@ -21,14 +21,18 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Collection, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Collection, Generator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
 from . import wire
 from .budget import ConnectionBudget
 from .codec import DIRECT_BODY, DirectBody, Response, ResponseParser
 from .deadlines import remaining
+from .streams import send_streamed
+
+if TYPE_CHECKING:
+    from .calls import Request
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "IDLE_TIMEOUT", "AsyncPool", "SyncPool"]
 
@@ -347,6 +351,20 @@ class AsyncPool(_Counted):
             ssl=self._context, server_hostname=self._server_hostname,
         ), CONNECT_TIMEOUT)
 
+    async def call(self, request: Request, deadline: float) -> tuple[Response, AsyncConnection]:
+        """Sends a call and waits, by ``deadline``, for its reply's head (and body, unless streamed: then read
+        it from the connection's ``reply_stream``); a streamed argument is sent while the reply comes."""
+        if deadline == math.inf:  # no timer to arm and cancel: the common call costs less
+            return await self._send(request)
+        async with asyncio.timeout(remaining(deadline)):
+            return await self._send(request)
+
+    async def _send(self, request: Request) -> tuple[Response, AsyncConnection]:
+        if request.stream is None:
+            return await self.request(request.data)
+        conn = await self.acquire()
+        return await send_streamed(conn, request), conn
+
     async def request(self, data: bytes | tuple[bytes, ...]) -> tuple[Response, AsyncConnection]:
         """Sends a whole request and waits for the response head (and body, unless streamed)."""
         conn = await self.acquire()
@@ -488,7 +506,7 @@ class SyncConnection:
         assert self._response is not None
         return self._response
 
-    def frames(self, deadline: float) -> Iterator[tuple[bytes, bytes]]:
+    def frames(self, deadline: float) -> Generator[tuple[bytes, bytes], None, None]:
         """The frames of a streamed reply, read as the caller iterates."""
         frames = self._frames
         assert frames is not None
@@ -635,6 +653,38 @@ class SyncPool(_Counted):
                 if deadline != math.inf and time.monotonic() >= deadline:
                     raise
                 logger.debug("%s:%d: no connection within %g s; trying again", self.host, self.port, CONNECT_TIMEOUT)
+
+    def call(self, request: Request, deadline: float) -> tuple[Response, SyncConnection | None]:
+        """Sends a whole call and reads its reply by ``deadline``. A streamed reply comes with its connection,
+        to read with ``reply_frames``; otherwise the connection is back in the pool already."""
+        conn = self.clean_connection(deadline)
+        try:
+            response = conn.request(request.data, deadline)
+        except BaseException:
+            conn.broken = True
+            self.release(conn)
+            raise
+        if response.content_type == wire.STREAM:
+            return response, conn
+        self.release(conn)
+        return response, None
+
+    def reply_frames(self, conn: SyncConnection, deadline: float) -> Generator[tuple[bytes, bytes], None, None]:
+        """The frames of a streamed reply, read as iterated; the connection goes back when they end or are dropped."""
+        frames = conn.frames(deadline)
+        try:
+            yield from frames
+        finally:
+            frames.close()
+            self.release(conn)
+
+    def clean_connection(self, deadline: float) -> SyncConnection:
+        """A pooled connection with nothing unread on it: one with stray bytes or an EOF is closed, never used."""
+        while True:
+            conn = self.acquire(deadline)
+            if not conn.stale():
+                return conn
+            self.release(conn)  # stale() marked it broken: release closes it
 
     def release(self, conn: SyncConnection) -> None:
         """Keeps a healthy connection for the next call; closes a broken one."""

@@ -186,14 +186,12 @@ def request() -> bytes:
 
 def test_sync_connection_with_unexpected_bytes_is_closed_never_reused(
         lying: tuple[LyingServer, ssl.SSLContext]) -> None:
-    from bigmachine.machine import _clean_connection
-
     server, context = lying
     pool = SyncPool("127.0.0.1", server.port, context, "127.0.0.1")
     try:
         answers = []
         for _ in range(3):
-            conn = _clean_connection(pool, calling.deadline_after(5))
+            conn = pool.clean_connection(calling.deadline_after(5))
             answers.append(wire.loads(conn.request(request(), calling.deadline_after(5)).body))
             pool.release(conn)
             for _ in range(50):  # let the second answer arrive on the idle connection
