@@ -30,7 +30,7 @@ from .workload import sample
 
 __all__ = ["SCENARIOS", "Config", "Scenario"]
 
-# 1. cold start
+# cold start
 
 
 def cold_start(name: str, cfg: Config) -> list[Measurement]:
@@ -50,7 +50,7 @@ def _cold_start_once(name: str) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-# 2. call latency
+# call latency
 
 
 def latency(name: str, cfg: Config) -> list[Measurement]:
@@ -100,7 +100,7 @@ def async_latencies(backend: Backend, variant: str, n: int) -> list[float]:
     return backend.run_async(variant, run)
 
 
-# 3. call throughput
+# call throughput
 
 
 def throughput(name: str, cfg: Config) -> list[Measurement]:
@@ -160,7 +160,7 @@ def _temp_bytes(content: bytes) -> Iterator[str]:
         yield path
 
 
-# 5. bigpi
+# bigpi
 
 
 def bigpi(name: str, cfg: Config) -> list[Measurement]:
@@ -197,7 +197,7 @@ def _parallel_pi(backend: Backend, n: int) -> float:
     return pi
 
 
-# 6. scale
+# scale
 
 
 def scale(name: str, cfg: Config) -> list[Measurement]:
@@ -230,7 +230,7 @@ def scale(name: str, cfg: Config) -> list[Measurement]:
     ]
 
 
-# 7. profiling cost
+# profiling cost
 
 
 def profiling(name: str, cfg: Config) -> list[Measurement]:
@@ -327,15 +327,15 @@ SCENARIOS = {
     for s in [
         Scenario("cold_start", "1. Cold start: fresh process to 2 workers ready and one call answered", cold_start),
         Scenario("latency", "2. Call latency: sequential echo(1) round trips, one worker", latency),
-        Scenario("throughput", "3. Call throughput: 64 calls in flight across 2 workers", throughput),
-        Scenario("bulk", "4. Bulk transfer: an argument up and a reply down, 64 and 256 MiB, one worker", bulk),
-        Scenario("bigpi", "5. bigpi: parallel efficiency on 2 workers", bigpi),
-        Scenario("scale", "6. Scale: start 16 workers on 2 cores; idle RSS", scale),
-        Scenario("profiling", "7. Profiling cost: call latency during a merged CPU profile",
-                 profiling, only=("bigmachine",)),
-        Scenario("cpu_per_call", "8. CPU per small sync call, driver and machine, from process CPU times",
+        Scenario("cpu_per_call", "3. CPU per small sync call, driver and machine, from process CPU times",
                  cpu_per_call),
-        Scenario("tls_ceiling", "9. TLS ceiling: one way over loopback TLS 1.3, recv_into a preallocated buffer",
+        Scenario("throughput", "4. Call throughput: 64 calls in flight across 2 workers", throughput),
+        Scenario("tls_ceiling", "5. TLS ceiling: one way over loopback TLS 1.3, recv_into a preallocated buffer",
                  tls_ceiling, once_as=TLS_FLOOR),
+        Scenario("bulk", "6. Bulk transfer: an argument up and a reply down, 64 and 256 MiB, one worker", bulk),
+        Scenario("bigpi", "7. bigpi: parallel efficiency on 2 workers", bigpi),
+        Scenario("scale", "8. Scale: start 16 workers on 2 cores; idle RSS", scale),
+        Scenario("profiling", "9. Profiling cost: call latency during a merged CPU profile",
+                 profiling, only=("bigmachine",)),
     ]
 }
