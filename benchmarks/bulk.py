@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from .backends import Backend
@@ -20,9 +20,10 @@ from .measure import MIB, Measurement, RssSampler, rss
 
 __all__ = ["bulk"]
 
-Runs = dict[str, Callable[[], None]]
-#: Sets up one way of moving a payload of a size; yields a run per direction.
-Transfer = Callable[[Backend, int], contextlib.AbstractContextManager[Runs]]
+#: (direction, run) pairs; each direction is set up just before it is yielded.
+Runs = Generator[tuple[str, Callable[[], None]], None, None]
+#: A way of moving a payload of a size.
+Transfer = Callable[[Backend, int], Runs]
 
 
 def bulk(name: str, cfg: Config) -> list[Measurement]:
@@ -31,11 +32,13 @@ def bulk(name: str, cfg: Config) -> list[Measurement]:
     with cluster(name, 1) as backend:
         pids = {"driver": os.getpid(), "worker": backend.worker_pids()[0]}
         idle = {side: rss(pid) for side, pid in pids.items()}
-        for variant, runs in _variants(backend):
+        for variant, transfer in _variants(backend):
             for size in cfg.bulk_sizes:
                 label = f"{variant} {size_label(size)}"
-                with error_row(out, name, "bulk", "up rate", label), runs(backend, size) as directions:
-                    out += _transfers(name, label, directions, size, pids, idle, cfg)
+                with error_row(out, name, "bulk", "rate", label), \
+                        contextlib.closing(transfer(backend, size)) as runs:
+                    for direction, run in runs:
+                        out += _measure(name, label, direction, run, size, pids, idle, cfg)
     return out
 
 
@@ -45,58 +48,52 @@ def _variants(backend: Backend) -> list[tuple[str, Transfer]]:
     return [*streamed, ("whole", _whole)]
 
 
-@contextlib.contextmanager
-def _whole(backend: Backend, size: int) -> Iterator[Runs]:
-    """Up: a bytes argument; down: a bytes reply the worker built ahead. Both dropped afterwards."""
+def _whole(backend: Backend, size: int) -> Runs:
+    """Up: a bytes argument; down: a bytes reply the worker builds ahead. Each payload lives only for its direction."""
     data = b"\xa5" * size
-    backend.call(0, "make_blob", size)
 
     def up() -> None:
         _check(backend.call(0, "sink", data), size)
 
-    def down() -> None:
-        _check(len(backend.call(0, "blob")), size)
-
+    yield "up", up
+    del data
+    backend.call(0, "make_blob", size)
     try:
-        yield {"up": up, "down": down}
+        yield "down", lambda: _check(len(backend.call(0, "blob")), size)
     finally:
-        del data
         backend.call(0, "drop_blob")
 
 
-@contextlib.contextmanager
-def _streamed(backend: Backend, size: int) -> Iterator[Runs]:
+def _streamed(backend: Backend, size: int) -> Runs:
     """Up: a file streamed as the argument; down: a reply streamed in 1 MiB chunks."""
     with _temp_file(size) as path:
         def up() -> None:
             with open(path, "rb") as f:
                 _check(backend.call_stream_arg(0, "stream_sink", f), size)
 
-        def down() -> None:
-            _check(sum(len(c) for c in backend.call_stream_reply(0, "stream_blob", size, MIB)), size)
+        yield "up", up
+        yield "down", lambda: _check(sum(len(c) for c in backend.call_stream_reply(0, "stream_blob", size, MIB)),
+                                     size)
 
-        yield {"up": up, "down": down}
 
-
-def _transfers(name: str, variant: str, runs: Runs, size: int, pids: dict[str, int],
-               idle: dict[str, int], cfg: Config) -> list[Measurement]:
-    out = []
+def _measure(name: str, variant: str, direction: str, run: Callable[[], None], size: int,
+             pids: dict[str, int], idle: dict[str, int], cfg: Config) -> list[Measurement]:
+    """MB/s of one direction and each side's peak RSS above idle, over cfg.repeat runs after a warm-up."""
     payload = {"payload_mib": size / MIB}
-    for direction, run in runs.items():
-        run()  # warm-up
-        rates, peaks = [], {side: [] for side in pids}  # type: list[float], dict[str, list[float]]
-        for _ in range(cfg.repeat):
-            with RssSampler(pids.values()) as sampler:
-                seconds = timed(run)
-            rates.append(size / MB / seconds)
-            for side, pid in pids.items():
-                peaks[side].append((sampler.peak[pid] - idle[side]) / MIB)
-        out.append(measurement(name, "bulk", f"{direction} rate", "MB/s", better="higher",
-                               variant=variant, values=rates, extra=payload))
-        for side, values in peaks.items():
-            out.append(measurement(name, "bulk", f"{side} peak RSS above idle ({direction})", "MiB",
-                                   variant=variant, values=values,
-                                   extra={**payload, "note": f"idle {idle[side] / MIB:.0f} MiB"}))
+    run()  # warm-up
+    rates, peaks = [], {side: [] for side in pids}  # type: list[float], dict[str, list[float]]
+    for _ in range(cfg.repeat):
+        with RssSampler(pids.values()) as sampler:
+            seconds = timed(run)
+        rates.append(size / MB / seconds)
+        for side, pid in pids.items():
+            peaks[side].append((sampler.peak[pid] - idle[side]) / MIB)
+    out = [measurement(name, "bulk", f"{direction} rate", "MB/s", better="higher",
+                       variant=variant, values=rates, extra=payload)]
+    out += [measurement(name, "bulk", f"{side} peak RSS above idle ({direction})", "MiB",
+                        variant=variant, values=values,
+                        extra={**payload, "note": f"idle {idle[side] / MIB:.0f} MiB"})
+            for side, values in peaks.items()]
     return out
 
 
