@@ -37,6 +37,7 @@ class Config:
     profile_seconds: float = 3.0
     cpu_calls: int = 20_000
     cpu_warmup: int = 1000
+    cpu_idle_seconds: float = 2.0
 
     @classmethod
     def quick(cls, repeat: int | None = None) -> Config:
@@ -50,6 +51,7 @@ class Config:
             profile_seconds=1.0,
             cpu_calls=2000,
             cpu_warmup=200,
+            cpu_idle_seconds=0.5,
         )
 
 
