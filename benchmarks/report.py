@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -10,47 +9,15 @@ import math
 import os
 import platform
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .measure import Measurement, median
+from .targets import Verdict, evaluate, verdicts_for
 
-__all__ = ["TARGETS", "Target", "add_relative_efficiency", "append_jsonl", "host_info", "write_markdown"]
+__all__ = ["add_relative_efficiency", "append_jsonl", "host_info", "write_markdown"]
 
 PACKAGES = ["bigmachine", "ray", "dask", "distributed", "uvicorn", "httptools", "uvloop"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """bigmachine's target for one metric: median `op` bound (op is "<=" or ">=")."""
-
-    op: str
-    bound: float
-
-    def met(self, value: float) -> bool:
-        return value <= self.bound if self.op == "<=" else value >= self.bound
-
-    def __str__(self) -> str:
-        return f"{'≤' if self.op == '<=' else '≥'} {self.bound:,g}"
-
-
-#: (scenario, metric, variant or None for every variant) -> target.
-TARGETS = {
-    ("cold_start", "ready", None): Target("<=", 0.4),
-    ("latency", "call latency", "sync"): Target("<=", 0.25),
-    ("throughput", "calls/s", None): Target(">=", 12_000),
-    ("bulk", "up rate", "whole"): Target(">=", 1_000),
-    ("bulk", "down rate", "whole"): Target(">=", 1_000),
-    ("bigpi", "efficiency / multiprocessing's", None): Target(">=", 0.95),
-    ("scale", "idle RSS per machine", None): Target("<=", 50),
-}
-
-
-def target_for(m: Measurement) -> Target | None:
-    if m.backend != "bigmachine":
-        return None
-    key = (m.scenario, m.metric)
-    return TARGETS.get((*key, m.variant)) or TARGETS.get((*key, None))
 
 
 def host_info() -> dict[str, Any]:
@@ -114,12 +81,15 @@ def _summary(m: Measurement) -> dict[str, float | None]:
 
 
 def write_markdown(path: str, ms: Sequence[Measurement], run: dict[str, Any],
-                   titles: dict[str, str], leftovers: Sequence[str]) -> None:
+                   titles: dict[str, str], leftovers: Sequence[str],
+                   profiles: Mapping[str, Sequence[str]] | None = None) -> None:
+    """RESULTS.md: the header, the targets, a table per scenario (then its profile, if any)."""
     lines = _header(run) + _targets(ms)
     for scenario, title in titles.items():
         rows = [m for m in ms if m.scenario == scenario]
         if rows:
-            lines += ["", f"## {title}", "", *_table(rows)]
+            lines += ["", f"## {title}", "", *_table(rows, ms)]
+        lines += (profiles or {}).get(scenario, [])
     if leftovers:
         lines += ["", "## Leftover processes", "", *[f"- `{p}`" for p in leftovers]]
     with open(path, "w") as f:
@@ -147,37 +117,48 @@ def _header(run: dict[str, Any]) -> list[str]:
 
 
 def _targets(ms: Sequence[Measurement]) -> list[str]:
-    """A summary of bigmachine's targets: each figure, its target, met or not."""
+    """A summary of bigmachine's targets: each figure, its reference, the ratio, met or not."""
     out = ["", "## bigmachine against its targets", "",
-           "| scenario | metric | variant | median | target | |", "|---|---|---|---|---|---|"]
-    for m in ms:
-        target = target_for(m)
-        if target is not None and m.values:
-            verdict = "met" if target.met(m.median) else "**not met**"
-            out.append(f"| {m.scenario} | {m.metric} | {m.variant} | {_fmt(m.median)} {m.unit} "
-                       f"| {target} {m.unit} | {verdict} |")
-    missing = sorted({k[:2] for k in TARGETS} - {(m.scenario, m.metric) for m in ms
-                                                  if m.backend == "bigmachine" and m.values})
-    out += [f"| {s} | {metric} | | no figure (failed or not run) | | |" for s, metric in missing]
+           "Ratios are to figures of this same run.", "",
+           "| scenario | metric | variant | figure | reference | ratio | target | |",
+           "|---|---|---|---|---|---|---|---|"]
+    for target, verdicts in evaluate(ms):
+        if not verdicts:
+            variant = "" if target.variant == "*" else target.variant
+            out.append(f"| {target.scenario} | {target.metric} | {variant} "
+                       f"| no figure (failed or not run) | | | {target.describe()} | |")
+        out += [_target_row(v) for v in verdicts]
     return out
 
 
-def _table(rows: Sequence[Measurement]) -> list[str]:
+def _target_row(v: Verdict) -> str:
+    m, unit = v.row, f" {v.row.unit}" if v.row.unit else ""
+    if v.target.versus is None:
+        reference, ratio = "", ""
+    elif v.reference is None:
+        reference, ratio = "no reference in this run", ""
+    else:
+        reference, ratio = f"{v.target.versus.label} {_fmt(v.reference)}", f"{v.figure:.3g}x"
+    verdict = "" if v.met is None else "met" if v.met else "**not met**"
+    return (f"| {m.scenario} | {m.metric} | {m.variant} | {_fmt(m.median)}{unit} | {reference} "
+            f"| {ratio} | {v.target.describe(m.unit)} | {verdict} |")
+
+
+def _table(rows: Sequence[Measurement], run: Sequence[Measurement]) -> list[str]:
     out = [
         "| backend | variant | metric | median | spread (min–max) | p99 | vs bigmachine | target | notes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in rows:
-        out.append("| " + " | ".join(_cells(m, rows)) + " |")
+        out.append("| " + " | ".join(_cells(m, rows, run)) + " |")
     return out
 
 
-def _cells(m: Measurement, rows: Sequence[Measurement]) -> list[str]:
+def _cells(m: Measurement, rows: Sequence[Measurement], run: Sequence[Measurement]) -> list[str]:
     if m.error is not None:
         return [m.backend, m.variant, m.metric, "error", "", "", "", "", _escape(m.error)]
     unit = f" {m.unit}" if m.unit else ""
     p99 = m.extra.get("p99")
-    target = target_for(m)
     return [
         m.backend,
         m.variant,
@@ -186,7 +167,7 @@ def _cells(m: Measurement, rows: Sequence[Measurement]) -> list[str]:
         f"{_fmt(min(m.values))}–{_fmt(max(m.values))}",
         f"{_fmt(p99)}{unit}" if p99 is not None else "",
         _versus(m, rows),
-        f"{target}{unit}: {'met' if target.met(m.median) else '**not met**'}" if target else "",
+        "; ".join(str(v) for v in verdicts_for(m, run)),
         _escape(str(m.extra.get("note", ""))),
     ]
 

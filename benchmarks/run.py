@@ -2,11 +2,14 @@
 
     python -m benchmarks.run [--backends bigmachine,ray,dask,multiprocessing]
                              [--scenarios cold_start,latency,...] [--repeat N] [--quick]
+                             [--profile-missed]
 
 Each (scenario, backend) pair runs in its own process (`benchmarks.run_one`) in
 its own session, so one backend's crash, hang or leaked process cannot kill the
 run or skew the next pair. Appends raw measurements to `results.jsonl` and
 rewrites `RESULTS.md` in the output directory (default: this package's folder).
+With --profile-missed, each scenario where bigmachine missed a target runs once
+more under py-spy, and its top frames go into RESULTS.md (`profile_missed`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 from .backends import NAMES
 from .measure import Measurement, describe, descendants, session_processes, wait_gone
+from .profile_missed import profile
 from .report import add_relative_efficiency, append_jsonl, host_info, now_iso, write_markdown
-from .scenarios import SCENARIOS, Config
+from .scenarios import SCENARIOS, Config, Scenario
+from .targets import evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -46,17 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     results, leftovers, sessions = [], [], []  # type: list[Measurement], list[str], list[int]
     for scenario in args.scenarios:
-        for backend in args.backends:
-            only = SCENARIOS[scenario].only
-            if only is not None and backend not in only:
-                continue
+        for backend in _backends_of(SCENARIOS[scenario], args.backends):
             ms, left, sid = _run_pair(backend, scenario, cfg, args)
             results += ms
             leftovers += [f"{backend}/{scenario}: {p}" for p in left]
             sessions.append(sid)
     results += add_relative_efficiency(results)
+    profiles = _profile_missed(results, cfg, args, sessions) if args.profile_missed else {}
     leftovers += _final_leftovers(sessions)
-    _write(args.output_dir, results, run, leftovers)
+    _write(args.output_dir, results, run, leftovers, profiles)
     print(f"\n{len(results)} measurements in {time.perf_counter() - started:.0f} s; "
           f"wrote {os.path.join(args.output_dir, 'RESULTS.md')}")
     for p in leftovers:
@@ -74,6 +78,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="scaled-down sizes, for a smoke test")
     parser.add_argument("--timeout", type=float, default=1200,
                         help="seconds allowed per (scenario, backend) pair (default 1200)")
+    parser.add_argument("--profile-missed", action="store_true",
+                        help="re-run each scenario where bigmachine missed a target under py-spy")
     parser.add_argument("--output-dir", default=HERE, help="where results.jsonl and RESULTS.md go")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the pairs' own output")
     return parser.parse_args(argv)
@@ -90,7 +96,14 @@ def _names(allowed: list[str]):  # type: ignore[no-untyped-def]
     return parse
 
 
-def _repeat(repeat: int | None) -> dict[str, int]:
+def _backends_of(scenario: Scenario, chosen: list[str]) -> list[str]:
+    """The backends a scenario runs for: its own label once if it needs none, else those chosen it applies to."""
+    if scenario.once_as is not None:
+        return [scenario.once_as]
+    return [b for b in chosen if scenario.only is None or b in scenario.only]
+
+
+def _repeat(repeat: int | None) -> dict[str, Any]:
     return {} if repeat is None else {"repeat": repeat, "scale_repeat": min(repeat, 3)}
 
 
@@ -98,11 +111,8 @@ def _run_pair(backend: str, scenario: str, cfg: Config,
               args: argparse.Namespace) -> tuple[list[Measurement], list[str], int]:
     """Runs one pair in a child process; returns its measurements, leftovers and session id."""
     print(f"[{scenario}] {backend} ...", flush=True)
-    fd, out = tempfile.mkstemp(prefix="bench-", suffix=".jsonl")
-    os.close(fd)
-    cmd = [sys.executable, "-m", "benchmarks.run_one", backend, scenario, out,
-           json.dumps(dataclasses.asdict(cfg))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    out = _temp_file("bench-", ".jsonl")
+    cmd, env = _pair_command(backend, scenario, out, cfg)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, text=True,
                             stdout=None if args.verbose else subprocess.PIPE,
@@ -125,6 +135,37 @@ def _run_pair(backend: str, scenario: str, cfg: Config,
         print(f"    {problem or 'failed'}; its output ends:\n" + _indent(output[-3000:]), flush=True)
     print(f"    ({time.perf_counter() - t:.1f} s)", flush=True)
     return ms, left, proc.pid
+
+
+def _pair_command(backend: str, scenario: str, out: str, cfg: Config) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment running one pair (`benchmarks.run_one`) from the repository root."""
+    cmd = [sys.executable, "-m", "benchmarks.run_one", backend, scenario, out,
+           json.dumps(dataclasses.asdict(cfg))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    return cmd, env
+
+
+def _temp_file(prefix: str, suffix: str) -> str:
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix)
+    os.close(fd)
+    return path
+
+
+def _profile_missed(results: list[Measurement], cfg: Config, args: argparse.Namespace,
+                    sessions: list[int]) -> dict[str, list[str]]:
+    """Markdown lines per scenario where bigmachine missed a target, from a re-run under py-spy."""
+    missed = dict.fromkeys(v.row.scenario for _, verdicts in evaluate(results)
+                           for v in verdicts if v.met is False)
+    profiles = {}
+    for scenario in missed:
+        print(f"[{scenario}] bigmachine under py-spy (a target was missed) ...", flush=True)
+        out, raw = _temp_file("bench-", ".jsonl"), _temp_file(f"bench-profile-{scenario}-", ".txt")
+        cmd, env = _pair_command("bigmachine", scenario, out, cfg)
+        profiles[scenario], sid = profile(cmd, env, ROOT, raw, args.timeout)
+        os.unlink(out)
+        sessions += [sid] if sid is not None else []
+        print(f"    raw profile: {raw}", flush=True)
+    return profiles
 
 
 def _read(path: str, backend: str, scenario: str) -> tuple[list[Measurement], list[str]]:
@@ -164,11 +205,12 @@ def _final_leftovers(sessions: list[int]) -> list[str]:
     return names
 
 
-def _write(output_dir: str, results: list[Measurement], run: dict, leftovers: list[str]) -> None:  # type: ignore[type-arg]
+def _write(output_dir: str, results: list[Measurement], run: dict, leftovers: list[str],  # type: ignore[type-arg]
+           profiles: dict[str, list[str]]) -> None:
     os.makedirs(output_dir, exist_ok=True)
     append_jsonl(os.path.join(output_dir, "results.jsonl"), results, run)
     titles = {name: s.title for name, s in SCENARIOS.items()}
-    write_markdown(os.path.join(output_dir, "RESULTS.md"), results, run, titles, leftovers)
+    write_markdown(os.path.join(output_dir, "RESULTS.md"), results, run, titles, leftovers, profiles)
 
 
 if __name__ == "__main__":

@@ -11,89 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .backends import Backend, Unsupported, load
-from .measure import MIB, Measurement, RssSampler, descendants, percentile, rss
+from .bulk import bulk
+from .cpu_per_call import cpu_per_call
+from .harness import Config, Scenario, cluster, error_row, measurement, temp_path, timed
+from .measure import MIB, Measurement, descendants, percentile, rss
+from .tls_ceiling import TLS_FLOOR, tls_ceiling
 from .workload import sample
 
 __all__ = ["SCENARIOS", "Config", "Scenario"]
 
-MB = 1e6  # transfer rates are in MB/s (10^6 bytes)
-
-
-@dataclasses.dataclass
-class Config:
-    """Sizes and counts of a run; `quick()` scales them down for a smoke test."""
-
-    repeat: int = 5
-    latency_calls: int = 2000
-    latency_warmup: int = 200
-    inflight: int = 64
-    throughput_seconds: float = 2.0
-    bulk_bytes: int = 64 * MIB
-    bigpi_n: int = 2 * 10**7
-    scale_n: int = 16
-    scale_repeat: int = 3
-    scale_settle: float = 2.0
-    profile_seconds: float = 3.0
-
-    @classmethod
-    def quick(cls, repeat: int | None = None) -> Config:
-        return cls(
-            repeat=repeat or 2,
-            latency_calls=500,
-            throughput_seconds=0.5,
-            bigpi_n=2 * 10**6,
-            scale_repeat=1,
-            scale_settle=0.5,
-            profile_seconds=1.0,
-        )
-
-
-@dataclasses.dataclass
-class Scenario:
-    name: str
-    title: str
-    run: Callable[[str, Config], list[Measurement]]
-    #: Backends it applies to; None for all.
-    only: tuple[str, ...] | None = None
-
-
-@contextlib.contextmanager
-def cluster(name: str, n: int) -> Iterator[Backend]:
-    """A started backend with n workers, always shut down on the way out."""
-    backend = load(name)
-    try:
-        backend.start(n)
-        yield backend
-    finally:
-        backend.shutdown()
-
-
-def _m(name: str, scenario: str, metric: str, unit: str, **kw: Any) -> Measurement:
-    return Measurement(backend=name, scenario=scenario, metric=metric, unit=unit, **kw)
-
-
-# 1. cold start
+# cold start
 
 
 def cold_start(name: str, cfg: Config) -> list[Measurement]:
     """Process start to 2 workers ready and one call answered, in a fresh interpreter."""
     runs = [_cold_start_once(name) for _ in range(cfg.repeat + 1)][1:]  # first warms OS caches
     return [
-        _m(name, "cold_start", key, "s", values=[r[f"{key}_s"] for r in runs])
+        measurement(name, "cold_start", key, "s", values=[r[f"{key}_s"] for r in runs])
         for key in ("ready", "import", "shutdown")
     ]
 
@@ -106,7 +50,7 @@ def _cold_start_once(name: str) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-# 2. call latency
+# call latency
 
 
 def latency(name: str, cfg: Config) -> list[Measurement]:
@@ -117,29 +61,17 @@ def latency(name: str, cfg: Config) -> list[Measurement]:
         for variant in backend.async_variants():
             series[variant] = lambda k, v=variant: async_latencies(backend, v, k)
         for variant, run in series.items():
-            with _variant(out, name, "latency", "call latency", variant):
+            with error_row(out, name, "latency", "call latency", variant):
                 run(cfg.latency_warmup)
                 reps = [run(cfg.latency_calls) for _ in range(cfg.repeat)]
                 out.append(_latency_measurement(name, variant, reps))
     return out
 
 
-@contextlib.contextmanager
-def _variant(out: list[Measurement], name: str, scenario: str, metric: str,
-             variant: str) -> Iterator[None]:
-    """Turns a failing variant into an error row, so the scenario's other variants still run."""
-    try:
-        yield
-    except Exception as exc:
-        traceback.print_exc()
-        out.append(_m(name, scenario, metric, "", variant=variant,
-                      error=f"{type(exc).__name__}: {exc}"[:500]))
-
-
 def _latency_measurement(name: str, variant: str, reps: list[list[float]],
                          scenario: str = "latency") -> Measurement:
     ms = [[x * 1e3 for x in rep] for rep in reps]
-    return _m(
+    return measurement(
         name, scenario, "call latency", "ms", variant=variant,
         values=[percentile(rep, 50) for rep in ms],
         extra={"p99": percentile([x for rep in ms for x in rep], 99),
@@ -168,7 +100,7 @@ def async_latencies(backend: Backend, variant: str, n: int) -> list[float]:
     return backend.run_async(variant, run)
 
 
-# 3. call throughput
+# call throughput
 
 
 def throughput(name: str, cfg: Config) -> list[Measurement]:
@@ -181,10 +113,10 @@ def throughput(name: str, cfg: Config) -> list[Measurement]:
         for variant in backend.async_variants():
             runs[variant] = lambda k, v=variant: acalls_in_flight(backend, v, k, cfg.inflight)
         for variant, run in runs.items():
-            with _variant(out, name, "throughput", "calls/s", variant):
+            with error_row(out, name, "throughput", "calls/s", variant):
                 ncalls = _calibrate(run, cfg)
-                rates = [ncalls / _timed(run, ncalls) for _ in range(cfg.repeat)]
-                out.append(_m(name, "throughput", "calls/s", "calls/s", better="higher",
+                rates = [ncalls / timed(run, ncalls) for _ in range(cfg.repeat)]
+                out.append(measurement(name, "throughput", "calls/s", "calls/s", better="higher",
                               variant=variant, values=rates, extra={"calls_per_rep": ncalls}))
     return out
 
@@ -192,15 +124,9 @@ def throughput(name: str, cfg: Config) -> list[Measurement]:
 def _calibrate(run: Callable[[int], None], cfg: Config) -> int:
     """Warms up, then picks a call count that lasts about cfg.throughput_seconds."""
     probe = 10 * cfg.inflight
-    rate = probe / _timed(run, probe)
+    rate = probe / timed(run, probe)
     n = int(rate * cfg.throughput_seconds) // cfg.inflight * cfg.inflight
     return min(max(n, probe), 200_000)
-
-
-def _timed(fn: Callable[..., Any], *args: Any) -> float:
-    t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t
 
 
 def futures_in_flight(backend: Backend, ncalls: int, inflight: int) -> None:
@@ -226,100 +152,15 @@ def acalls_in_flight(backend: Backend, variant: str, ncalls: int, inflight: int)
     backend.run_async(variant, run)
 
 
-# 4. bulk transfer
-
-
-def bulk(name: str, cfg: Config) -> list[Measurement]:
-    """A cfg.bulk_bytes argument up and reply down; MB/s and peak RSS of both sides."""
-    size, out = cfg.bulk_bytes, []
-    with cluster(name, 1) as backend:
-        worker = backend.worker_pids()[0]
-        if backend.streaming:  # first, while neither process has held a whole payload
-            with _temp_file(size) as path:
-                out += _transfers(name, "streamed", _streamed(backend, path, size), worker, cfg)
-        data = b"\xa5" * size
-        backend.call(0, "make_blob", size)
-
-        def up() -> None:
-            _check(backend.call(0, "sink", data), size)
-
-        def down() -> None:
-            _check(len(backend.call(0, "blob")), size)
-
-        out += _transfers(name, "whole", {"up": up, "down": down}, worker, cfg)
-    return sorted(out, key=lambda m: m.variant != "whole")  # whole first, as in other backends
-
-
-def _streamed(backend: Backend, path: str, size: int) -> dict[str, Callable[[], None]]:
-    def up() -> None:
-        with open(path, "rb") as f:
-            _check(backend.call_stream_arg(0, "stream_sink", f), size)
-
-    def down() -> None:
-        _check(sum(len(c) for c in backend.call_stream_reply(0, "stream_blob", size, MIB)), size)
-
-    return {"up": up, "down": down}
-
-
-def _transfers(name: str, variant: str, runs: dict[str, Callable[[], None]],
-               worker: int, cfg: Config) -> list[Measurement]:
-    out = []
-    driver = os.getpid()
-    for direction, run in runs.items():
-        run()  # warm-up
-        base = {"driver": rss(driver), "worker": rss(worker)}
-        rates, peaks = [], {"driver": [], "worker": []}  # type: dict[str, list[float]]
-        for _ in range(cfg.repeat):
-            with RssSampler([driver, worker]) as sampler:
-                seconds = _timed(run)
-            rates.append(cfg.bulk_bytes / MB / seconds)
-            peaks["driver"].append(sampler.peak[driver] / MIB)
-            peaks["worker"].append(sampler.peak[worker] / MIB)
-        out.append(_m(name, "bulk", f"{direction} rate", "MB/s", better="higher",
-                      variant=variant, values=rates))
-        for side, values in peaks.items():
-            out.append(_m(name, "bulk", f"{side} peak RSS ({direction})", "MiB",
-                          variant=variant, values=values,
-                          extra={"note": f"{base[side] / MIB:.0f} MiB before"}))
-    return out
-
-
-def _check(got: Any, want: int) -> None:
-    if got != want:
-        raise AssertionError(f"transferred {got!r} bytes, want {want}")
-
-
-@contextlib.contextmanager
-def _temp_file(size: int) -> Iterator[str]:
-    """A file of size bytes, written a MiB at a time (never whole in memory)."""
-    chunk = b"\xa5" * MIB
-    with _temp_path() as path:
-        with open(path, "wb") as f:
-            for _ in range(size // MIB):
-                f.write(chunk)
-            f.write(chunk[: size % MIB])
-        yield path
-
-
 @contextlib.contextmanager
 def _temp_bytes(content: bytes) -> Iterator[str]:
-    with _temp_path() as path:
+    with temp_path() as path:
         with open(path, "wb") as f:
             f.write(content)
         yield path
 
 
-@contextlib.contextmanager
-def _temp_path() -> Iterator[str]:
-    fd, path = tempfile.mkstemp(prefix="bigmachine-bench-")
-    os.close(fd)
-    try:
-        yield path
-    finally:
-        os.unlink(path)
-
-
-# 5. bigpi
+# bigpi
 
 
 def bigpi(name: str, cfg: Config) -> list[Measurement]:
@@ -337,13 +178,13 @@ def bigpi(name: str, cfg: Config) -> list[Measurement]:
         for f in [backend.submit(i, "sample", n // 50) for i in range(backend.n)]:
             backend.result(f)
         for _ in range(cfg.repeat):
-            single.append(_timed(sample, n))
-            parallel.append(_timed(_parallel_pi, backend, n))
+            single.append(timed(sample, n))
+            parallel.append(timed(_parallel_pi, backend, n))
     return [
-        _m(name, "bigpi", "t_single", "s", values=single,
+        measurement(name, "bigpi", "t_single", "s", values=single,
            extra={"note": f"n={n:,} in the driver process", "versus": False}),
-        _m(name, "bigpi", "t_parallel (2 workers)", "s", values=parallel),
-        _m(name, "bigpi", "efficiency", "", better="higher",
+        measurement(name, "bigpi", "t_parallel (2 workers)", "s", values=parallel),
+        measurement(name, "bigpi", "efficiency", "", better="higher",
            values=[t1 / (2 * t2) for t1, t2 in zip(single, parallel)]),
     ]
 
@@ -356,7 +197,7 @@ def _parallel_pi(backend: Backend, n: int) -> float:
     return pi
 
 
-# 6. scale
+# scale
 
 
 def scale(name: str, cfg: Config) -> list[Measurement]:
@@ -368,7 +209,7 @@ def scale(name: str, cfg: Config) -> list[Measurement]:
     for _ in range(cfg.scale_repeat):
         backend = load(name)
         try:
-            starts.append(_timed(backend.start, n))
+            starts.append(timed(backend.start, n))
             time.sleep(cfg.scale_settle)
             pids = backend.worker_pids()
             if len(set(pids)) != n:
@@ -380,16 +221,16 @@ def scale(name: str, cfg: Config) -> list[Measurement]:
             backend.shutdown()
             stops.append(time.perf_counter() - t)
     return [
-        _m(name, "scale", f"start {n}", "s", values=starts),
-        _m(name, "scale", "idle RSS per machine", "MiB", values=per_worker,
+        measurement(name, "scale", f"start {n}", "s", values=starts),
+        measurement(name, "scale", "idle RSS per machine", "MiB", values=per_worker,
            extra={"note": "worker processes only"}),
-        _m(name, "scale", "idle RSS per machine, whole tree", "MiB", values=per_tree,
+        measurement(name, "scale", "idle RSS per machine, whole tree", "MiB", values=per_tree,
            extra={"note": f"every process below the driver / {n}"}),
-        _m(name, "scale", f"shutdown {n}", "s", values=stops),
+        measurement(name, "scale", f"shutdown {n}", "s", values=stops),
     ]
 
 
-# 7. profiling cost
+# profiling cost
 
 
 def profiling(name: str, cfg: Config) -> list[Measurement]:
@@ -401,7 +242,7 @@ def profiling(name: str, cfg: Config) -> list[Measurement]:
         try:
             app = backend.debug_app()
         except Unsupported as exc:
-            return [_m(name, "profiling", "call latency", "ms", error=f"not available yet: {exc}")]
+            return [measurement(name, "profiling", "call latency", "ms", error=f"not available yet: {exc}")]
         with _serve(app) as url:
             sync_latencies(backend, cfg.latency_warmup)
             quiet = [_latencies_for(backend, seconds) for _ in range(cfg.repeat)]
@@ -420,7 +261,7 @@ def profiling(name: str, cfg: Config) -> list[Measurement]:
     return [
         _latency_measurement(name, "no profile", quiet, "profiling"),
         _latency_measurement(name, f"while profiling ({seconds:g} s)", loaded, "profiling"),
-        _m(name, "profiling", "profile request", "s", values=took,
+        measurement(name, "profiling", "profile request", "s", values=took,
            extra={"note": f"seconds={seconds:g}, both machines; {', '.join(sorted(checks))}"}),
     ]
 
@@ -486,11 +327,15 @@ SCENARIOS = {
     for s in [
         Scenario("cold_start", "1. Cold start: fresh process to 2 workers ready and one call answered", cold_start),
         Scenario("latency", "2. Call latency: sequential echo(1) round trips, one worker", latency),
-        Scenario("throughput", "3. Call throughput: 64 calls in flight across 2 workers", throughput),
-        Scenario("bulk", "4. Bulk transfer: 64 MiB argument up, 64 MiB reply down, one worker", bulk),
-        Scenario("bigpi", "5. bigpi: parallel efficiency on 2 workers", bigpi),
-        Scenario("scale", "6. Scale: start 16 workers on 2 cores; idle RSS", scale),
-        Scenario("profiling", "7. Profiling cost: call latency during a merged CPU profile",
+        Scenario("cpu_per_call", "3. CPU per small sync call, driver and machine, from process CPU times",
+                 cpu_per_call),
+        Scenario("throughput", "4. Call throughput: 64 calls in flight across 2 workers", throughput),
+        Scenario("tls_ceiling", "5. TLS ceiling: one way over loopback TLS 1.3, recv_into a preallocated buffer",
+                 tls_ceiling, once_as=TLS_FLOOR),
+        Scenario("bulk", "6. Bulk transfer: an argument up and a reply down, 64 and 256 MiB, one worker", bulk),
+        Scenario("bigpi", "7. bigpi: parallel efficiency on 2 workers", bigpi),
+        Scenario("scale", "8. Scale: start 16 workers on 2 cores; idle RSS", scale),
+        Scenario("profiling", "9. Profiling cost: call latency during a merged CPU profile",
                  profiling, only=("bigmachine",)),
     ]
 }

@@ -25,6 +25,8 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     #: How `submit` is spelled for this backend, used as the variant label.
     submit_label: ClassVar[str] = "futures"
+    #: What `worker_pids` names, for the notes of per-process figures (CPU, RSS).
+    worker_process: ClassVar[str] = "the worker process"
 
     def __init__(self) -> None:
         self.n = 0

@@ -25,6 +25,7 @@ SESSION_LOOP = "acall (on b.loop)"
 class BigmachineBackend(Backend):
     name = "bigmachine"
     submit_label = "submit"
+    worker_process = "the machine's process (Local system), all its threads"
     streaming = True
 
     def __init__(self) -> None:

@@ -17,6 +17,8 @@ __all__ = ["DaskBackend"]
 class DaskBackend(Backend):
     name = "dask"
     submit_label = "actor futures"
+    worker_process = ("the worker process hosting the actor, all its threads "
+                      "(the scheduler runs in the driver; nannies: rest of the cluster)")
 
     def __init__(self) -> None:
         super().__init__()

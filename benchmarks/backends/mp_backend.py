@@ -36,6 +36,7 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
 class MultiprocessingBackend(Backend):
     name = "multiprocessing"
     submit_label = "pipelined"
+    worker_process = "the spawned child process"
 
     def __init__(self) -> None:
         super().__init__()

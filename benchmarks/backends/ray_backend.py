@@ -20,6 +20,7 @@ _CPUS = 2
 class RayBackend(Backend):
     name = "ray"
     submit_label = "remote"
+    worker_process = "the actor's worker process, all its threads (raylet, GCS: rest of the cluster)"
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,0 +1,119 @@
+"""The tls_ceiling scenario: how fast Python's `ssl` moves bytes one way over loopback.
+
+The floor bulk transfers are held against (issue 12): this process, a TLS 1.3
+client, sends each of `cfg.bulk_sizes` from one buffer over one mutual-TLS
+connection to a spawned receiver, which `recv_into`s a preallocated, already
+touched buffer and acknowledges with one byte. Certificates are ECDSA P-256 from
+`bigmachine.tls`, as a session's are. Backend-independent: it runs once per run,
+and its figure stands for both directions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import socket
+import ssl
+import struct
+import tempfile
+from collections.abc import Iterator
+
+from bigmachine.tls import Authority, client_context, server_context
+
+from .harness import MB, Config, measurement, size_label, timed
+from .measure import MIB, Measurement
+
+__all__ = ["TLS_FLOOR", "tls_ceiling"]
+
+#: The backend label of its rows.
+TLS_FLOOR = "tls (floor)"
+_HOST = "127.0.0.1"
+_HEADER = struct.Struct("!Q")  # payload length; 0 ends the receiver
+_DEADLINE = 120.0  # seconds any one wait may take
+
+
+def tls_ceiling(name: str, cfg: Config) -> list[Measurement]:
+    """MB/s one way for each payload size, the median over cfg.repeat after a warm-up."""
+    out = []
+    with _certificates() as certs, _receiver(certs) as port, _connect(certs, port) as tls:
+        for size in cfg.bulk_sizes:
+            payload = memoryview(b"\xa5" * size)
+            _send(tls, payload)  # warm-up: the receiver touches its buffer
+            rates = [size / MB / timed(_send, tls, payload) for _ in range(cfg.repeat)]
+            out.append(measurement(name, "tls_ceiling", "rate", "MB/s", better="higher",
+                                   variant=size_label(size), values=rates,
+                                   extra={"payload_mib": size / MIB,
+                                          "note": "one way, TLS 1.3, the ceiling for up and down"}))
+        tls.sendall(_HEADER.pack(0))
+    return out
+
+
+def _send(tls: ssl.SSLSocket, payload: memoryview) -> None:
+    tls.sendall(_HEADER.pack(len(payload)))
+    tls.sendall(payload)
+    if tls.recv(1) != b"k":
+        raise RuntimeError("the TLS receiver did not acknowledge the payload")
+
+
+@contextlib.contextmanager
+def _certificates() -> Iterator[str]:
+    """A directory holding a throwaway authority's certificate and a leaf for 127.0.0.1."""
+    with tempfile.TemporaryDirectory(prefix="bigmachine-bench-tls-") as directory:
+        Authority("bench").issue([_HOST]).write(directory)
+        yield directory
+
+
+@contextlib.contextmanager
+def _receiver(certs: str) -> Iterator[int]:
+    """A spawned receiving process; yields the port it listens on."""
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=_receive, args=(certs, theirs), daemon=True)
+    proc.start()
+    theirs.close()
+    try:
+        if not ours.poll(_DEADLINE):
+            raise TimeoutError(f"the TLS receiver did not listen within {_DEADLINE:g} s")
+        yield int(ours.recv())
+    finally:
+        proc.join(_DEADLINE)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(_DEADLINE)
+
+
+@contextlib.contextmanager
+def _connect(certs: str, port: int) -> Iterator[ssl.SSLSocket]:
+    raw = socket.create_connection((_HOST, port), timeout=_DEADLINE)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with client_context(certs).wrap_socket(raw, server_hostname=_HOST) as tls:
+        yield tls
+
+
+def _receive(certs: str, parent: multiprocessing.connection.Connection) -> None:
+    """The receiver: accepts one connection, then reads payloads into one reused buffer until told to stop."""
+    with socket.create_server((_HOST, 0)) as listener:
+        parent.send(listener.getsockname()[1])
+        listener.settimeout(_DEADLINE)
+        raw, _ = listener.accept()
+    raw.settimeout(_DEADLINE)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffer = memoryview(bytearray())
+    with server_context(certs).wrap_socket(raw, server_side=True) as tls:
+        while size := _HEADER.unpack(_read_into(tls, memoryview(bytearray(_HEADER.size))))[0]:
+            if len(buffer) < size:
+                buffer = memoryview(bytearray(b"\0" * size))  # touched: no first-touch page cost later
+            _read_into(tls, buffer[:size])
+            tls.sendall(b"k")
+
+
+def _read_into(tls: ssl.SSLSocket, view: memoryview) -> memoryview:
+    """Fills view from the socket; returns it."""
+    got = 0
+    while got < len(view):
+        n = tls.recv_into(view[got:])
+        if not n:
+            raise ConnectionError(f"the sender closed after {got} of {len(view)} bytes")
+        got += n
+    return view
