@@ -16,16 +16,16 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .rpc import calls
+from .rpc import blocking, calls
 from .rpc.calls import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
 from .futures import CallFuture, PendingCall, settle
 from .liveness import held_stacks
-from .rpc.stats import CallStats, atimed, timed
+from .rpc.stats import CallStats, atimed
 from .rpc import wire
 from .rpc.budget import ConnectionBudget
 from .rpc.client import AsyncPool, SyncPool
@@ -75,6 +75,7 @@ class Machine:
         self._last_used = 0.0
         self._watching = False
         self._host_header = b""
+        self._target: blocking.Target | None = None  # what blocking calls need, once the address is known
         self._reply_times: collections.deque[float] = collections.deque(maxlen=10)
         self._next_keepalive = 0.0
         self.rpc_stats = CallStats()  # calls made to this machine, per method (bigmachine.metrics)
@@ -105,6 +106,8 @@ class Machine:
         self.addr = f"https://{parts.netloc}/"
         self.hostname = parts.hostname
         self._host_header = parts.netloc.encode()
+        self._target = blocking.Target(self, self.addr, self._host_header, self.rpc_stats, self._sync_error,
+                                       self._call_streaming)
         host, port, context = parts.hostname, parts.port, self._session.client_context
         data = ConnectionBudget(self._session.max_connections)
         self._sync = SyncPool(host, port, context, host, data)
@@ -218,8 +221,7 @@ class Machine:
         return state == RUNNING
 
     def _wait_running(self, deadline: float) -> None:
-        if self._check_running():
-            return
+        """Waits for a machine that is not RUNNING yet (``_check_running`` said so) to be."""
         if self._session.on_loop_thread():
             return  # blocking the loop would stop the machine from ever starting; try the call
         try:
@@ -274,15 +276,15 @@ class Machine:
 
     def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Calls ``"Service.method"`` and returns its result (an iterator of bytes if streamed)."""
-        deadline = deadline_after(timeout)
-        self._wait_running(deadline)
-        request = calls.encode_call(self._host_header, method, args, kwargs)
-        return self._call_sync(request, deadline, timeout)
+        if not self._check_running():
+            self._wait_running(deadline_after(timeout))
+        control = isinstance(method, str) and method.startswith(_CONTROL)
+        pool, target = (self._sync_control if control else self._sync), self._target
+        assert pool is not None and target is not None
+        return blocking.call(pool, target, method, args, kwargs, timeout)
 
-    def _call_sync(self, request: Request, deadline: float, timeout: float | None) -> Any:
-        """A blocking call; one with a streamed argument goes through the loop, which sends it while the reply streams back."""
-        if request.stream is None:
-            return self._call_blocking(request, deadline, timeout)
+    def _call_streaming(self, request: Request, deadline: float, timeout: float | None) -> Any:
+        """A blocking call whose argument streams: the loop sends it while the reply streams back."""
         if self._session.on_loop_thread():
             raise Error(f"{request.method}: a call with a streamed argument cannot block the session's event loop "
                         "thread; use `await m.acall(...)` there")
@@ -295,35 +297,6 @@ class Machine:
         except BaseException:
             pending.cancel()  # interrupted (Ctrl-C): the call ends too; a no-op once it is over
             raise
-
-    @timed
-    def _call_blocking(self, request: Request, deadline: float, timeout: float | None) -> Any:
-        pool = self._sync_control if request.method.startswith(_CONTROL) else self._sync
-        assert pool is not None
-        try:
-            response, conn = pool.call(request, deadline)
-        except BaseException as exc:
-            raise self._sync_error(exc, request.method, timeout)
-        if conn is not None:
-            return self._sync_stream(pool.reply_frames(conn, deadline), request.method, timeout)
-        return calls.decode_reply(response, request.method, self.addr)
-
-    def _sync_stream(self, frames: Generator[tuple[bytes, bytes], None, None], method: str,
-                     timeout: float | None) -> Iterator[bytes]:
-        try:
-            while True:
-                try:
-                    kind, payload = next(frames)
-                except StopIteration:
-                    return
-                except BaseException as exc:
-                    raise self._sync_error(exc, method, timeout)
-                chunk = calls.decode_frame(kind, payload, self.addr)
-                if chunk is None:
-                    return
-                yield chunk
-        finally:
-            frames.close()
 
     def submit(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Starts a call on the session's loop; returns a future of its result.

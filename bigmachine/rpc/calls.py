@@ -32,6 +32,12 @@ class Request:
     data: bytes | tuple[bytes, ...]  # one buffer; or a head and the pieces of a big body, not copied together
     stream: Any = None  # a binary file, an iterator or an async iterator of bytes
 
+    @property
+    def size(self) -> int:
+        """Bytes sent whole (a streamed argument's chunks not counted)."""
+        data = self.data
+        return len(data) if isinstance(data, bytes) else sum(map(len, data))
+
 
 def _is_stream_argument(value: Any) -> bool:
     if type(value) in _NEVER_STREAMED:

@@ -3,7 +3,7 @@
 A row is a list of floats: calls, errors, seconds, bytes sent and received, cancelled, and a
 latency histogram (``BUCKETS``); updating one takes a lock, a few increments and a
 ``bisect``. Servers count the calls they serve (``measure``), clients the calls they make
-(``timed``/``atimed``). ``bigmachine.metrics`` turns rows into Prometheus families at scrape time.
+(``rpc.blocking.call``, ``atimed``). ``bigmachine.metrics`` turns rows into Prometheus families at scrape time.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from . import trace, wire
 
-__all__ = ["BUCKETS", "CANCELLED", "COUNT", "ERRORS", "FIRST_BUCKET", "RECEIVED", "SENT", "SUM", "CallStats", "atimed", "timed"]
+__all__ = ["BUCKETS", "CANCELLED", "COUNT", "ERRORS", "FIRST_BUCKET", "RECEIVED", "SENT", "SUM", "CallStats", "atimed"]
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the call latency histograms; one more bucket is +Inf."""
@@ -122,30 +122,13 @@ def _quantile(buckets: list[float], count: int, q: float) -> float:
 def _done(caller: Any, request: Any, entry: trace.Call, begun: float, failed: bool) -> None:
     """A call made by ``caller`` (a ``Machine``) ended: its trace entry and its row are filled in."""
     entry[1], entry[3] = time.time(), failed
-    caller.rpc_stats.record(request.method, perf_counter() - begun, failed, len(request.data))
-
-
-def timed(fn: F) -> F:
-    """Records each sync call of a ``Machine`` method ``(self, request, deadline, timeout)`` in ``self.rpc_stats``,
-    and in the machine's call trace (``trace``) from its start, so in-flight calls show."""
-
-    @functools.wraps(fn)
-    def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:
-        entry = trace.record(self, request.method)
-        begun = perf_counter()
-        failed = True
-        try:
-            result = fn(self, request, deadline, timeout)
-            failed = False
-            return result
-        finally:
-            _done(self, request, entry, begun, failed)
-
-    return call  # type: ignore[return-value]
+    caller.rpc_stats.record(request.method, perf_counter() - begun, failed, request.size)
 
 
 def atimed(fn: F) -> F:
-    """The async twin of ``timed``."""
+    """Records each async call of a ``Machine`` method ``(self, request, deadline, timeout)`` in ``self.rpc_stats``,
+    and in the machine's call trace (``trace``) from its start, so in-flight calls show (blocking calls:
+    ``rpc.blocking``)."""
 
     @functools.wraps(fn)
     async def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:

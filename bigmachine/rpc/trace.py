@@ -1,8 +1,8 @@
 """The driver's recent calls per machine (start, end, method, failed), for the debug server's live timeline.
 
 Each call appends one record to its machine's bounded ring when it starts and fills
-in its end when it finishes, so in-flight calls are visible. ``traced``/``atraced``
-wrap the ``Machine`` call paths beside ``rpc.stats.timed``; the cost is a dict lookup,
+in its end when it finishes, so in-flight calls are visible: ``rpc.blocking.call`` and
+``rpc.stats.atimed`` record every call of a ``Machine``; the cost is a dict lookup,
 a list and a deque append per call (measured in docs/debug-server.md).
 """
 

@@ -46,7 +46,7 @@ def heap_tracing_cost() -> dict[str, float]:
 
 
 def calltrace_cost(n: int = 200_000) -> float:
-    """Microseconds the call trace adds to a call (``rpc.stats.timed`` records it): one entry at the start,
+    """Microseconds the call trace adds to a call (``rpc.blocking.call`` records it): one entry at the start,
     its end filled in."""
     holder = SimpleNamespace()
     runs = []
