@@ -7,11 +7,13 @@ The estimates are statistical: at the default rate, 50 MB gives about 100 sample
 from __future__ import annotations
 
 import gc
+import json
 import os
 import subprocess
 import sys
 import threading
 import tracemalloc
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -109,6 +111,37 @@ def test_threads_allocating_at_once_are_each_found() -> None:
     for name, out in (("keep_in_thread_a", out_a), ("keep_in_thread_b", out_b)):
         true = _true_size(out[0])
         assert 0.5 * true <= _estimated(snap, name) <= 2 * true, (name, _estimated(snap, name), true)
+
+
+def churn(rounds: int) -> None:
+    """Allocation under stress: exceptions in flight, reference cycles, weakref callbacks, collections."""
+    for i in range(rounds):
+        try:
+            raise ValueError(json.loads(json.dumps({"a": [str(j) for j in range(20)]})))
+        except ValueError as error:
+            repr(error)
+
+        class Cycle:
+            pass
+
+        cycle = Cycle()
+        cycle.self = cycle
+        weakref.ref(cycle, lambda ref: None)
+        if i % 50 == 0:
+            gc.collect()
+
+
+def test_sampling_every_allocation_survives_threads_collections_and_exceptions() -> None:
+    """The hook reads stacks from inside any allocation: rate=1 makes it do so from all of them."""
+    heap_snapshot(rate=1, frames=8)
+    threads = [threading.Thread(target=churn, args=(300,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    churn(300)
+    for t in threads:
+        t.join(timeout=60)
+    snap = heap_snapshot(rate=1, frames=8)
+    assert snap.total_count > 0 and gc.isenabled()
 
 
 def test_tracemalloc_started_while_sampling_is_survived() -> None:
