@@ -16,7 +16,6 @@ from ..rpc import trace as calltrace
 from ..profile import heap
 from . import timeline
 from .context import REFRESH, Debug, debug_of
-from .profiles import HEAP_FRAMES
 from .cluster import ask, fan_out, find, key_of, recent_output
 
 __all__ = ["routes"]
@@ -98,7 +97,7 @@ async def pprof_index(request: Request) -> Response:
         "heap_bytes": sum(c["heap_bytes"] or 0 for c in live),
     }
     return debug.render(request, "pprof.html", page="pprof", rows=rows, counts=counts, max_seconds=profile.MAX_SECONDS,
-                        stop_after=heap.STOP_AFTER, heap_frames=HEAP_FRAMES, heap_cost=heap.SLOWDOWN[HEAP_FRAMES])
+                        stop_after=heap.STOP_AFTER, heap=heap)
 
 
 def routes(prefix: str) -> list[Route]:
