@@ -12,7 +12,7 @@ from debug_support import Cluster, start_driver
 
 import bigmachine
 from bigmachine import RUNNING
-from bigmachine.web.cluster import recent_output
+from bigmachine.web.cluster import SessionView
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def cluster() -> Iterator[Cluster]:
         machines[0].call("Busy.work", 3)
         assert b.debug_url is not None
         deadline = time.monotonic() + 10  # the machines' output reaches the driver on its own time
-        while not all(recent_output(b, m) for m in machines) and time.monotonic() < deadline:
+        while not all(SessionView(b).recent_output(m) for m in machines) and time.monotonic() < deadline:
             time.sleep(0.02)
         yield Cluster(b, machines, b.debug_url + "/debug/bigmachine")
 
