@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from debug_services import Busy
+from services import Observed
 from debug_support import Cluster, start_driver
 
 import bigmachine
@@ -19,7 +19,7 @@ from bigmachine.web.cluster import SessionView
 def cluster() -> Iterator[Cluster]:
     """Two Local machines running ``Busy``, behind a debug server (shared by a module's tests)."""
     with start_driver() as b:
-        machines = b.start(2, bigmachine.Services(Busy=Busy()))
+        machines = b.start(2, bigmachine.Services(Busy=Observed()))
         for machine in machines:
             assert machine.wait(RUNNING, timeout=60) == RUNNING
         machines[0].call("Busy.work", 3)
