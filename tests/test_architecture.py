@@ -10,6 +10,7 @@ say): each is named with its reason, and anything else that imports upwards fail
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bigmachine"
@@ -192,3 +193,16 @@ def test_the_session_checker_sees_a_session_read() -> None:
               "def app(b: 'B') -> None:\n    keep(b)\n    SessionView(b)\n"
               "def serve(b: session.B) -> None:\n    create_app(b)\n")
     assert _session_uses(source) == ["page, line 2", "app, line 4"]
+
+
+_STATE_NAME_COMPARED = re.compile(r"""(==|!=|\bin)\s*[(\[{]?\s*['"](UNSTARTED|STARTING|RUNNING|STOPPED)['"]""")
+
+
+def test_views_compare_machine_states_as_states_not_names() -> None:
+    """The debug pages, their templates and the notebook compare ``State`` values (Slurm's job states are its own)."""
+    views = [*(PACKAGE / "web").rglob("*.py"), *(PACKAGE / "web" / "templates").glob("*.html"), PACKAGE / "notebook.py"]
+    compared = [f"{path.name}: {match.group(0)}" for path in views
+                for match in _STATE_NAME_COMPARED.finditer(path.read_text())]
+    assert compared == []
+    assert _STATE_NAME_COMPARED.search("{% if m.state != 'RUNNING' %}") and _STATE_NAME_COMPARED.search(
+        'if m.state.name in ("UNSTARTED", "STARTING"):')
