@@ -153,7 +153,7 @@ async def flame(request: Request) -> Response:
     combined = profile.merge_cpu(samples, keys if by_machine else None)
     title = f"CPU of {len(keys)} machine{'s' if len(keys) != 1 else ''}, {ask.describe()}"
     svg = profile.render_flamegraph_svg(combined, title, width=1400)
-    machines = [key_of(m) for m in debug.b.machines() if m.addr and m.state != STOPPED]
+    machines = [key_of(m) for m in debug.session.machines() if m.addr and m.state != STOPPED]
     return debug.render(request, "flame.html", page="pprof", svg=Markup(svg), total=combined.total,
                         seconds=f"{ask.seconds:g}", answered=len(keys), machine=request.query_params.get("machine", ""),
                         keys=machines, by_machine=by_machine, notes=[f"left out {m}" for m in missing],

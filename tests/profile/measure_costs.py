@@ -33,19 +33,20 @@ def history_sample_cost(machines: int = 2, samples: int = 20) -> dict[str, float
 
     import bigmachine
     from bigmachine import RUNNING, systems
+    from bigmachine.web.cluster import SessionView
     from bigmachine.web.history import History
 
     with bigmachine.start(systems.Local()) as b:
         started = b.start(machines, bigmachine.Services(Idle=_Idle()))
         for machine in started:
             machine.wait(RUNNING, timeout=60)
-        history = History()
+        history, session = History(), SessionView(b)
 
         async def run() -> tuple[float, float]:
-            await history.sample(b, 2.0)  # warm: connections, imports on the machines
+            await history.sample(session, 2.0)  # warm: connections, imports on the machines
             wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(samples):
-                await history.sample(b, 2.0)
+                await history.sample(session, 2.0)
             return (time.perf_counter() - wall) / samples, (time.process_time() - cpu) / samples
 
         wall, cpu = asyncio.run(run())
