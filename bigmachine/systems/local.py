@@ -50,7 +50,8 @@ class Local(System):
                          keepalive_rpc_timeout=keepalive_rpc_timeout, **options)
         self.memory_limit = parse_size(memory_limit) if memory_limit is not None else None
         self._janitor: Janitor | None = None
-        self._forks: ForkServer | None = None
+        # A fork server per session (its loop): it dies with the loop's thread, as what it forks must.
+        self._forks: dict[asyncio.AbstractEventLoop, ForkServer] = {}
 
     def __repr__(self) -> str:
         return "Local()" if self.memory_limit is None else f"Local(memory_limit={self.memory_limit})"
@@ -62,14 +63,14 @@ class Local(System):
                                          return_exceptions=True))
 
     async def shutdown(self) -> None:
-        """Stops the janitor and the fork server once no machine is left, and lets forwarded output finish."""
+        """Stops the session's fork server, the janitor once no machine is left, and lets forwarded output finish."""
+        forks = self._forks.pop(asyncio.get_running_loop(), None)  # its machines, this session's, are stopped
+        if forks is not None:
+            await forks.aclose()
         janitor = self._janitor
         if janitor is not None and not janitor.watching:
             self._janitor = None
             await janitor.aclose()
-            if self._forks is not None:
-                forks, self._forks = self._forks, None
-                await forks.aclose()
         await output.drained(_OUTPUT_GRACE)
 
     async def _launch_one(self, session: B, machine: Machine, environ: dict[str, str], janitor: Janitor) -> Instance:
@@ -133,14 +134,16 @@ class Local(System):
         ))
 
     def _fork_server(self, env: dict[str, str]) -> ForkServer | None:
-        """This Local's fork server (started at the first launch), if machines with ``env`` can be forked from it."""
+        """The session's fork server (started at its first launch), if machines with ``env`` can be forked from it."""
         key = start_key(env, os.getcwd())
-        if self._forks is None:
+        loop = asyncio.get_running_loop()
+        forks = self._forks.get(loop)
+        if forks is None:
             server_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if start_key(server_env, os.getcwd()) != key:
                 return None
-            self._forks = ForkServer(server_env)
-        return self._forks if self._forks.alive and self._forks.key == key else None
+            forks = self._forks[loop] = ForkServer(server_env)
+        return forks if forks.alive and forks.key == key else None
 
 
 class MachineProcess(Protocol):
