@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import traceback
+from typing import NoReturn
 
 import uvloop  # noqa: F401  (imported once here, for every machine)
 
@@ -40,8 +41,8 @@ __all__ = ["serve"]
 _FDS_PER_MACHINE = 4  # stdout, stderr, report pipe, listening socket
 
 
-def serve(control_fd: int, driver: int) -> None:
-    """Forks machines on request from the driver until it closes ``control_fd``; never returns in a machine."""
+def serve(control_fd: int, driver: int) -> NoReturn:
+    """Forks machines on request from the driver until it closes ``control_fd``, then exits."""
     _die_with_parent(driver)
     control = socket.socket(fileno=control_fd)
     selector = selectors.DefaultSelector()
@@ -51,7 +52,7 @@ def serve(control_fd: int, driver: int) -> None:
         for key, _ in selector.select():
             if key.fileobj is control:
                 if not _serve_request(control, selector, children):
-                    return
+                    os._exit(0)  # nothing to clean up: skip the interpreter's finalization (part of b.shutdown)
             else:
                 _report_exit(control, selector, children, key.fd)
 

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _STARTUP_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "GLIBC_")  # read once, when an interpreter starts
 _CLOSE_TIMEOUT = 5.0
+_REPLY_TIMEOUT = 30.0  # seconds for the server to fork a machine (it takes milliseconds); then the launch fails
 
 
 class ForkServerError(Exception):
@@ -95,17 +96,38 @@ class ForkServer:
 
     async def spawn(self, env: dict[str, str], fds: list[int]) -> ForkedProcess:
         """Forks a machine with this environment; ``fds``: its stdout, stderr, report pipe and listening socket."""
-        if not self.alive:
-            raise ForkServerError("the fork server is gone")
         self._next_id += 1
         request_id = self._next_id
-        try:
-            socket.send_fds(self._socket, [json.dumps({"id": request_id, "env": env}).encode()], fds)
-        except OSError as exc:  # too big a message, a full buffer, or the server is gone
-            raise ForkServerError(f"the fork server can't take the request: {exc}") from exc
+        message = json.dumps({"id": request_id, "env": env}).encode()
         reply: asyncio.Future[ForkedProcess] = self._loop.create_future()
         self._requests[request_id] = reply
-        return await reply
+        try:
+            async with asyncio.timeout(_REPLY_TIMEOUT):
+                await self._send(message, fds)
+                return await reply
+        except TimeoutError as exc:  # not a ForkServerError: a fresh process must not share fds a late fork gets
+            raise TimeoutError(f"the fork server (pid {self.process.pid}) did not fork a machine "
+                               f"within {_REPLY_TIMEOUT:g} s") from exc
+        finally:
+            self._requests.pop(request_id, None)  # a machine forked after all is killed (see _read)
+
+    async def _send(self, message: bytes, fds: list[int]) -> None:
+        """Sends one request, waiting while the server's socket buffer is full."""
+        while True:
+            if not self.alive:
+                raise ForkServerError("the fork server is gone")
+            try:
+                socket.send_fds(self._socket, [message], fds)
+                return
+            except BlockingIOError:
+                writable = self._loop.create_future()
+                self._loop.add_writer(self._socket.fileno(), writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    self._loop.remove_writer(self._socket.fileno())
+            except OSError as exc:  # too big a message, or the server is gone
+                raise ForkServerError(f"the fork server can't take the request: {exc}") from exc
 
     def _read(self) -> None:
         """Handles every message waiting: a forked machine's pid, a refusal, or how a machine ended."""
@@ -123,11 +145,14 @@ class ForkServer:
             if "exit" in message:
                 self._children.pop(message["exit"])._exited(message["code"])
                 continue
-            reply = self._requests.pop(message["id"])
+            reply = self._requests.pop(message["id"], None)
             if "pid" in message:
                 child = self._children[message["pid"]] = ForkedProcess(message["pid"], fds[0], self._loop)
-                reply.set_result(child)
-            else:
+                if reply is None or reply.done():  # its launch was cancelled or gave up: nobody will watch it
+                    child.send_signal(signal.SIGKILL)
+                else:
+                    reply.set_result(child)
+            elif reply is not None and not reply.done():
                 reply.set_exception(ForkServerError(f"the fork server could not fork a machine: {message['error']}"))
 
     def _lost(self) -> None:
@@ -141,7 +166,8 @@ class ForkServer:
             child._exited(-signal.SIGKILL)
         self._children.clear()
         for reply in self._requests.values():
-            reply.set_exception(ForkServerError("the fork server ended"))
+            if not reply.done():
+                reply.set_exception(ForkServerError("the fork server ended"))
         self._requests.clear()
 
     async def aclose(self) -> None:
