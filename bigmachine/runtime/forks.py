@@ -33,7 +33,7 @@ from typing import NoReturn
 import uvloop  # noqa: F401  (imported once here, for every machine)
 
 from . import server  # noqa: F401  (likewise: the machine's server and all it imports)
-from .process import _die_with_parent, run
+from .process import die_with_parent, run
 from .spec import FORK_MESSAGE_MAX, LaunchSpec
 
 __all__ = ["serve"]
@@ -43,7 +43,7 @@ _FDS_PER_MACHINE = 4  # stdout, stderr, report pipe, listening socket
 
 def serve(control_fd: int, driver: int) -> NoReturn:
     """Forks machines on request from the driver until it closes ``control_fd``, then exits."""
-    _die_with_parent(driver)
+    die_with_parent(driver)
     control = socket.socket(fileno=control_fd)
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)

@@ -16,7 +16,7 @@ import sys
 
 from .spec import EXIT_OUT_OF_MEMORY, LaunchSpec
 
-__all__ = ["main", "run"]
+__all__ = ["die_with_parent", "main", "run"]
 
 logger = logging.getLogger("bigmachine.machine")
 
@@ -29,7 +29,7 @@ def main() -> None:
 
 def run(spec: LaunchSpec) -> None:
     """Serves as the machine ``spec`` describes until it exits (a fresh process, or a fork of the fork server)."""
-    _die_with_parent(spec.parent)
+    die_with_parent(spec.parent)
     try:
         _serve(spec)
     except MemoryError:  # the memory limit is too small even to start: say so as a machine that ran out does
@@ -39,7 +39,7 @@ def run(spec: LaunchSpec) -> None:
         os._exit(EXIT_OUT_OF_MEMORY)
 
 
-def _die_with_parent(parent: int | None) -> None:
+def die_with_parent(parent: int | None) -> None:
     """Has the kernel SIGKILL this process the moment its parent ends, even while a thread holds the GIL.
 
     The supervisor's own parent check needs the interpreter; this needs nothing. The signal

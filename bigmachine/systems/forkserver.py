@@ -1,10 +1,11 @@
 """The driver's end of the fork server (bigmachine/runtime/forks.py): asks it for machines, learns how they end.
 
-A machine forked from the pre-imported server starts without paying for its imports again:
-on 2 cores, 16 machines start several times faster. ``Local`` uses it only where a fork
+A machine forked from the pre-imported server starts without paying for its imports again
+(16 machines on 2 cores: about a third of the CPU time). ``Local`` forks only where the fork
 is the very process a fresh interpreter would be: the same working directory and the same
 variables that the interpreter and the loader read when they start (``PYTHON*``, ``LD_*``,
-...); anything else is launched as a fresh process.
+...). Machines with a ``memory_limit`` (the limit applies from their start) and any other
+are launched as fresh processes. Forked machines share the server's hash seed.
 """
 
 from __future__ import annotations
