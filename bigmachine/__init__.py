@@ -6,7 +6,10 @@ and calls their methods over mutually authenticated HTTPS.
 
 from __future__ import annotations
 
-from . import expvar, systems
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import expvar
 from .errors import (
     Cancelled,
     Error,
@@ -18,12 +21,15 @@ from .errors import (
     SerializationError,
     Unavailable,
 )
-from .executor import Executor
 from .machine import Machine
 from .params import Environ, Services
 from .session import B, start
 from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
 from .version import __version__ as __version__
+
+if TYPE_CHECKING:
+    from . import systems
+    from .executor import Executor
 
 __all__ = [
     "B",
@@ -49,3 +55,20 @@ __all__ = [
     "start",
     "systems",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``systems`` and ``Executor`` load on first use: a machine process needs neither, and starts sooner."""
+    if name == "systems":  # not ``from . import systems``: that asks this very function first
+        return importlib.import_module(".systems", __name__)
+    if name == "Executor":
+        from .executor import Executor
+
+        globals()["Executor"] = Executor
+        return Executor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazily loaded names too, for completion in notebooks and shells."""
+    return sorted({*globals(), *__all__})

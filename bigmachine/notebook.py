@@ -10,7 +10,7 @@ import html
 import time
 from typing import TYPE_CHECKING
 
-from .state import RUNNING
+from .state import RUNNING, STARTING, STOPPED, UNSTARTED
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["machine_html", "session_html"]
 
-_COLORS = {"UNSTARTED": "#6b7280", "STARTING": "#b45309", "RUNNING": "#15803d", "STOPPED": "#b91c1c"}
+_COLORS = {UNSTARTED: "#6b7280", STARTING: "#b45309", RUNNING: "#15803d", STOPPED: "#b91c1c"}
 _TABLE = "border-collapse:collapse;font-size:13px;margin-top:4px"
 _CELL = "padding:2px 10px;text-align:left;border-bottom:1px solid #e5e7eb"
 
@@ -51,7 +51,7 @@ def _table(machines: list[Machine]) -> str:
 
 
 def _row(m: Machine) -> str:
-    state = m.state.name
+    state = m.state
     pill = (f'<span style="background:{_COLORS[state]};color:#fff;border-radius:8px;padding:0 7px;'
             f'font-size:11px" title="{html.escape(str(m.err or ""))}">{state}</span>')
     error = f'<br><small style="color:#b91c1c">{html.escape(str(m.err))}</small>' if m.err is not None else ""
@@ -61,7 +61,7 @@ def _row(m: Machine) -> str:
 
 
 def _uptime(m: Machine) -> str:
-    if m.state.name in ("UNSTARTED", "STARTING"):
+    if m.state < RUNNING:  # not yet up
         return "–"
     seconds = int((m.stopped or time.time()) - m.started)
     minutes, seconds = divmod(seconds, 60)

@@ -32,6 +32,8 @@ from .rpc.client import DEFAULT_MAX_CONNECTIONS, IDLE_TIMEOUT
 from .rpc.handoff import Inbox, LoopQueue
 from .state import STOPPED
 
+from .systems.base import RemoteSystem
+
 if TYPE_CHECKING:
     import starlette.applications
 
@@ -81,7 +83,7 @@ class B:
             raise
         logger.debug("session %s started on %r", self.name, system)
 
-    def _init_state(self, system: Any, name: str, *, is_driver: bool, liveness: Liveness,
+    def _init_state(self, system: System, name: str, *, is_driver: bool, liveness: Liveness,
                     max_connections: int) -> None:
         """The state every session has, in the driver and in a machine."""
         self.system = system
@@ -106,10 +108,11 @@ class B:
     def _for_machine(cls, name: str, system: str, tls_dir: str, liveness: Liveness) -> B:
         """The session services see inside a machine: it dials, it doesn't start machines.
 
-        ``system`` is the name of the system the machine runs on (the driver's object stays there).
+        ``system`` is the name of the system the machine runs on: the driver's object stays there,
+        and ``b.system`` here is a ``RemoteSystem`` of that name.
         """
         b = cls.__new__(cls)
-        b._init_state(system, name, is_driver=False, liveness=liveness, max_connections=DEFAULT_MAX_CONNECTIONS)
+        b._init_state(RemoteSystem(system, liveness), name, is_driver=False, liveness=liveness, max_connections=DEFAULT_MAX_CONNECTIONS)
         b.client_context = tls.client_context(tls_dir)
         return b
 

@@ -10,6 +10,7 @@ say): each is named with its reason, and anything else that imports upwards fail
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bigmachine"
@@ -155,4 +156,53 @@ def test_the_checker_sees_circles_and_deferred_imports() -> None:
     known = _modules()
     session = _imports("bigmachine.session", known["bigmachine.session"], known)
     assert ("bigmachine.web.app", True) in session  # debug_app's deferred import is seen (then excused)
-    assert not any(m == "bigmachine.systems.base" for m, _ in session)  # TYPE_CHECKING only
+    system = _imports("bigmachine.systems.base", known["bigmachine.systems.base"], known)
+    assert not any(m == "bigmachine.session" for m, _ in system)  # TYPE_CHECKING only
+
+
+# The web layer reads a session through one typed view (bigmachine/web/cluster.py, ``SessionView``).
+SESSION_VIEW = PACKAGE / "web" / "cluster.py"
+HAND_ON_TO = {"SessionView", "create_app"}  # what may be given a session: the view, and the app that builds one
+
+
+def _session_uses(source: str) -> list[str]:
+    """Each use of a parameter typed ``B`` other than handing it on to the view (``HAND_ON_TO``)."""
+    found = []
+    for function in ast.walk(ast.parse(source)):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        args = function.args
+        sessions = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]
+                    if a.annotation is not None and ast.unparse(a.annotation).split(".")[-1].strip("'\"") == "B"}
+        handed_on = {id(arg) for call in ast.walk(function)
+                     if isinstance(call, ast.Call) and ast.unparse(call.func) in HAND_ON_TO for arg in call.args}
+        found += [f"{function.name}, line {node.lineno}" for node in ast.walk(function)
+                  if isinstance(node, ast.Name) and node.id in sessions and id(node) not in handed_on]
+    return found
+
+
+def test_the_web_layer_reads_sessions_only_through_its_view() -> None:
+    """No web module but cluster.py touches a ``B``: the others hand it to ``SessionView`` and read that."""
+    uses = {f"{path.name}: {use}" for path in (PACKAGE / "web").glob("*.py") if path != SESSION_VIEW
+            for use in _session_uses(path.read_text())}
+    assert uses == set()
+
+
+def test_the_session_checker_sees_a_session_read() -> None:
+    source = ("def page(b: B, view: SessionView) -> str:\n    return b.name\n"
+              "def app(b: 'B') -> None:\n    keep(b)\n    SessionView(b)\n"
+              "def serve(b: session.B) -> None:\n    create_app(b)\n")
+    assert _session_uses(source) == ["page, line 2", "app, line 4"]
+
+
+_STATE_NAME_COMPARED = re.compile(r"""(==|!=|\bin)\s*[(\[{]?\s*['"](UNSTARTED|STARTING|RUNNING|STOPPED)['"]""")
+
+
+def test_views_compare_machine_states_as_states_not_names() -> None:
+    """The debug pages, their templates and the notebook compare ``State`` values (Slurm's job states are its own)."""
+    views = [*(PACKAGE / "web").rglob("*.py"), *(PACKAGE / "web" / "templates").glob("*.html"), PACKAGE / "notebook.py"]
+    compared = [f"{path.name}: {match.group(0)}" for path in views
+                for match in _STATE_NAME_COMPARED.finditer(path.read_text())]
+    assert compared == []
+    assert _STATE_NAME_COMPARED.search("{% if m.state != 'RUNNING' %}") and _STATE_NAME_COMPARED.search(
+        'if m.state.name in ("UNSTARTED", "STARTING"):')

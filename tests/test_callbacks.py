@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import pytest
-from wire_services import Calc
+from services import Calc
 
 import bigmachine
 from bigmachine import RUNNING

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from wire_services import Calc, Waits
+from services import Calc, Waits
 
 import bigmachine
 from bigmachine import RUNNING

@@ -62,6 +62,8 @@ def test_go_single_dash_spellings_are_aliases() -> None:
     (["--bigm.ec2.port=abc"], "argument --bigm.ec2.port: must be an integer, not 'abc'"),
     (["--bigm.ec2.max-price=cheap"], "must be a number, not 'cheap'"),
     (["-bigm.ec2.spot=maybe"], "must be true or false, not 'maybe'"),
+    (["--bigm.slurm.poll-interval=often"], "argument --bigm.slurm.poll-interval: must be a number, not 'often'"),
+    (["--bigm.slurm.sbatch-args=--comment='unclosed"], "argument --bigm.slurm.sbatch-args: must be valid"),
 ])
 def test_bad_values_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -70,12 +72,16 @@ def test_bad_values_are_usage_errors(argv: list[str], message: str, capsys: pyte
     assert exited.value.code == 2 and err.startswith("usage: prog") and message in err
 
 
-def test_bad_environment_value_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("variable, value, message", [
+    ("BIGMACHINE_DEBUG", "nonsense", "must look like HOST:PORT"),
+    ("BIGMACHINE_SLURM_CORES_PER_MACHINE", "many", "argument --bigm.slurm.cores-per-machine: must be an integer"),
+])
+def test_bad_environment_value_is_a_usage_error(variable: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("BIGMACHINE_DEBUG", "nonsense")
+    monkeypatch.setenv(variable, value)
     with pytest.raises(SystemExit):
         parser().parse_args([])
-    assert "must look like HOST:PORT" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_a_bad_value_found_when_the_system_is_made_is_a_clean_error() -> None:

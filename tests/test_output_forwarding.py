@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from process_services import Output
-from services import Echo
+from services import Echo, Output
 
 import bigmachine
 from bigmachine import RUNNING
@@ -277,7 +276,7 @@ DRIVER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import bigmachine
     from bigmachine.systems import Local
-    from process_services import Output
+    from services import Output
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # A 4 s keepalive timeout: stdout stays blocked well past it (the default, 60 s, would hide a blocked loop).

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import bigmachine
 from bigmachine import RUNNING, STOPPED
+from bigmachine.errors import Error
+from bigmachine.systems import System
 
 
 class Echo:
     def echo(self, value: object) -> object:
         return value
+
+
+class SystemProbe:
+    """Tells what ``b.system`` is in the machine's own session."""
+
+    def init(self, b: bigmachine.B) -> None:
+        self.b = b
+
+    def describe(self) -> dict[str, Any]:
+        system = self.b.system
+        return {"is_system": isinstance(system, System), "name": system.name, "str": str(system),
+                "repr": repr(system), "keepalive_timeout": system.keepalive_timeout}
+
+    async def launch(self) -> str:
+        try:
+            await self.b.system.launch(self.b, [], {})
+        except Error as exc:
+            return str(exc)
+        return "launched"
 
 
 def test_dialling_an_owned_machine_gives_that_machine(testing_session: bigmachine.B) -> None:
@@ -37,3 +60,13 @@ def test_shutdown_runs_its_hooks_first_newest_first_and_once() -> None:
     b.shutdown()
     b.shutdown()
     assert ran == ["last registered", "first registered"] and b.is_shut_down
+
+
+def test_a_machine_sees_the_drivers_system_as_a_system_of_that_name(testing_session: bigmachine.B) -> None:
+    (m,) = testing_session.start(1, bigmachine.Services(Probe=SystemProbe()))
+    assert m.wait(RUNNING, timeout=30) == RUNNING
+    driver = testing_session.system
+    assert m.call("Probe.describe") == {"is_system": True, "name": driver.name, "str": driver.name,
+                                        "repr": driver.name, "keepalive_timeout": driver.keepalive_timeout}
+    assert "machines cannot start machines on the driver's testing system" in m.call("Probe.launch")
+

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 import pytest
-from wire_services import Calc, Pipe
+from services import Calc, Pipe
 
 import bigmachine
 from bigmachine import RUNNING

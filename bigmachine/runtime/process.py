@@ -17,7 +17,7 @@ import threading
 
 from .spec import EXIT_OUT_OF_MEMORY, LaunchSpec
 
-__all__ = ["main"]
+__all__ = ["die_with_parent", "main", "run"]
 
 logger = logging.getLogger("bigmachine.machine")
 
@@ -25,8 +25,12 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def main() -> None:
-    spec = LaunchSpec.from_environment()
-    _die_with_parent(spec.parent)
+    run(LaunchSpec.from_environment())
+
+
+def run(spec: LaunchSpec) -> None:
+    """Serves as the machine ``spec`` describes until it exits (a fresh process, or a fork of the fork server)."""
+    die_with_parent(spec.parent)
     try:
         _serve(spec)
     except MemoryError:  # the memory limit is too small even to start: say so as a machine that ran out does
@@ -36,12 +40,13 @@ def main() -> None:
         os._exit(EXIT_OUT_OF_MEMORY)
 
 
-def _die_with_parent(parent: int | None) -> None:
+def die_with_parent(parent: int | None) -> None:
     """Has the kernel SIGKILL this process the moment its parent ends, even while a thread holds the GIL.
 
     The supervisor's own parent check needs the interpreter; this needs nothing. The signal
-    comes when the parent *thread* that forked us ends: the driver forks machines on its
-    session loop thread, which lives until they are all stopped (bigmachine/systems/local.py).
+    comes when the parent *thread* that forked us ends: the driver forks machines (and the fork
+    server, whose forks die with it in turn) on its session loop thread, which lives until they
+    are all stopped (bigmachine/systems/local.py).
     """
     if parent is None:
         return

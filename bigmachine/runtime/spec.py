@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 from ..rpc.slots import DEFAULT_SERVICE_THREADS
 
-__all__ = ["ENVIRONMENT_VARIABLE", "EXIT_OUT_OF_MEMORY", "LaunchSpec", "describe_exit"]
+__all__ = ["ENVIRONMENT_VARIABLE", "EXIT_OUT_OF_MEMORY", "FORK_MESSAGE_MAX", "LaunchSpec", "describe_exit"]
 
 ENVIRONMENT_VARIABLE = "BIGMACHINE_LAUNCH_SPEC"
 EXIT_OUT_OF_MEMORY = 52  # a machine process's exit status after MemoryError escaped a service
+FORK_MESSAGE_MAX = 1 << 20  # bytes of one message to or from the fork server (bigmachine/runtime/forks.py)
 
 
 @dataclass

@@ -229,11 +229,11 @@ class Supervisor:
         finally:
             self._profiling = False
 
-    def heap(self, frames: int = 1, limit: int = 1000) -> Any:
+    def heap(self, frames: int | None = None, limit: int = 1000, rate: int | None = None) -> Any:
         """A ``profile.HeapSnapshot``; tracing starts on the first request and stops 60 s after the last."""
         from ..profile import heap_snapshot
 
-        return heap_snapshot(frames, limit=limit)
+        return heap_snapshot(frames, rate=rate, limit=limit)
 
     async def threads(self) -> list[dict[str, Any]]:
         """Every thread's stack and the loop's pending tasks."""
@@ -244,7 +244,8 @@ class Supervisor:
     async def profile_counts(self) -> dict[str, Any]:
         """Counts for the pprof index: threads, tasks, traced heap (None when not tracing)."""
         import threading
-        import tracemalloc
 
-        heap = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+        from ..profile.heap import traced_bytes
+
+        heap = await asyncio.to_thread(traced_bytes)  # groups every sample: off the loop
         return {"threads": threading.active_count(), "tasks": len(asyncio.all_tasks()), "heap_bytes": heap}

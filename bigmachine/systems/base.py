@@ -6,6 +6,7 @@ import abc
 import collections
 from typing import TYPE_CHECKING, Any
 
+from ..errors import Error
 from ..liveness import Liveness
 from ..rpc.client import DEFAULT_MAX_CONNECTIONS
 from ..rpc.slots import DEFAULT_SERVICE_THREADS
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from ..machine import Machine
     from ..session import B
 
-__all__ = ["Instance", "System"]
+__all__ = ["Instance", "RemoteSystem", "System"]
 
 
 class Instance(abc.ABC):
@@ -101,6 +102,26 @@ class System(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class RemoteSystem(System):
+    """The driver's system as a session inside a machine sees it: known by name, it starts no machines.
+
+    ``b.system`` is a ``System`` on both sides; ``b.system.name`` (also its ``str`` and ``repr``) is
+    the system's name (``local``, ``ec2``, ...), and its ``liveness`` the driver's keepalive timings.
+    """
+
+    def __init__(self, name: str, liveness: Liveness) -> None:
+        super().__init__(keepalive_period=liveness.period, keepalive_timeout=liveness.timeout,
+                         keepalive_rpc_timeout=liveness.rpc_timeout)
+        self.name = name
+
+    async def launch(self, session: B, machines: list[Machine], environ: dict[str, str]) -> list[Instance | BaseException]:
+        raise Error(f"machines cannot start machines on the driver's {self.name} system: "
+                                  "start them from the driver (b.start), then b.dial their addresses here")
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 def _positive_int(name: str, value: int) -> int:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-__all__ = ["Janitor", "kill_cgroup", "kill_group", "remove_cgroup"]
+__all__ = ["Janitor", "kill_cgroup", "kill_group", "reap", "remove_cgroup"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,18 +121,23 @@ class Janitor:
             return
         os.close(self._fd)
         self._fd = -1
-        loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(self.process.pid)
-        exited: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, lambda: None if exited.done() else exited.set_result(None))
-        try:
-            await asyncio.wait_for(exited, 5.0)
-        except TimeoutError:
-            self.process.kill()
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        self.process.wait()
+        await reap(self.process, 5.0)
+
+
+async def reap(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Waits, on the loop, for a child told to exit to do so; SIGKILLs it after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(process.pid)
+    exited: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, lambda: None if exited.done() else exited.set_result(None))
+    try:
+        await asyncio.wait_for(exited, timeout)
+    except TimeoutError:
+        process.kill()
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    process.wait()
 
 
 def main() -> None:

@@ -12,11 +12,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import astuple
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import MachineStopped, OutOfMemory
 from . import output
 from .base import Instance, System
+from .forkserver import ForkServer, ForkServerError, start_key
 from .janitor import Janitor, kill_group
 from ..runtime.spec import EXIT_OUT_OF_MEMORY, LaunchSpec, describe_exit
 from .memory import MemoryCgroup, kernel_oom_kill, parse_size
@@ -49,6 +50,8 @@ class Local(System):
                          keepalive_rpc_timeout=keepalive_rpc_timeout, **options)
         self.memory_limit = parse_size(memory_limit) if memory_limit is not None else None
         self._janitor: Janitor | None = None
+        # A fork server per session (its loop): it dies with the loop's thread, as what it forks must.
+        self._forks: dict[asyncio.AbstractEventLoop, ForkServer] = {}
 
     def __repr__(self) -> str:
         return "Local()" if self.memory_limit is None else f"Local(memory_limit={self.memory_limit})"
@@ -60,7 +63,10 @@ class Local(System):
                                          return_exceptions=True))
 
     async def shutdown(self) -> None:
-        """Stops the janitor once no machine is left for it to watch, and lets forwarded output finish."""
+        """Stops the session's fork server, the janitor once no machine is left, and lets forwarded output finish."""
+        forks = self._forks.pop(asyncio.get_running_loop(), None)  # its machines, this session's, are stopped
+        if forks is not None:
+            await forks.aclose()
         janitor = self._janitor
         if janitor is not None and not janitor.watching:
             self._janitor = None
@@ -72,7 +78,7 @@ class Local(System):
             session.tmpdir / machine.name)
         # The driver picks the address (issue 15): it is known when b.start returns, before the machine serves.
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        read_fd, write_fd = os.pipe()
+        pipes = [os.pipe() for _ in range(3)]  # the machine's report pipe, stdout and stderr: (read, write) each
         cgroup = None
         try:
             listener.bind(("127.0.0.1", 0))
@@ -81,32 +87,101 @@ class Local(System):
             spec = LaunchSpec(
                 session=session.name, tls_dir=str(tls_dir), listen_fd=listener.fileno(), lease=self.initial_lease(),
                 parent=os.getpid(), system=self.name, service_threads=self.service_threads,
-                keepalive=astuple(self.liveness), report_fd=write_fd, path=sys.path, argv=sys.argv,
+                keepalive=astuple(self.liveness), report_fd=pipes[0][1], path=sys.path, argv=sys.argv,
             )
             if self.memory_limit is not None:
                 cgroup = MemoryCgroup.create(f"{session.name}-{machine.name}", self.memory_limit)
                 spec.memory_limit = self.memory_limit
                 spec.cgroup_procs = cgroup.procs_file if cgroup else None
-            env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1", **spec.to_environment()}
-            # Popen and raw fds, not asyncio subprocess transports: closing a uvloop loop
-            # that had those sometimes hung for good in uv_run (seen in tests/test_local.py).
-            # Popen runs here, on the session's loop thread, which lives until every machine is
-            # stopped: the machine's PR_SET_PDEATHSIG fires when the *thread* that forked it ends.
-            # Each machine leads a process group of its own, which ends with it (start_new_session).
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bigmachine.runtime"], env=env, pass_fds=(write_fd, listener.fileno()),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            )
+            env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1"}
+            process = await self._start_process(spec, env, [fd for _, fd in pipes], listener.fileno())
         except BaseException:
-            os.close(read_fd)
+            for read_fd, _ in pipes:
+                os.close(read_fd)
             if cgroup is not None:
                 cgroup.remove()
             raise
         finally:
-            os.close(write_fd)
+            for _, write_fd in pipes:
+                os.close(write_fd)
             listener.close()  # the machine's copy serves; ours would keep the port open after it ends
         janitor.watch(process.pid, str(cgroup.path) if cgroup else None)
-        return LocalProcess(machine, process, read_fd, cgroup, address=address, janitor=janitor)
+        return LocalProcess(machine, process, [fd for fd, _ in pipes], cgroup, address=address, janitor=janitor)
+
+    async def _start_process(self, spec: LaunchSpec, env: dict[str, str], pipes: list[int],
+                             listen_fd: int) -> MachineProcess:
+        """Forks the machine from the fork server where that gives the very process a fresh one would be.
+
+        ``pipes``: the write ends of its report pipe, stdout and stderr.
+        """
+        forks = self._fork_server(env) if self.memory_limit is None else None  # limits apply from the start
+        if forks is not None:
+            spec.parent = forks.process.pid  # whose death the machine dies with: the server's, which dies with ours
+            try:
+                return await forks.spawn({**env, **spec.to_environment()}, [pipes[1], pipes[2], pipes[0], listen_fd])
+            except ForkServerError as exc:
+                logger.warning("%s; starting a fresh process instead", exc)
+                spec.parent = os.getpid()
+        # Popen and raw fds, not asyncio subprocess transports: closing a uvloop loop
+        # that had those sometimes hung for good in uv_run (seen in tests/test_local.py).
+        # Popen runs here, on the session's loop thread, which lives until every machine is
+        # stopped: the machine's PR_SET_PDEATHSIG fires when the *thread* that forked it ends.
+        # Each machine leads a process group of its own, which ends with it (start_new_session).
+        return SpawnedProcess(subprocess.Popen(
+            [sys.executable, "-m", "bigmachine.runtime"], env={**env, **spec.to_environment()},
+            pass_fds=(pipes[0], listen_fd), stdin=subprocess.DEVNULL, stdout=pipes[1], stderr=pipes[2],
+            start_new_session=True,
+        ))
+
+    def _fork_server(self, env: dict[str, str]) -> ForkServer | None:
+        """The session's fork server (started at its first launch), if machines with ``env`` can be forked from it."""
+        key = start_key(env, os.getcwd())
+        loop = asyncio.get_running_loop()
+        forks = self._forks.get(loop)
+        if forks is None:
+            server_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if start_key(server_env, os.getcwd()) != key:
+                return None
+            forks = self._forks[loop] = ForkServer(server_env)
+        return forks if forks.alive and forks.key == key else None
+
+
+class MachineProcess(Protocol):
+    """A machine's process, however it was started; ``returncode`` is None until it has ended, as Popen's."""
+
+    pid: int
+    returncode: int | None
+
+    def send_signal(self, sig: int) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+class SpawnedProcess:
+    """A machine started as a fresh process: the driver reaps it, killing its group first."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.pid = process.pid
+        self.returncode: int | None = None
+        self._process = process
+        loop = asyncio.get_running_loop()
+        self._exit: asyncio.Future[int] = loop.create_future()
+        self._pidfd = os.pidfd_open(process.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def send_signal(self, sig: int) -> None:
+        self._process.send_signal(sig)
+
+    async def wait(self) -> int:
+        """The exit status (negative: the signal), once its group is killed and it is reaped."""
+        return await asyncio.shield(self._exit)
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        kill_group(self.pid)  # before reaping: the pid can't be reused while it is a zombie
+        self.returncode = self._process.wait()
+        self._exit.set_result(self.returncode)
 
 
 class LocalProcess(Instance):
@@ -116,8 +191,9 @@ class LocalProcess(Instance):
     killed whenever it ends, so nothing its services started outlives it.
     """
 
-    def __init__(self, machine: Machine, process: subprocess.Popen[bytes], report_fd: int,
+    def __init__(self, machine: Machine, process: MachineProcess, pipes: list[int],
                  cgroup: MemoryCgroup | None = None, *, address: str, janitor: Janitor) -> None:
+        """``pipes``: the read ends of the machine's report pipe, stdout and stderr (this object owns them)."""
         self._machine = machine
         self._cgroup = cgroup
         self._janitor = janitor
@@ -130,14 +206,13 @@ class LocalProcess(Instance):
         self._exited: asyncio.Future[MachineStopped] = self._loop.create_future()
         self._cleaned: asyncio.Future[None] = self._loop.create_future()
         self._reported = bytearray()
-        self._report = _PipeReader(self._loop, report_fd, self._on_report, owns_fd=True)
-        assert process.stdout is not None and process.stderr is not None
+        report, stdout, stderr = pipes
+        self._report = _PipeReader(self._loop, report, self._on_report)
         self._outputs = [
-            _PipeReader(self._loop, process.stdout.fileno(), lambda data: self._forwarder.feed("stdout", data)),
-            _PipeReader(self._loop, process.stderr.fileno(), lambda data: self._forwarder.feed("stderr", data)),
+            _PipeReader(self._loop, stdout, lambda data: self._forwarder.feed("stdout", data)),
+            _PipeReader(self._loop, stderr, lambda data: self._forwarder.feed("stderr", data)),
         ]
-        self._pidfd = os.pidfd_open(process.pid)
-        self._loop.add_reader(self._pidfd, self._on_exit)
+        self._watching = self._loop.create_task(self._watch_exit())
 
     @property
     def prefix(self) -> str:
@@ -158,24 +233,20 @@ class LocalProcess(Instance):
         if b"\n" in self._reported:
             self._address.set_result(self._reported.decode().strip())
 
-    def _on_exit(self) -> None:
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        kill_group(self.process.pid)  # before reaping: the pid can't be reused while it is a zombie
+    async def _watch_exit(self) -> None:
+        """Once the process is gone (its group killed, reaped): the last output, then how it ended."""
+        code = await self.process.wait()
         if self._cgroup is not None:
             self._cgroup.kill()
-        code = self.process.wait()
         for reader in (self._report, *self._outputs):
             reader.drain_and_close()  # the last lines say why it ended
         self._forwarder.close()
-        self.process.stdout.close()  # type: ignore[union-attr]
-        self.process.stderr.close()  # type: ignore[union-attr]
         error = self._exit_error(code)  # while the cgroup, and its OOM count, exist
         self._exited.set_result(error)
         if not self._address.done():
             self._address.set_exception(type(error)(
                 f"{error.args[0]} before serving; its output above says why", machine=""))
-        self._cleaning = self._loop.create_task(self._clean_up())
+        await self._clean_up()
 
     async def _clean_up(self) -> None:
         """Removes the machine's cgroup once its killed processes have left it; the janitor may forget it."""
@@ -219,16 +290,15 @@ class LocalProcess(Instance):
                 self.process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(asyncio.shield(self._exited), _KILL_GRACE)
             except TimeoutError:
-                self.process.kill()
+                self.process.send_signal(signal.SIGKILL)
         await asyncio.shield(self._cleaned)
 
 
 class _PipeReader:
-    """Reads a pipe on the loop (no transports), handing each chunk to ``on_data`` and None at EOF."""
+    """Reads a pipe on the loop (no transports), handing each chunk to ``on_data`` and None at EOF; closes it then."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_data: Callable[[bytes | None], None],
-                 *, owns_fd: bool = False) -> None:
-        self._loop, self._fd, self._on_data, self._owns_fd = loop, fd, on_data, owns_fd
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_data: Callable[[bytes | None], None]) -> None:
+        self._loop, self._fd, self._on_data = loop, fd, on_data
         self._open = True
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._read)
@@ -258,6 +328,5 @@ class _PipeReader:
         self._loop.remove_reader(self._fd)
         while self._read_once():  # what the exited writer left (a grandchild may hold the pipe open)
             pass
-        if self._owns_fd:
-            os.close(self._fd)
+        os.close(self._fd)
         self._on_data(None)

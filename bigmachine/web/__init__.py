@@ -2,8 +2,9 @@
 
 ``app.create_app(b)`` builds the Starlette application (``b.debug_app()``);
 ``server.serve_debug(b, address)`` serves it from a thread of its own (``driver.start``).
-Pages fan out to every machine's supervisor with a deadline per machine
-(``cluster``), so a dead or slow machine shows as such and never holds a page up.
+Pages read the session through one view (``cluster.SessionView``) and fan out to every
+machine's supervisor with a deadline per machine (``cluster``), so a dead or slow machine
+shows as such and never holds a page up.
 """
 
 __all__: list[str] = []

@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from . import data, pages, profiles, timeline
+from .cluster import SessionView
 from .context import DEFAULT_DEADLINE, PREFIX, Debug, debug_of
 from .guard import HostGuard, allowed_hosts
 
@@ -51,5 +52,5 @@ def create_app(b: B, *, deadline: float = DEFAULT_DEADLINE, hosts: Iterable[str]
     ]
     guard = Middleware(HostGuard, hosts=allowed_hosts() if hosts is None else hosts)
     app = Starlette(routes=routes, middleware=[guard])
-    app.state.debug = Debug(b, deadline)
+    app.state.debug = Debug(SessionView(b), deadline)
     return app

@@ -1,28 +1,29 @@
-"""Fan-out to every machine's supervisor with a deadline each, and what a page knows of a machine.
+"""The web layer's one view of a session (``SessionView``), and the fan-out to every machine's supervisor.
 
-The web layer reads the session through this module only: ``b.machines()``, each
-machine's public attributes and keepalive times, its driver-side call counters
-(``m.rpc_stats``), what its system instance tells about it (pid, recent output), and
-supervisor calls. Calls hop to the session's loop (``m.submit``) and are awaited here
-on the debug server's loop; a machine that does not answer by its deadline is left
-to finish on its own and shows as slow.
+No other web module reads the session (tests/test_architecture.py checks it): ``SessionView``
+gives what the pages show of it: its name and system, its machines, each machine's summary
+(public attributes, keepalive times, driver-side call counters ``m.rpc_stats``, what its
+system instance tells: pid, recent output) and the driver's metrics. Supervisor calls hop
+to the session's loop (``m.submit``) and are awaited here on the debug server's loop; a
+machine that does not answer by its deadline is left to finish on its own and shows as slow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..metrics import driver_exposition
 from ..state import RUNNING, STARTING, STOPPED
 
 if TYPE_CHECKING:
     from ..machine import Machine
     from ..session import B
 
-__all__ = ["Reply", "ask", "fan_out", "find", "key_of", "recent_output", "summary"]
+__all__ = ["Reply", "SessionView", "ask", "fan_out", "key_of"]
 
 _SLACK = 1.0  # past a machine's own call deadline, how long before the page stops waiting anyway
 
@@ -83,51 +84,82 @@ def key_of(machine: Machine) -> str:
     return machine.addr.removeprefix("https://").rstrip("/") or machine.name
 
 
-def find(b: B, key: str) -> Machine | None:
-    """The machine named by ``key``: an address (with or without ``https://``), ``host:port`` or name."""
-    key = key.strip().removeprefix("https://").rstrip("/")
-    for machine in b.machines():
-        if key and key in (key_of(machine), machine.name):
-            return machine
-    return None
+class SessionView:
+    """What the debug pages read of a session, typed and read-only; plus the one thing the web
+    layer tells a session: where its debug server serves and how to stop it (``host``)."""
 
+    def __init__(self, session: B) -> None:
+        self._session = session
 
-def recent_output(b: B, machine: Machine, limit: int = 100) -> list[tuple[float, str, str]] | None:
-    """The machine's last output lines ``(time, stream, line)`` if its system keeps them, else None."""
-    instance = b.instance(machine)
-    lines = instance.output if instance is not None else None
-    return None if lines is None else list(lines)[-limit:]
+    @property
+    def name(self) -> str:
+        return self._session.name
 
+    @property
+    def system(self) -> str:
+        """The session's system, as the pages name it (``Local()``, ``EC2(...)``)."""
+        return repr(self._session.system)
 
-def summary(b: B, machine: Machine, now: float | None = None) -> dict[str, Any]:
-    """What the driver knows of a machine without asking it (JSON-ready)."""
-    now = time.time() if now is None else now
-    info = dict(machine.info)
-    started = float(info.get("started") or machine.started)
-    end = machine.stopped if machine.state == STOPPED and machine.stopped else now
-    times = machine.keepalive_reply_times()  # newest first
-    err = machine.err
-    instance = b.instance(machine)
-    next_keepalive = machine.next_keepalive()
-    return {
-        "addr": machine.addr,
-        "key": key_of(machine),
-        "name": machine.name,
-        "state": machine.state.name,
-        "owned": machine.owned,
-        "hostname": machine.hostname,
-        "maxprocs": machine.maxprocs,
-        "info": info,
-        "instance": instance.describe() if instance is not None else {},
-        "started": started,
-        "stopped": machine.stopped,
-        "uptime": max(0.0, end - started),
-        "error": None if err is None else str(err),
-        "error_type": None if err is None else type(err).__name__,
-        "keepalive": {
-            "latest": times[0] if times else None,
-            "history": list(reversed(times)),  # oldest first, for charts
-            "next_in": max(0.0, next_keepalive - now) if next_keepalive and machine.state == RUNNING else None,
-        },
-        "calls": machine.rpc_stats.snapshot(),
-    }
+    def cost(self) -> dict[str, Any] | None:
+        """What the session has cost so far (``System.cost``); None if free."""
+        return self._session.system.cost()
+
+    def machines(self) -> list[Machine]:
+        """Every machine the session started or dialled, in any state."""
+        return self._session.machines()
+
+    def exposition(self) -> bytes:
+        """The driver's Prometheus exposition (``metrics.driver_exposition``)."""
+        return driver_exposition(self._session)
+
+    def host(self, url: str, stop: Callable[[], None]) -> None:
+        """Publishes the debug server's ``url`` as ``b.debug_url`` and has ``b.shutdown()`` call ``stop``."""
+        self._session.on_shutdown(stop)
+        self._session.debug_url = url
+
+    def find(self, key: str) -> Machine | None:
+        """The machine named by ``key``: an address (with or without ``https://``), ``host:port`` or name."""
+        key = key.strip().removeprefix("https://").rstrip("/")
+        for machine in self.machines():
+            if key and key in (key_of(machine), machine.name):
+                return machine
+        return None
+
+    def recent_output(self, machine: Machine, limit: int = 100) -> list[tuple[float, str, str]] | None:
+        """The machine's last output lines ``(time, stream, line)`` if its system keeps them, else None."""
+        instance = self._session.instance(machine)
+        lines = instance.output if instance is not None else None
+        return None if lines is None else list(lines)[-limit:]
+
+    def summary(self, machine: Machine, now: float | None = None) -> dict[str, Any]:
+        """What the driver knows of a machine without asking it (JSON-ready but ``state``, a ``State``)."""
+        now = time.time() if now is None else now
+        info = dict(machine.info)
+        started = float(info.get("started") or machine.started)
+        end = machine.stopped if machine.state == STOPPED and machine.stopped else now
+        times = machine.keepalive_reply_times()  # newest first
+        err = machine.err
+        instance = self._session.instance(machine)
+        next_keepalive = machine.next_keepalive()
+        return {
+            "addr": machine.addr,
+            "key": key_of(machine),
+            "name": machine.name,
+            "state": machine.state,
+            "owned": machine.owned,
+            "hostname": machine.hostname,
+            "maxprocs": machine.maxprocs,
+            "info": info,
+            "instance": instance.describe() if instance is not None else {},
+            "started": started,
+            "stopped": machine.stopped,
+            "uptime": max(0.0, end - started),
+            "error": None if err is None else str(err),
+            "error_type": None if err is None else type(err).__name__,
+            "keepalive": {
+                "latest": times[0] if times else None,
+                "history": list(reversed(times)),  # oldest first, for charts
+                "next_in": max(0.0, next_keepalive - now) if next_keepalive and machine.state == RUNNING else None,
+            },
+            "calls": machine.rpc_stats.snapshot(),
+        }

@@ -18,14 +18,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from ..state import STOPPED
+from ..state import RUNNING, STOPPED
 from . import charts
-from .cluster import fan_out, find, summary
+from .cluster import SessionView, fan_out
 from .history import History
 
 if TYPE_CHECKING:
     from ..machine import Machine
-    from ..session import B
 
 __all__ = ["DEFAULT_DEADLINE", "PREFIX", "REFRESH", "Debug", "choice_param", "debug_of", "float_param", "int_param",
            "json_response"]
@@ -39,8 +38,8 @@ REFRESH = 5  # seconds between reloads of the status pages
 class Debug:
     """What the handlers share: the session, the per-machine deadline, templates, resource history, profiles running."""
 
-    def __init__(self, b: B, deadline: float) -> None:
-        self.b = b
+    def __init__(self, session: SessionView, deadline: float) -> None:
+        self.session = session
         self.deadline = deadline
         self.history = History()
         self.templates = _environment()
@@ -48,7 +47,7 @@ class Debug:
 
     def start_history(self) -> None:
         """Starts collecting the resource history on the running loop (once)."""
-        self.history.start(self.b, self.deadline)
+        self.history.start(self.session, self.deadline)
 
     def base(self, request: Request) -> str:
         """The URL path of the debug pages, wherever the app is mounted."""
@@ -58,23 +57,23 @@ class Debug:
                **context: Any) -> HTMLResponse:
         if refresh is not None and request.query_params.get("refresh") is not None:
             refresh = int_param(request, "refresh", refresh, 0, 3600)
-        system = self.b.system
         html = self.templates.get_template(name).render(
             base=self.base(request), origin=f"{request.url.scheme}://{request.url.netloc}", page=page,
             refresh=refresh or None, now=time.time(), deadline=self.deadline,
-            session={"name": self.b.name, "system": repr(system), "pid": os.getpid(),
-                     "cost": system.cost()}, **context)
+            session={"name": self.session.name, "system": self.session.system, "pid": os.getpid(),
+                     "cost": self.session.cost()}, **context)
         return HTMLResponse(html)
 
     def machines(self, request: Request, *, everyone: bool = False) -> list[Machine]:
         """The machine named by ``?machine=`` (404 if none), else every machine (not stopped, unless ``everyone``)."""
         key = request.query_params.get("machine")
         if key:
-            machine = find(self.b, key)
+            machine = self.session.find(key)
             if machine is None:
-                raise HTTPException(404, f"no machine {key!r} in session {self.b.name}; see {self.base(request)}/machines\n")
+                raise HTTPException(404, f"no machine {key!r} in session {self.session.name}; "
+                                         f"see {self.base(request)}/machines\n")
             return [machine]
-        return [m for m in self.b.machines() if everyone or m.state != STOPPED]
+        return [m for m in self.session.machines() if everyone or m.state != STOPPED]
 
     async def rows(self, machines: list[Machine]) -> list[dict[str, Any]]:
         """Each machine's summary plus its supervisor's status (or why there is none)."""
@@ -82,7 +81,7 @@ class Debug:
         now = time.time()
         rows = []
         for machine, reply in zip(machines, replies):
-            row = summary(self.b, machine, now)
+            row = self.session.summary(machine, now)
             row["status"] = reply.value if reply.ok else None
             row["status_error"] = reply.error
             row["slow"] = reply.slow
@@ -187,6 +186,6 @@ def _environment() -> jinja2.Environment:
         bytes=_bytes, ms=_ms, duration=_duration, clock=_clock, count=lambda n: f"{int(n or 0):,}",
         seconds=lambda s: f"{s:g} s", tojson_pretty=_pretty,
     )
-    env.globals.update(sparkline=charts.sparkline, bar=charts.bar, fmt_ms=lambda v: f"{v:.3g} ms",
+    env.globals.update(RUNNING=RUNNING, sparkline=charts.sparkline, bar=charts.bar, fmt_ms=lambda v: f"{v:.3g} ms",
                        fmt_pct=lambda v: f"{v:.0f}%", fmt_bytes=_bytes)
     return env

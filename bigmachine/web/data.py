@@ -10,9 +10,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import expvar
-from ..metrics import driver_exposition
 from .context import PREFIX, debug_of, json_response
-from .cluster import ask, fan_out, find
+from .cluster import ask, fan_out
 from .promtext import CONTENT_TYPE, aggregate
 
 __all__ = ["metrics", "routes"]
@@ -22,7 +21,7 @@ async def machines(request: Request) -> Response:
     """Every machine (``?machine=`` for one): what the driver knows, and its supervisor's status."""
     debug = debug_of(request)
     rows = await debug.rows(debug.machines(request, everyone=True))
-    return json_response(rows)
+    return json_response([{**row, "state": row["state"].name} for row in rows])
 
 
 async def variables(request: Request) -> Response:
@@ -45,18 +44,18 @@ async def metrics(request: Request) -> Response:
     debug = debug_of(request)
     key = request.query_params.get("machine")
     if key == "driver":
-        return Response(driver_exposition(debug.b), media_type=CONTENT_TYPE)
+        return Response(debug.session.exposition(), media_type=CONTENT_TYPE)
     if key:
-        machine = find(debug.b, key)
+        machine = debug.session.find(key)
         if machine is None:
             raise HTTPException(404, f"no machine {key!r}\n")
         reply = await ask(machine, "Supervisor.metrics", timeout=debug.deadline)
         if not reply.ok:
             raise HTTPException(503, f"{machine.addr}: {reply.error}\n")
         return Response(reply.value, media_type=CONTENT_TYPE)
-    known = [m for m in debug.b.machines() if m.addr]  # a stopped one shows as bigmachine_scrape_up 0
+    known = [m for m in debug.session.machines() if m.addr]  # a stopped one shows as bigmachine_scrape_up 0
     replies = await fan_out(known, "Supervisor.metrics", timeout=debug.deadline)
-    body = aggregate(driver_exposition(debug.b), [(m.addr, r.value if r.ok else None) for m, r in zip(known, replies)])
+    body = aggregate(debug.session.exposition(), [(m.addr, r.value if r.ok else None) for m, r in zip(known, replies)])
     return Response(body, media_type=CONTENT_TYPE)
 
 
@@ -69,9 +68,9 @@ async def targets(request: Request) -> Response:
     """
     debug = debug_of(request)
     path = str(request.scope.get("root_path", "")) + PREFIX + "/metrics"
-    common = {"__metrics_path__": path, "bigmachine_session": debug.b.name}
+    common = {"__metrics_path__": path, "bigmachine_session": debug.session.name}
     groups = [{"targets": [request.url.netloc], "labels": {**common, "__param_machine": "driver", "machine": "driver"}}]
-    for m in debug.b.machines():
+    for m in debug.session.machines():
         if m.addr:
             groups.append({"targets": [request.url.netloc],
                            "labels": {**common, "__param_machine": m.addr, "machine": m.addr}})

@@ -20,7 +20,7 @@ from ..state import RUNNING
 from .cluster import fan_out, key_of
 
 if TYPE_CHECKING:
-    from ..session import B
+    from .cluster import SessionView
 
 __all__ = ["PERIOD", "WINDOW", "History"]
 
@@ -71,26 +71,26 @@ class History:
             del self._series[key]
             self._cpu_seen.pop(key, None)
 
-    async def sample(self, b: B, deadline: float) -> None:
+    async def sample(self, session: SessionView, deadline: float) -> None:
         """Asks every running machine for its status once and records the answers."""
-        machines = [m for m in b.machines() if m.state == RUNNING]
+        machines = [m for m in session.machines() if m.state == RUNNING]
         replies = await fan_out(machines, "Supervisor.status", timeout=deadline)
         for machine, reply in zip(machines, replies):
             if reply.ok:
                 times = machine.keepalive_reply_times()
                 self.add(key_of(machine), reply.value, times[0] if times else None)
-        self.forget(key_of(m) for m in b.machines())
+        self.forget(key_of(m) for m in session.machines())
 
-    def start(self, b: B, deadline: float) -> None:
+    def start(self, session: SessionView, deadline: float) -> None:
         """Starts sampling on the running loop, once (later calls do nothing)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(b, deadline))
+            self._task = asyncio.get_running_loop().create_task(self._run(session, deadline))
 
-    async def _run(self, b: B, deadline: float) -> None:
+    async def _run(self, session: SessionView, deadline: float) -> None:
         while True:
             begun = time.monotonic()
             try:
-                await self.sample(b, deadline)
+                await self.sample(session, deadline)
             except Exception:  # a broken sample must not end the history
                 logger.exception("resource history: sample failed")
             await asyncio.sleep(max(0.0, self.period - (time.monotonic() - begun)))

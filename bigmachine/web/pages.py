@@ -14,10 +14,10 @@ from starlette.routing import Route
 from .. import profile
 from ..rpc import trace as calltrace
 from ..profile import heap
+from ..state import RUNNING, STARTING, STOPPED, UNSTARTED
 from . import timeline
 from .context import REFRESH, Debug, debug_of
-from .profiles import HEAP_FRAMES
-from .cluster import ask, fan_out, find, key_of, recent_output
+from .cluster import ask, fan_out, key_of
 
 __all__ = ["routes"]
 
@@ -44,7 +44,7 @@ def _decorate(debug: Debug, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    states = {"RUNNING": 0, "STARTING": 0, "STOPPED": 0, "UNSTARTED": 0}
+    states = {RUNNING: 0, STARTING: 0, STOPPED: 0, UNSTARTED: 0}
     for row in rows:
         states[row["state"]] += 1
     calls = sum(r["totals"]["calls"] for r in rows)
@@ -63,7 +63,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def status(request: Request) -> Response:
     debug = debug_of(request)
-    machines = debug.b.machines()
+    machines = debug.session.machines()
     rows = [_decorate(debug, row) for row in await debug.rows(machines)]
     lanes = timeline.lanes_of(request, 60.0)
     return debug.render(request, "status.html", page="status", refresh=REFRESH, machines=rows, totals=_totals(rows),
@@ -73,12 +73,12 @@ async def status(request: Request) -> Response:
 async def machine_page(request: Request) -> Response:
     debug = debug_of(request)
     key = request.path_params["key"]
-    machine = find(debug.b, key)
+    machine = debug.session.find(key)
     if machine is None:
-        raise HTTPException(404, f"no machine {key!r} in session {debug.b.name}\n")
+        raise HTTPException(404, f"no machine {key!r} in session {debug.session.name}\n")
     (row,), variables = await asyncio.gather(debug.rows([machine]),
                                              ask(machine, "Supervisor.expvars", timeout=debug.deadline))
-    output = recent_output(debug.b, machine)
+    output = debug.session.recent_output(machine)
     lanes = [(key_of(machine), calltrace.calls(machine, time.time() - 60.0))]
     return debug.render(request, "machine.html", page="machine", refresh=REFRESH, m=_decorate(debug, row),
                         vars=variables.value or {}, vars_error=variables.error, output=output,
@@ -98,7 +98,7 @@ async def pprof_index(request: Request) -> Response:
         "heap_bytes": sum(c["heap_bytes"] or 0 for c in live),
     }
     return debug.render(request, "pprof.html", page="pprof", rows=rows, counts=counts, max_seconds=profile.MAX_SECONDS,
-                        stop_after=heap.STOP_AFTER, heap_frames=HEAP_FRAMES, heap_cost=heap.SLOWDOWN[HEAP_FRAMES])
+                        stop_after=heap.STOP_AFTER, heap=heap)
 
 
 def routes(prefix: str) -> list[Route]:

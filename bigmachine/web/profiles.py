@@ -28,7 +28,6 @@ __all__ = ["routes"]
 CPU_FORMATS = ("pstats", "text", "collapsed", "pprof")
 SLICE = 1.0  # seconds a machine samples per call: a client that hangs up stops its samplers within one slice
 HEAP_TIMEOUT = 15.0  # a big heap takes a while to group by traceback
-HEAP_FRAMES = 1  # default traceback depth: the cheapest (profile.heap.SLOWDOWN; docs/debug-server.md)
 
 
 async def _collect(request: Request, method: str, *args: Any, timeout: float) -> tuple[list[str], list[Any], list[str]]:
@@ -154,7 +153,7 @@ async def flame(request: Request) -> Response:
     combined = profile.merge_cpu(samples, keys if by_machine else None)
     title = f"CPU of {len(keys)} machine{'s' if len(keys) != 1 else ''}, {ask.describe()}"
     svg = profile.render_flamegraph_svg(combined, title, width=1400)
-    machines = [key_of(m) for m in debug.b.machines() if m.addr and m.state != STOPPED]
+    machines = [key_of(m) for m in debug.session.machines() if m.addr and m.state != STOPPED]
     return debug.render(request, "flame.html", page="pprof", svg=Markup(svg), total=combined.total,
                         seconds=f"{ask.seconds:g}", answered=len(keys), machine=request.query_params.get("machine", ""),
                         keys=machines, by_machine=by_machine, notes=[f"left out {m}" for m in missing],
@@ -162,10 +161,14 @@ async def flame(request: Request) -> Response:
 
 
 async def heap(request: Request) -> Response:
-    """``?format=text|pprof&frames=1&machine=&by=machine``: live allocations merged by traceback."""
+    """``?format=text|pprof&frames=N&rate=BYTES&machine=&by=machine``: live allocations merged by traceback.
+
+    Without ``frames`` or ``rate``, each machine uses its tracer's defaults (``profile.heap.FRAMES``, ``RATE``).
+    """
     fmt = choice_param(request, "format", ("text", "pprof"))
-    frames = int_param(request, "frames", HEAP_FRAMES, 1, 100)
-    keys, snapshots, missing = await _collect(request, "Supervisor.heap", frames, timeout=HEAP_TIMEOUT)
+    frames = int_param(request, "frames", 0, 1, 100) or None
+    rate = int_param(request, "rate", 0, 1, 1 << 40) or None
+    keys, snapshots, missing = await _collect(request, "Supervisor.heap", frames, 1000, rate, timeout=HEAP_TIMEOUT)
     labels = keys if request.query_params.get("by") == "machine" else None
     merged = profile.merge_heap(snapshots, labels)
     # Tracing slows the machines down: every answer says so (the text also at its top).

@@ -126,7 +126,7 @@ def _hosts(host: str, extra: Iterable[str]) -> frozenset[str]:
 def serve_debug(b: B, address: str, *, deadline: float | None = None, allow_hosts: Iterable[str] = ()) -> DebugServer:
     """Serves the debug app on ``address`` from the session's start; ``b.shutdown()`` stops it.
 
-    Sets ``b.debug_url`` to the server's base URL (``http://HOST:PORT``: the pages are
+    Sets ``b.debug_url`` (through ``cluster.SessionView.host``) to the server's base URL (``http://HOST:PORT``: the pages are
     under ``/debug/bigmachine``) and starts the resource history. ``deadline``: seconds
     each machine gets to answer a page (default ``app.DEFAULT_DEADLINE``);
     ``allow_hosts``: more ``Host`` names to serve (``--bigm.debug-allow-host``), beside
@@ -144,13 +144,13 @@ def serve_debug(b: B, address: str, *, deadline: float | None = None, allow_host
         logger.warning("debug server: port %d on %s is taken; serving on port %d instead",
                        port, host, sock.getsockname()[1])
     from .app import create_app
+    from .cluster import SessionView
     from .context import DEFAULT_DEADLINE, PREFIX
 
     app = create_app(b, deadline=DEFAULT_DEADLINE if deadline is None else deadline,
                      hosts=_hosts(sock.getsockname()[0], allow_hosts))
     server = DebugServer(app, sock, on_start=app.state.debug.start_history)
     server.start()
-    b.on_shutdown(server.stop)
-    b.debug_url = server.url
-    logger.info("debug server: %s%s/status", b.debug_url, PREFIX)
+    SessionView(b).host(server.url, server.stop)
+    logger.info("debug server: %s%s/status", server.url, PREFIX)
     return server

@@ -19,9 +19,9 @@ import threading
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: services
 
-from reliability_services import Busy, Relay, Work  # noqa: E402
+from services import Busy, Relay, Work  # noqa: E402
 
 import bigmachine  # noqa: E402
 from bigmachine.systems import Local  # noqa: E402

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 import pytest
-from reliability_services import BadArgs, Work
+from services import BadArgs, Work
 
 import bigmachine
 from bigmachine import RUNNING, tls

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from reliability_services import Busy, Relay
+from services import Busy, Relay
 
 import bigmachine
 from bigmachine import RUNNING, STOPPED

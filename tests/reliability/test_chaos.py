@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from reliability_services import Work
+from services import Work
 
 import bigmachine
 from bigmachine import RUNNING, STOPPED

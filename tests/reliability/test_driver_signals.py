@@ -27,10 +27,10 @@ SLACK = 2.0
 DRIVER = textwrap.dedent(
     """
     import sys, time
-    sys.path.insert(0, {here!r})
+    sys.path.insert(0, {tests!r})
     import bigmachine
     from bigmachine import driver
-    from reliability_services import Work
+    from services import Work
 
     b = driver.start()  # --bigm.debug none, from argv
     try:
@@ -51,7 +51,7 @@ DRIVER = textwrap.dedent(
 
 def run_driver(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int], Path]:
     script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(here=str(Path(__file__).parent)))
+    script.write_text(DRIVER.format(tests=str(Path(__file__).parent.parent)))
     driver = subprocess.Popen([sys.executable, str(script), "--bigm.debug", "none"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     line = driver.stdout.readline()  # type: ignore[union-attr]
@@ -104,9 +104,9 @@ def test_driver_signal_ends_machines(tmp_path: Path, sig: signal.Signals) -> Non
 START_16 = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {here!r})
+    sys.path.insert(0, {tests!r})
     import bigmachine
-    from reliability_services import Work
+    from services import Work
 
     with bigmachine.start() as b:
         print(b.tmpdir, flush=True)
@@ -121,7 +121,7 @@ def test_ctrl_c_during_start_leaves_no_machine_once_shutdown_returns(tmp_path: P
     """Ctrl-C at any moment of ``b.start(16)``: ``shutdown`` waits for what is being launched and
     stops it, so no machine process outlives the driver, and no task is left pending."""
     script = tmp_path / "driver.py"
-    script.write_text(START_16.format(here=str(Path(__file__).parent)))
+    script.write_text(START_16.format(tests=str(Path(__file__).parent.parent)))
     tag = f"ctrl-c-{time.monotonic_ns()}"
     env = {**__import__("os").environ, "BIGMACHINE_TEST_TAG": tag}
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

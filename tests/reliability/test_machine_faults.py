@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from reliability_services import SlowInit, Work
+from services import SlowInit, Work
 
 import bigmachine
 from bigmachine import RUNNING, STOPPED

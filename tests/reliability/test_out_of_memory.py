@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from reliability_services import Hog, Work
+from services import Hog, Work
 
 import bigmachine
 from bigmachine import RUNNING, STOPPED

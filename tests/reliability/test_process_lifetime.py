@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from process_services import Spawner
+from services import Spawner
 
 import bigmachine
 from bigmachine import RUNNING, STOPPED
@@ -111,7 +111,7 @@ DRIVER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import bigmachine
     from bigmachine.systems import Local
-    from process_services import Gil, Spawner
+    from services import Gil, Spawner
 
     b = bigmachine.start(Local(**{options!r}))
     (m,) = b.start(1, bigmachine.Services(Spawner=Spawner(), Gil=Gil()))

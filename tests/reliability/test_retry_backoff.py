@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from reliability_services import Flaky
+from services import Flaky
 
 import bigmachine
 from bigmachine import RUNNING

@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from reliability_services import Work
+from services import Work
 from starlette.routing import Host, Mount, Route
 
 import bigmachine

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wire_services import Calc
+from services import Calc
 
 import bigmachine
 from bigmachine import RUNNING, tls

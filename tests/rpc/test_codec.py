@@ -1,12 +1,10 @@
-"""The sans-I/O codec and the wire format, without sockets."""
+"""The sans-I/O HTTP/1.1 codec, without sockets (the wire format: test_wire.py)."""
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 
-from bigmachine.errors import NotFound, ProtocolError, RemoteError, SerializationError
+from bigmachine.errors import ProtocolError
 from bigmachine.rpc import wire
 from bigmachine.rpc.codec import Response, ResponseParser, encode_chunk, encode_request
 
@@ -66,53 +64,3 @@ def test_parser_refuses_bytes_with_no_request_outstanding(extra: bytes) -> None:
 def test_parser_rejects_garbage() -> None:
     with pytest.raises(ProtocolError):
         ResponseParser(Collect()).feed(b"NOT HTTP AT ALL\r\n\r\n")
-
-
-def test_frames_survive_any_split() -> None:
-    data = wire.frame(wire.DATA, b"x" * 1000) + wire.frame(wire.DATA, b"") + wire.frame(wire.END)
-    for step in (1, 3, 9, 1000, len(data)):
-        reader = wire.FrameReader()
-        frames = []
-        for i in range(0, len(data), step):
-            frames.extend(reader.feed(data[i:i + step]))
-        assert frames == [(wire.DATA, b"x" * 1000), (wire.DATA, b""), (wire.END, b"")]
-    with pytest.raises(ProtocolError):
-        wire.FrameReader().feed(b"q" + bytes(8))
-
-
-def test_remote_error_round_trip() -> None:
-    try:
-        raise KeyError("missing")
-    except KeyError as exc:
-        payload = wire.encode_error(exc, remote=True)
-    with pytest.raises(KeyError) as info:
-        wire.raise_error(payload, "https://m:1/")
-    cause = info.value.__cause__
-    assert isinstance(cause, RemoteError) and cause.machine == "https://m:1/" and "test_remote_error_round_trip" in cause.remote_traceback
-
-
-def test_library_errors_are_raised_as_themselves() -> None:
-    with pytest.raises(NotFound, match="nope"):
-        wire.raise_error(wire.encode_error(NotFound("nope"), remote=False), "m")
-
-
-def test_unpicklable_exception_becomes_remote_error() -> None:
-    class Local(Exception):
-        def __reduce__(self) -> object:
-            raise TypeError("no")
-
-    with pytest.raises(RemoteError, match="Local"):
-        wire.raise_error(wire.encode_error(Local("x"), remote=True), "m")
-
-
-def test_encode_args_names_the_bad_argument() -> None:
-    import threading
-
-    with pytest.raises(SerializationError, match=r"S.m: argument 'k' of type lock"):
-        wire.encode_args("S.m", (1,), {"k": threading.Lock()})
-
-
-def test_plain_values_use_the_c_pickler_and_others_cloudpickle() -> None:
-    assert pickle.loads(wire.dumps((1, "a", [2.0, None]))) == (1, "a", [2.0, None])
-    double = pickle.loads(wire.dumps(lambda x: 2 * x))
-    assert double(4) == 8

@@ -18,7 +18,8 @@ from bigmachine.systems.slurm.commands import SlurmError
 Cluster = Any  # the fixture's type lives in this directory's conftest.py
 
 
-def test_driver_options_and_variables_make_a_slurm_system(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_driver_options_and_variables_make_a_slurm_system(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("BIGMACHINE_SLURM_ACCOUNT", "genomics")
     parser = argparse.ArgumentParser()
     driver.add_arguments(parser)
@@ -30,9 +31,9 @@ def test_driver_options_and_variables_make_a_slurm_system(monkeypatch: pytest.Mo
     assert (system.partition, system.account, system.time, system.memory) == ("short", "genomics", "0:30:00", "8G")
     assert system.cores_per_machine == 4 and system.maxprocs() == 4
     assert system.sbatch_args == ["--qos=low", "--constraint=avx2&ib"]
-    bad = parser.parse_args(["--bigm.system=slurm", "--bigm.slurm.cores-per-machine=many"])
-    with pytest.raises(ValueError, match="cores-per-machine must be a int, not 'many'"):
-        driver.make_system(bad)
+    with pytest.raises(SystemExit):  # a bad value is a usage error while parsing, not when the system is made
+        parser.parse_args(["--bigm.system=slurm", "--bigm.slurm.cores-per-machine=many"])
+    assert "argument --bigm.slurm.cores-per-machine: must be an integer, not 'many'" in capsys.readouterr().err
 
 
 def test_a_command_that_hangs_fails_naming_it() -> None:

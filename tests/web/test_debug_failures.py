@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from debug_services import INIT_GATE, RELEASE, BadInit, Hang, SlowInit
+from services import INIT_GATE, RELEASE, BadInit, GatedInit, Hang
 
 import bigmachine
 from bigmachine import RUNNING, STARTING, STOPPED
@@ -134,7 +134,7 @@ def test_starting_and_failed_machines_render(http: httpx.Client) -> None:
         server = serve_debug(b, "127.0.0.1:0", deadline=DEADLINE)
         base = server.url + "/debug/bigmachine"
         INIT_GATE.clear()
-        (starting,) = b.start(1, bigmachine.Services(Slow=SlowInit()))
+        (starting,) = b.start(1, bigmachine.Services(Slow=GatedInit()))
         try:
             assert starting.state == STARTING
             html = http.get(base + "/status").text

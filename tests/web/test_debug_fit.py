@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from browser import Browser
-from debug_services import LongInitError, LongNames
+from services import LongInitError, LongNames
 from debug_support import Cluster, start_driver
 
 import bigmachine

@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from debug_services import LongNames
+from services import LongNames
 from debug_support import start_driver
 
 import bigmachine

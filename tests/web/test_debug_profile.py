@@ -46,7 +46,7 @@ def test_pstats_profile_of_all_machines_finds_the_hot_function(cluster: Cluster,
     hot = [(func, row) for func, row in stats.stats.items() if func[2] == HOT]  # type: ignore[attr-defined]
     assert hot, "the service's hot function is not in the profile"
     (filename, _, _), (_, calls, tottime, cumtime, _) = hot[0]
-    assert filename.endswith("debug_services.py")
+    assert filename.endswith("services.py")
     total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
     assert cumtime >= 0.5 * total, "the hot function should dominate a profile of busy machines"
     # Two machines' samples were merged: the hot function was seen on both.

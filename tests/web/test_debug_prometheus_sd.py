@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from debug_services import Busy
+from services import Observed
 from debug_support import Cluster, free_port, start_driver, tool
 
 import bigmachine
@@ -36,7 +36,7 @@ RULES = """groups:
 def one_dead() -> Iterator[Cluster]:
     """Two Local machines; the driver called the first; the second is cancelled (STOPPED)."""
     with start_driver() as b:
-        machines = b.start(2, bigmachine.Services(Busy=Busy()))
+        machines = b.start(2, bigmachine.Services(Busy=Observed()))
         for machine in machines:
             assert machine.wait(RUNNING, timeout=60) == RUNNING
         machines[0].call("Busy.work", 2)

@@ -13,6 +13,7 @@ import pytest
 from debug_support import Cluster
 
 from bigmachine import RUNNING, expvar
+from bigmachine.profile import heap
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -160,11 +161,12 @@ def test_heap_text_and_pprof(cluster: Cluster, http: httpx.Client) -> None:
     assert reply.status_code == 200
     assert gzip.decompress(reply.content)  # a gzipped protobuf
     assert "heap tracing is ON since" in reply.headers["x-bigmachine-heap-tracing"]
-    assert "(tracebacks of 1 frames)" in text and "stops by itself 60 s after the last heap request" in text
-    deeper = http.get(cluster.base + "/pprof/heap", params={"frames": "3"}).text
-    assert "(tracebacks of 3 frames)" in deeper
+    assert f"(tracebacks of {heap.FRAMES} frames)" in text and "stops by itself 60 s after the last heap request" in text
+    assert "sampled: one allocation per 512.0 KiB" in text
+    shallower = http.get(cluster.base + "/pprof/heap", params={"frames": "3", "rate": "4096"}).text
+    assert "(tracebacks of 3 frames)" in shallower and "one allocation per 4.0 KiB" in shallower
     index = http.get(cluster.base + "/pprof/").text
-    assert "tracing ON</span> on 2 machines" in index and "4-13x" in index
+    assert "tracing ON</span> on 2 machines" in index and heap.SAMPLED_COST in index and "512.0 KiB" in index
 
 
 def test_targets_are_http_sd_groups(cluster: Cluster, http: httpx.Client) -> None:

@@ -11,7 +11,7 @@ import threading
 import httpx
 import pytest
 from debug_support import start_driver
-from debug_services import Modules
+from services import Modules
 from starlette.applications import Starlette
 from starlette.routing import Mount
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ...errors import Error
+from ..leftovers import LeftoversCommand, none_of, print_table
 from .aws import Aws, AwsError, current_user
 
 __all__ = ["delete_groups", "find", "main"]
@@ -54,26 +54,24 @@ def delete_groups(aws: Aws, filters: list[dict[str, Any]]) -> list[str]:
     return deleted
 
 
+_COMMAND = LeftoversCommand(prog="python -m bigmachine.systems.ec2",
+                            description="List or terminate the EC2 instances of bigmachine sessions.",
+                            end="terminate", things="instances", session_metavar="ID",
+                            mine="the instances of this user on this host")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bigmachine.systems.ec2",
-                                     description="List or terminate the EC2 instances of bigmachine sessions.")
-    parser.add_argument("command", choices=["list", "terminate"])
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--session", metavar="ID", help="one session's instances (its name, b.name)")
-    which.add_argument("--all-mine", action="store_true", help="the instances of this user on this host")
+    parser = _COMMAND.parser()
     parser.add_argument("--region", help="AWS region (default: boto3's)")
     parser.add_argument("--no-wait", action="store_true", help="terminate: don't wait until the instances are gone")
-    args = parser.parse_args(argv)
-    if args.command == "terminate" and not (args.session or args.all_mine):
-        parser.error("terminate needs --session ID or --all-mine")
-    try:
-        aws = Aws(args.region)
-        if args.command == "list":
-            return _list(aws, args.session, args.all_mine)
-        return _terminate(aws, args.session, args.all_mine, wait=not args.no_wait)
-    except Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return _COMMAND.run(parser, argv, _act, Error)
+
+
+def _act(args: argparse.Namespace) -> int:
+    aws = Aws(args.region)
+    if args.command == "list":
+        return _list(aws, args.session, args.all_mine)
+    return _terminate(aws, args.session, args.all_mine, wait=not args.no_wait)
 
 
 def _list(aws: Aws, session: str | None, mine: bool) -> int:
@@ -87,12 +85,9 @@ def _list(aws: Aws, session: str | None, mine: bool) -> int:
                      _tag(i, SESSION_TAG), f"{_tag(i, 'bigmachine:user')}@{_tag(i, 'bigmachine:driver-host')}",
                      i.get("PublicIpAddress") or i.get("PrivateIpAddress") or "", _machines(i)))
     if len(rows) == 1:
-        print("no bigmachine instances" + (f" of session {session}" if session else " of yours" if mine else "")
-              + f" in {aws.region}")
+        print(none_of("bigmachine instances", session, mine) + f" in {aws.region}")
     else:
-        widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print_table(rows)
     groups = aws.security_groups([*_filters(session, mine), {"Name": "tag-key", "Values": [SESSION_TAG]}])
     for group in groups:
         print(f"security group {group['GroupId']} ({group.get('GroupName', '')}) of session {_tag(group, SESSION_TAG)}")
@@ -108,7 +103,7 @@ def _terminate(aws: Aws, session: str | None, mine: bool, *, wait: bool) -> int:
         aws.cancel_spot_requests(spot)
         print(f"terminating {len(ids)} instances: {' '.join(ids)}")
     else:
-        print("no running bigmachine instances" + (f" of session {session}" if session else " of yours"))
+        print(none_of("running bigmachine instances", session, mine))
     deadline = time.monotonic() + 300
     while wait and find(aws, session=session, mine=mine) and time.monotonic() < deadline:
         time.sleep(5)

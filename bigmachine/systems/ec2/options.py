@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..options import Option, add_options, keywords
 
 if TYPE_CHECKING:
     from . import EC2
 
 __all__ = ["add_arguments", "from_arguments"]
 
-# (option, keyword of EC2, type, help); the variable is BIGMACHINE_EC2_<OPTION> with - as _.
-_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
+# The variable of each is BIGMACHINE_EC2_<OPTION> with - as _.
+_OPTIONS: list[Option] = [
     ("region", "region", str, "AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION)"),
     ("instance-type", "instance_type", str, "instance type (default: m5.large)"),
     ("cores-per-machine", "cores_per_machine", int,
@@ -43,11 +45,7 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
 
 def add_arguments(group: argparse._ArgumentGroup, env: Callable[[str, str], str]) -> None:
     """Adds the EC2 options to ``group`` (the driver gives each system a --help group of its own)."""
-    for option, keyword, kind, text in _OPTIONS:
-        variable = f"ec2.{option.replace('-', '_')}"
-        group.add_argument(f"--bigm.ec2.{option}", dest=f"bigm_ec2_{keyword}", default=env(variable, ""),
-                           type=_checked(kind), metavar=keyword.split("_")[-1].upper(),
-                           help=f"{text} (BIGMACHINE_EC2_{option.replace('-', '_').upper()})")
+    add_options(group, env, "ec2", _OPTIONS)
     spot = env("ec2.spot", "").lower() in ("1", "true", "yes", "on")
     group.add_argument("--bigm.ec2.spot", dest="bigm_ec2_spot", action=argparse.BooleanOptionalAction, default=spot,
                        help="spot instances, falling back to on-demand when there are none (BIGMACHINE_EC2_SPOT)")
@@ -57,38 +55,16 @@ def add_arguments(group: argparse._ArgumentGroup, env: Callable[[str, str], str]
                                               "default: on)")
 
 
-_KINDS: dict[Any, str] = {int: "an integer", float: "a number"}
-
-
-def _checked(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    """Checks a value while parsing, so a bad one is a usage error; '' (unset) passes."""
-    def check(text: str) -> Any:
-        try:
-            return kind(text) if text else text
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {_KINDS.get(kind, 'valid')}, not {text!r}") from None
-
-    return check
-
-
 def from_arguments(args: argparse.Namespace) -> EC2:
     """The EC2 system the parsed options describe."""
     from . import EC2
 
-    kwargs: dict[str, Any] = {"spot": bool(args.bigm_ec2_spot), "fallback": bool(args.bigm_ec2_fallback)}
-    for option, keyword, kind, _ in _OPTIONS:
-        raw = getattr(args, f"bigm_ec2_{keyword}", "")
-        if raw in ("", None):
-            continue
-        try:
-            kwargs[keyword] = kind(raw)
-        except ValueError:
-            raise ValueError(f"--bigm.ec2.{option} must be a {kind.__name__}, not {raw!r}") from None
+    kwargs = keywords(args, "ec2", _OPTIONS)
     if "tags" in kwargs:
         kwargs["tags"] = _tags(kwargs["tags"])
     if "requirements" in kwargs:
         kwargs["requirements"] = _requirements(kwargs["requirements"])
-    return EC2(**kwargs)
+    return EC2(spot=bool(args.bigm_ec2_spot), fallback=bool(args.bigm_ec2_fallback), **kwargs)
 
 
 def _tags(text: str) -> dict[str, str]:

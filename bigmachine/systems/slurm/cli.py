@@ -11,9 +11,9 @@ Every job of a session is named ``bigmachine:<session>``.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
+from ..leftovers import LeftoversCommand, none_of, print_table
 from . import commands
 from .commands import Job, SlurmError
 
@@ -27,28 +27,24 @@ def find(*, session: str | None = None, mine: bool = False) -> list[Job]:
     return sorted((j for j in jobs if j.name.startswith(commands.JOB_PREFIX)), key=lambda j: (j.name, j.id))
 
 
+_COMMAND = LeftoversCommand(prog="python -m bigmachine.systems.slurm",
+                            description="List or cancel the Slurm jobs of bigmachine sessions.",
+                            end="cancel", things="jobs", session_metavar="NAME", mine="the jobs of this user")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bigmachine.systems.slurm",
-                                     description="List or cancel the Slurm jobs of bigmachine sessions.")
-    parser.add_argument("command", choices=["list", "cancel"])
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--session", metavar="NAME", help="one session's jobs (its name, b.name)")
-    which.add_argument("--all-mine", action="store_true", help="the jobs of this user")
-    args = parser.parse_args(argv)
-    if args.command == "cancel" and not (args.session or args.all_mine):
-        parser.error("cancel needs --session NAME or --all-mine")
-    try:
-        jobs = find(session=args.session, mine=args.all_mine)
-        if args.command == "list":
-            _list(jobs, args.session, args.all_mine)
-        elif jobs:
-            commands.cancel([j.id for j in jobs])
-            print(f"cancelled {len(jobs)} jobs: {' '.join(j.id for j in jobs)}")
-        else:
-            print(_none(args.session, args.all_mine))
-    except SlurmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return _COMMAND.run(_COMMAND.parser(), argv, _act, SlurmError)
+
+
+def _act(args: argparse.Namespace) -> int:
+    jobs = find(session=args.session, mine=args.all_mine)
+    if args.command == "list":
+        _list(jobs, args.session, args.all_mine)
+    elif jobs:
+        commands.cancel([j.id for j in jobs])
+        print(f"cancelled {len(jobs)} jobs: {' '.join(j.id for j in jobs)}")
+    else:
+        print(_none(args.session, args.all_mine))
     return 0
 
 
@@ -59,10 +55,8 @@ def _list(jobs: list[Job], session: str | None, mine: bool) -> None:
     rows = [("JOB", "STATE", "NODE", "PARTITION", "CPUS", "TIME", "USER", "SESSION", "REASON")]
     rows += [(j.id, j.state, j.node, j.partition, str(j.cpus), j.elapsed, j.user,
               j.name.removeprefix(commands.JOB_PREFIX), j.reason if j.reason != "None" else "") for j in jobs]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    print_table(rows)
 
 
 def _none(session: str | None, mine: bool) -> str:
-    return "no bigmachine jobs" + (f" of session {session}" if session else " of yours" if mine else "") + " in squeue"
+    return none_of("bigmachine jobs", session, mine) + " in squeue"

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import shlex
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..options import Option, add_options, keywords
 
 if TYPE_CHECKING:
     from . import Slurm
 
 __all__ = ["add_arguments", "from_arguments"]
 
-# (option, keyword of Slurm, type, help); the variable is BIGMACHINE_SLURM_<OPTION> with - as _.
-_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
+# The variable of each is BIGMACHINE_SLURM_<OPTION> with - as _.
+_OPTIONS: list[Option] = [
     ("partition", "partition", str, "partition to submit to (default: the cluster's default)"),
     ("account", "account", str, "account to charge (default: yours)"),
     ("time", "time", str, "time limit of each machine's job, as sbatch --time (default: 1:00:00)"),
@@ -30,25 +32,11 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
 
 def add_arguments(group: argparse._ArgumentGroup, env: Callable[[str, str], str]) -> None:
     """Adds the Slurm options to the driver's option group."""
-    for option, keyword, _, text in _OPTIONS:
-        variable = f"slurm.{option.replace('-', '_')}"
-        group.add_argument(f"--bigm.slurm.{option}", dest=f"bigm_slurm_{keyword}", default=env(variable, ""),
-                           metavar=keyword.split("_")[-1].upper(),
-                           help=f"{text} (BIGMACHINE_SLURM_{option.replace('-', '_').upper()})")
+    add_options(group, env, "slurm", _OPTIONS)
 
 
 def from_arguments(args: argparse.Namespace) -> Slurm:
     """The Slurm system the parsed options describe."""
     from . import Slurm
 
-    kwargs: dict[str, Any] = {}
-    for option, keyword, kind, _ in _OPTIONS:
-        raw = getattr(args, f"bigm_slurm_{keyword}", "")
-        if raw in ("", None):
-            continue
-        try:
-            kwargs[keyword] = kind(raw)
-        except ValueError:
-            raise ValueError(f"--bigm.slurm.{option} must be a {getattr(kind, '__name__', 'value')}, "
-                             f"not {raw!r}") from None
-    return Slurm(**kwargs)
+    return Slurm(**keywords(args, "slurm", _OPTIONS))

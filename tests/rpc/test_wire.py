@@ -1,0 +1,164 @@
+"""The wire format (bigmachine/rpc/wire.py): pickles, error descriptions and stream frames, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import pickle
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from bigmachine.errors import NotFound, ProtocolError, RemoteError, SerializationError
+from bigmachine.rpc import wire
+
+
+# ------------------------------------------------------------------ frames
+
+
+def test_a_frame_is_its_kind_a_big_endian_length_and_its_payload() -> None:
+    assert wire.frame(wire.DATA, b"abc") == b"d" + (3).to_bytes(8, "big") + b"abc"
+    assert wire.frame(wire.END) == b"z" + bytes(8)
+
+
+def test_frames_survive_any_split() -> None:
+    data = wire.frame(wire.DATA, b"x" * 1000) + wire.frame(wire.DATA, b"") + wire.frame(wire.END)
+    for step in (1, 3, 9, 1000, len(data)):
+        reader = wire.FrameReader()
+        frames = []
+        for i in range(0, len(data), step):
+            frames.extend(reader.feed(data[i:i + step]))
+        assert frames == [(wire.DATA, b"x" * 1000), (wire.DATA, b""), (wire.END, b"")]
+    with pytest.raises(ProtocolError):
+        wire.FrameReader().feed(b"q" + bytes(8))
+
+
+def test_an_incomplete_frame_waits_for_the_rest() -> None:
+    reader = wire.FrameReader()
+    whole = wire.frame(wire.HEAD, b"head") + wire.frame(wire.FAIL, b"why")
+    assert reader.feed(whole[:5]) == []  # half a header
+    assert reader.feed(whole[5:12]) == []  # the header, part of the payload
+    assert reader.feed(whole[12:]) == [(wire.HEAD, b"head"), (wire.FAIL, b"why")]
+    assert reader.feed(b"") == []
+
+
+def test_an_unknown_kind_after_good_frames_is_a_protocol_error() -> None:
+    reader = wire.FrameReader()
+    with pytest.raises(ProtocolError, match="unknown frame kind b'x'"):
+        reader.feed(wire.frame(wire.DATA, b"ok") + b"x" + bytes(8))
+
+
+# ------------------------------------------------------------------ pickles
+
+
+def test_remote_error_round_trip() -> None:
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        payload = wire.encode_error(exc, remote=True)
+    with pytest.raises(KeyError) as info:
+        wire.raise_error(payload, "https://m:1/")
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteError) and cause.machine == "https://m:1/" and "test_remote_error_round_trip" in cause.remote_traceback
+
+
+def test_library_errors_are_raised_as_themselves() -> None:
+    with pytest.raises(NotFound, match="nope"):
+        wire.raise_error(wire.encode_error(NotFound("nope"), remote=False), "m")
+
+
+def test_unpicklable_exception_becomes_remote_error() -> None:
+    class Local(Exception):
+        def __reduce__(self) -> object:
+            raise TypeError("no")
+
+    with pytest.raises(RemoteError, match="Local"):
+        wire.raise_error(wire.encode_error(Local("x"), remote=True), "m")
+
+
+def test_encode_args_names_the_bad_argument() -> None:
+    import threading
+
+    with pytest.raises(SerializationError, match=r"S.m: argument 'k' of type lock"):
+        wire.encode_args("S.m", (1,), {"k": threading.Lock()})
+
+
+def test_plain_values_use_the_c_pickler_and_others_cloudpickle() -> None:
+    assert pickle.loads(wire.dumps((1, "a", [2.0, None]))) == (1, "a", [2.0, None])
+    double = pickle.loads(wire.dumps(lambda x: 2 * x))
+    assert double(4) == 8
+
+
+def test_a_body_in_pieces_unpickles_as_the_whole() -> None:
+    data = wire.dumps({"blob": b"x" * 100_000, "n": list(range(10))})
+    pieces = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    assert wire.loads(pieces) == wire.loads(data) == wire.loads([data])
+    assert wire.loads([b"", *pieces, b""]) == wire.loads(data)  # empty pieces are skipped
+
+
+def test_arguments_round_trip_and_the_stream_argument_stands_in() -> None:
+    data = wire.encode_args("S.m", (1, wire.StreamArgument()), {"k": "v"})
+    args, kwargs = wire.decode_args("S.m", data)
+    assert args[0] == 1 and isinstance(args[1], wire.StreamArgument) and kwargs == {"k": "v"}
+
+
+def test_encode_args_names_a_bad_positional_argument() -> None:
+    with pytest.raises(SerializationError, match=r"S.m: argument 1 of type lock cannot be pickled.*stream it"):
+        wire.encode_args("S.m", (1, threading.Lock()), {})
+
+
+@pytest.mark.parametrize("body", [b"\x00not a pickle", pickle.dumps(5), wire.encode_args("S.m", (1,), {})[:-3]])
+def test_arguments_that_do_not_unpickle_to_args_and_kwargs_are_a_serialization_error(body: bytes) -> None:
+    with pytest.raises(SerializationError, match="S.m: arguments cannot be unpickled on the machine"):
+        wire.decode_args("S.m", body)
+
+
+def test_encode_result_names_the_method_and_the_type_it_cannot_pickle() -> None:
+    with pytest.raises(SerializationError, match=r"S.m: result of type lock cannot be pickled"):
+        wire.encode_result("S.m", threading.Lock())
+    assert wire.loads(wire.encode_result("S.m", [1, 2])) == [1, 2]
+
+
+def test_a_result_too_big_to_carry_whole_says_to_stream_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "MAX_REQUEST", 1000)
+    with pytest.raises(SerializationError, match=r"S.m: the result of type bytes pickles to .* MiB, over the .*generator"):
+        wire.encode_result("S.m", bytes(2000))
+
+
+def test_a_malformed_error_reply_is_a_protocol_error_naming_the_machine() -> None:
+    with pytest.raises(ProtocolError, match="https://m:1/: malformed error reply"):
+        wire.raise_error(b"not a pickle", "https://m:1/")
+
+
+def test_remote_error_says_type_message_and_machine() -> None:
+    try:
+        raise ValueError("bad value")
+    except ValueError as exc:
+        payload = wire.encode_error(exc, remote=True)
+    with pytest.raises(ValueError, match="bad value") as info:
+        wire.raise_error(payload, "https://m:1/")
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteError) and cause.exc_type == "builtins.ValueError"
+    assert str(cause).startswith("builtins.ValueError: bad value (raised on https://m:1/)")
+
+
+# ------------------------------------------------------------------ what streams
+
+
+def _numbers() -> Iterator[bytes]:
+    yield b"1"
+
+
+async def _anumbers() -> AsyncIterator[bytes]:
+    yield b"1"
+
+
+def test_iterators_stream_and_collections_go_whole() -> None:
+    streamed = [_numbers(), iter([b"a"]), map(bytes, [[1]]), io.BytesIO(b"a")]  # a binary file is an iterator too
+    whole = [b"ab", bytearray(b"ab"), memoryview(b"ab"), "ab", [b"a"], (b"a",), {"a": 1}, {b"a"}, frozenset(), 1, None]
+    assert [wire.is_stream(v) for v in streamed] == [True] * len(streamed)
+    assert [wire.is_stream(v) for v in whole] == [False] * len(whole)
+    agen = _anumbers()
+    assert wire.is_stream(agen)
+    asyncio.run(agen.aclose())

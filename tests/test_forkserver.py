@@ -1,0 +1,146 @@
+"""Local machines forked from the fork server behave as fresh processes would (bigmachine/runtime/forks.py).
+
+What a fork could get wrong: a stale copy of the user's modules, the environment, process
+groups, exit statuses, and what happens when the server itself goes. The rest (output,
+PR_SET_PDEATHSIG, the janitor) is tested on Local machines in tests/test_local.py and
+tests/reliability/, which are forked too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import bigmachine
+from bigmachine import RUNNING, STOPPED
+from bigmachine.systems import Local
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Probe:
+    """What a machine process can tell about itself."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def ids(self) -> tuple[int, int, int]:
+        return os.getppid(), os.getpgid(0), os.getsid(0)
+
+    def hash_of(self, text: str) -> int:
+        return hash(text)
+
+    def version_of(self, module: str) -> str:
+        return str(__import__(module).VERSION)
+
+    def exit(self, code: int) -> None:
+        os._exit(code)
+
+
+def _fork_server() -> psutil.Process:
+    (server,) = [p for p in psutil.Process().children() if "--fork-server" in p.cmdline()]
+    return server
+
+
+def _start(b: bigmachine.B, n: int, *params: bigmachine.Environ) -> list[bigmachine.Machine]:
+    machines = b.start(n, bigmachine.Services(Probe=Probe()), *params)
+    for m in machines:
+        assert m.wait(RUNNING, timeout=60) == RUNNING, m.err
+    return machines
+
+
+def _gone(pid: int, seconds: float) -> bool:
+    try:
+        psutil.Process(pid).wait(seconds)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def test_machines_are_forked_by_one_server_and_lead_their_own_group_and_session() -> None:
+    with bigmachine.start(Local()) as b:
+        machines = _start(b, 2)
+        server = _fork_server()
+        assert server.ppid() == os.getpid()
+        for m in machines:
+            pid = m.call("Probe.pid")
+            assert m.call("Probe.ids") == (server.pid, pid, pid)
+        _start(b, 1)
+        assert [p.pid for p in psutil.Process().children() if "--fork-server" in p.cmdline()] == [server.pid]
+    assert _gone(server.pid, 10), "the fork server outlived its session"
+
+
+def test_a_machine_imports_the_users_modules_as_they_are_when_it_starts(tmp_path: Path) -> None:
+    (tmp_path / "forked_user_module.py").write_text("VERSION = 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with bigmachine.start(Local()) as b:
+            (first,) = _start(b, 1)
+            assert first.call("Probe.version_of", "forked_user_module") == "1"
+            (tmp_path / "forked_user_module.py").write_text("VERSION = 2  # changed after the server started\n")
+            (second,) = _start(b, 1)
+            assert second.call("Probe.version_of", "forked_user_module") == "2"
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_a_variable_read_at_interpreter_start_gets_a_fresh_process() -> None:
+    """The fork server's interpreter started without it: a fork would not have what it sets."""
+    expected = int(subprocess.run([sys.executable, "-c", "print(hash('bigmachine'))"], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONHASHSEED": "1234"}, check=True).stdout)
+    with bigmachine.start(Local()) as b:
+        (forked,) = _start(b, 1)
+        (fresh,) = _start(b, 1, bigmachine.Environ(["PYTHONHASHSEED=1234"]))
+        assert forked.call("Probe.ids")[0] == _fork_server().pid
+        assert fresh.call("Probe.ids")[0] == os.getpid()
+        assert fresh.call("Probe.hash_of", "bigmachine") == expected
+
+
+def test_a_forked_machine_reports_how_it_ended() -> None:
+    with bigmachine.start(Local()) as b:
+        exits, killed = _start(b, 2)
+        pid = killed.call("Probe.pid")
+        with pytest.raises(bigmachine.MachineStopped):
+            exits.call("Probe.exit", 3)
+        os.kill(pid, signal.SIGKILL)
+        for m in (exits, killed):
+            assert m.wait(STOPPED, timeout=30) == STOPPED
+        assert "exited with status 3" in str(exits.err), exits.err
+        assert f"machine process {pid} was killed by SIGKILL" in str(killed.err), killed.err
+        assert b.instance(killed).process.returncode == -signal.SIGKILL  # type: ignore[union-attr]
+
+
+def test_machines_end_with_the_fork_server_and_later_ones_start_fresh() -> None:
+    with bigmachine.start(Local()) as b:
+        machines = _start(b, 2)
+        pids = [m.call("Probe.pid") for m in machines]
+        server = _fork_server()
+        server.kill()
+        for m in machines:
+            assert m.wait(STOPPED, timeout=30) == STOPPED
+            assert isinstance(m.err, bigmachine.MachineStopped) and "SIGKILL" in str(m.err), m.err
+        assert all(_gone(pid, 10) for pid in pids)
+        (later,) = _start(b, 1)
+        assert later.call("Probe.ids")[0] == os.getpid()
+    assert _gone(server.pid, 10)
+
+
+def test_a_local_shared_by_two_sessions_forks_each_sessions_machines_from_its_own_server() -> None:
+    """A fork server dies with the loop thread that started it: one session's end must not end the other's machines."""
+    local = Local()
+    with bigmachine.start(local) as second:
+        with bigmachine.start(local) as first:
+            (early,) = _start(first, 1)
+            (late,) = _start(second, 1)
+            assert early.call("Probe.ids")[0] != late.call("Probe.ids")[0]
+        time.sleep(0.5)  # what ended with the first session has ended by now
+        assert late.state == RUNNING and late.call("Probe.pid", timeout=10) > 0
