@@ -279,11 +279,11 @@ DRIVER = textwrap.dedent(
     from services import Output
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # A 4 s keepalive timeout: stdout stays blocked well past it (the default, 60 s, would hide a blocked loop).
-    with bigmachine.start(Local(keepalive_period=0.5, keepalive_timeout=4.0, keepalive_rpc_timeout=2.0)) as b:
+    # A 3 s keepalive timeout: stdout stays blocked well past it (the default, 60 s, would hide a blocked loop).
+    with bigmachine.start(Local(keepalive_period=0.5, keepalive_timeout=3.0, keepalive_rpc_timeout=1.5)) as b:
         (m,) = b.start(1, bigmachine.Services(Output=Output()))
         m.wait(bigmachine.RUNNING, timeout=60)
-        m.call("Output.chatter", {seconds})  # 2,000 lines a second, for longer than stdout is blocked
+        m.call("Output.chatter", {seconds}, 5000)  # lines a second: 10,000 queued fill the bound in 2 s of 7.5 blocked
         print("chattering", file=sys.stderr, flush=True)
         ok = 0
         for i in range({seconds}):
@@ -298,7 +298,7 @@ def test_driver_stdout_nobody_reads_keeps_machines_and_calls(tmp_path: Path) -> 
     """Issue 9: the session loop blocked writing forwarded output; no keepalive went out; every machine was lost.
 
     Blocked here for 2.5 keepalive timeouts; the soak test (tests/reliability/test_soak.py) blocks it for 30 s."""
-    seconds = 14
+    seconds = 10
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(tests=str(Path(__file__).parent), seconds=seconds))
     err_path = tmp_path / "stderr"
@@ -309,7 +309,7 @@ def test_driver_stdout_nobody_reads_keeps_machines_and_calls(tmp_path: Path) -> 
         while "chattering" not in err_path.read_text() and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.1)
         assert "chattering" in err_path.read_text(), err_path.read_text()
-        time.sleep(10)  # nobody reads the driver's stdout: its pipe is full within milliseconds
+        time.sleep(7.5)  # nobody reads the driver's stdout: its pipe is full within milliseconds
         assert driver.poll() is None, err_path.read_text()
         out, _ = driver.communicate(timeout=120)
     finally:

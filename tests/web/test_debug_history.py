@@ -16,11 +16,16 @@ from bigmachine.web.history import PERIOD, WINDOW, History
 pytestmark = pytest.mark.timeout(90)
 
 
-def test_history_grows_with_no_page_open() -> None:
+def test_history_grows_with_no_page_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    period = 1.0  # the sampler's schedule, shortened from PERIOD (5 s) so the test waits 3 s, not 12.5
+    monkeypatch.setattr("bigmachine.web.context.History", lambda: History(period=period))
     with start_driver("testing") as b:
         (machine,) = b.start(1, bigmachine.Services(LongNames=LongNames()))
         assert machine.wait(RUNNING, timeout=60) == RUNNING
-        time.sleep(2.5 * PERIOD)  # nobody looks meanwhile
+        deadline = time.monotonic() + 30  # samples from now on have a keepalive time to record
+        while not machine.keepalive_reply_times() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(3 * period)  # nobody looks meanwhile (the first request would start the history itself)
         assert b.debug_url is not None
         (row,) = httpx.get(b.debug_url + "/debug/bigmachine/machines", timeout=30).json()
         history = row["history"]
