@@ -64,7 +64,7 @@ def check_method_name(method: Any) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _path(method: str) -> bytes:
-    """The request path of a checked method name: percent-encoded UTF-8 (uvicorn decodes it)."""
+    """The request path of a checked method name: percent-encoded UTF-8 (the server decodes it)."""
     check_method_name(method)
     return b"/rpc/" + (method.encode() if method.isascii() else quote(method).encode())
 
