@@ -1,0 +1,157 @@
+"""rpc/server.py and rpc/serving.py: a thread per connection, service slots, hang-ups, refusals, stop and abort."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ssl
+import time
+from typing import Any
+
+import pytest
+from served import Served, eventually
+
+from bigmachine.rpc import calls, codec, wire
+from bigmachine.rpc.deadlines import deadline_after
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.responses: list[codec.Response] = []
+
+    def response_head(self, response: codec.Response) -> None:
+        self.responses.append(response)
+
+    def response_body(self, data: bytes) -> None:
+        self.responses[-1].chunks.append(data)
+
+    def response_complete(self) -> None:
+        pass
+
+
+def exchange(sock: ssl.SSLSocket, data: bytes, expected: int = 1) -> tuple[list[codec.Response], bool]:
+    """Sends ``data``; reads until ``expected`` responses are in or the server closes; returns them and
+    whether the connection was closed."""
+    collected = _Collected()
+    parser = codec.ResponseParser(collected)
+    sock.sendall(data)
+    while True:
+        parser.expect()
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionError, ssl.SSLError):
+            return collected.responses, True
+        if not chunk:
+            return collected.responses, True
+        parser.feed(chunk)
+        if len(collected.responses) >= expected and parser.response is not None and _complete(collected):
+            return collected.responses, False
+
+
+def _complete(collected: _Collected) -> bool:
+    last = collected.responses[-1]
+    return last.content_length < 0 or sum(map(len, last.chunks)) >= last.content_length
+
+
+def call_bytes(method: str, *args: Any) -> bytes:
+    data = calls.encode_call(b"127.0.0.1", method, args, {}).data
+    return data if isinstance(data, bytes) else b"".join(data)
+
+
+def test_a_call_is_answered_and_the_connection_kept(served: Served) -> None:
+    with served.raw() as sock:
+        for value in (1, "two", [3]):
+            (response,), closed = exchange(sock, call_bytes("Gate.echo", value))
+            assert response.status == 200 and response.content_type == wire.RESULT and not closed
+            assert wire.loads(response.body) == value
+    eventually(lambda: served.server.registry.stats.snapshot()["Gate.echo"]["calls"] == 3)  # counted after the reply
+
+
+@pytest.mark.parametrize("request_line, status", [(b"GET /rpc/Gate.echo", 405), (b"POST /elsewhere", 404)])
+def test_what_is_not_a_call_gets_a_plain_reason_and_the_connection_stays(served: Served, request_line: bytes,
+                                                                          status: int) -> None:
+    with served.raw() as sock:
+        (response,), closed = exchange(sock, request_line + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert response.status == status and response.content_type.startswith(b"text/plain") and not closed
+        (response,), closed = exchange(sock, call_bytes("Gate.echo", 7))
+        assert wire.loads(response.body) == 7
+
+
+def test_pipelined_requests_close_the_connection_unanswered_out_of_turn(served: Served) -> None:
+    with served.raw() as sock:
+        responses, closed = exchange(sock, call_bytes("Gate.echo", 1) + call_bytes("Gate.echo", 2), expected=2)
+        assert closed and len(responses) <= 1  # never an answer to the second before the first is out
+    eventually(lambda: served.server.connections() == 0)
+
+
+def test_an_error_before_a_streamed_argument_is_read_says_connection_close(served: Served) -> None:
+    head = calls.encode_call(b"127.0.0.1", "Gate.nope", (iter([b"x"]),), {}).data
+    with served.raw() as sock:
+        (response,), closed = exchange(sock, head + codec.encode_chunk(wire.frame(wire.DATA, b"x" * 100)))  # type: ignore[operator]
+        assert response.status == 404 and not response.keep_alive
+        assert "no public method 'nope'" in wire.loads(response.body)["message"]
+
+
+def test_calls_past_the_slots_wait_their_turn_and_a_caller_that_hangs_up_leaves_the_queue(served: Served) -> None:
+    pool = served.pool()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as threads:
+            first = threads.submit(lambda: pool.call(calls.encode_call(b"h", "Gate.wait", ("first",), {}),
+                                                     deadline_after(20)))
+            eventually(lambda: served.gate.started == 1)
+            with served.raw() as sock:  # queued behind "first" (one slot), then hangs up
+                sock.sendall(call_bytes("Gate.wait", "queued"))
+                eventually(lambda: served.server.slots.load()["queued"] == 1)
+            eventually(lambda: served.server.slots.load()["queued"] == 0)
+            stats = served.server.registry.stats.snapshot()
+            assert stats["Gate.wait"]["cancelled"] == 1
+            served.gate.open()
+            response, _ = first.result(20)
+            assert wire.loads(response.body) == "first"
+        assert served.gate.started == 1  # the abandoned call never ran
+    finally:
+        pool.close(ConnectionAbortedError("test over"))
+
+
+def test_a_caller_that_hangs_up_mid_call_is_counted_cancelled_at_once(served: Served) -> None:
+    with served.raw() as sock:
+        sock.sendall(call_bytes("Gate.wait", "dropped"))
+        eventually(lambda: served.gate.started == 1)
+    eventually(lambda: served.server.registry.stats.snapshot().get("Gate.wait", {}).get("cancelled") == 1)
+    assert served.gate.finished == 0  # counted while the method still runs
+    served.gate.open()
+    eventually(lambda: served.gate.finished == 1)
+    assert served.server.registry.stats.snapshot()["Gate.wait"]["calls"] == 1
+
+
+def test_a_streamed_reply_goes_in_frames_and_ends(served: Served) -> None:
+    pool = served.pool()
+    try:
+        deadline = deadline_after(10)
+        response, conn = pool.call(calls.encode_call(b"h", "Gate.chunks", (5,), {}), deadline)
+        assert response.content_type == wire.STREAM and conn is not None
+        frames = list(pool.reply_frames(conn, deadline))
+        assert frames == [(wire.DATA, b"%d;" % i) for i in range(5)] + [(wire.END, b"")]
+        response, conn = pool.call(calls.encode_call(b"h", "Gate.echo", (1,), {}), deadline)
+        assert conn is None and wire.loads(response.body) == 1  # the same connection, in step
+        assert pool.open == 1
+    finally:
+        pool.close(ConnectionAbortedError("test over"))
+
+
+def test_stop_closes_idle_connections_and_abort_cuts_busy_ones(served: Served) -> None:
+    with served.raw() as idle, served.raw() as busy:
+        exchange(idle, call_bytes("Gate.echo", 1))
+        busy.sendall(call_bytes("Gate.wait", "cut"))
+        eventually(lambda: served.gate.started == 1)
+        served.on_loop(served.server.stop)
+        assert idle.recv(10) == b""  # closed by the server
+        assert served.server.busy() == 1
+        served.on_loop(served.server.abort)
+        begun = time.monotonic()
+        try:
+            assert busy.recv(10) == b""
+        except (ConnectionError, ssl.SSLError):
+            pass
+        assert time.monotonic() - begun < 5
