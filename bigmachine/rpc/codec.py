@@ -81,6 +81,15 @@ class Response:
         return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
+def _take_header(head: Request | Response, name: bytes, value: bytes) -> None:
+    """Keeps the headers the RPC layer reads of a request or response head: its content type and length."""
+    name = name.lower()
+    if name == b"content-type":
+        head.content_type = value
+    elif name == b"content-length":
+        head.content_length = int(value)
+
+
 class ResponseListener(Protocol):
     """What a transport implements to receive parsed responses."""
 
@@ -126,13 +135,8 @@ class ResponseParser:
         self.response = Response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        response = self.response
-        assert response is not None
-        name = name.lower()
-        if name == b"content-type":
-            response.content_type = value
-        elif name == b"content-length":
-            response.content_length = int(value)
+        assert self.response is not None
+        _take_header(self.response, name, value)
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -202,13 +206,8 @@ class RequestParser:
         self.request.path += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        request = self.request
-        assert request is not None
-        name = name.lower()
-        if name == b"content-type":
-            request.content_type = value
-        elif name == b"content-length":
-            request.content_length = int(value)
+        assert self.request is not None
+        _take_header(self.request, name, value)
 
     def on_headers_complete(self) -> None:
         request = self.request
