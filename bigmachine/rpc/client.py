@@ -503,8 +503,12 @@ class SyncConnection:
         self._parser.expect()
         while not self._done and self._frames is None:
             self._receive(deadline)
-        assert self._response is not None
-        return self._response
+        response = self._response
+        assert response is not None
+        self._direct = None
+        if self._frames is None:
+            self._response = None  # handed over whole: an idle connection keeps no reply (a large one alive)
+        return response
 
     def frames(self, deadline: float) -> Generator[tuple[bytes, bytes], None, None]:
         """The frames of a streamed reply, read as the caller iterates."""
@@ -561,6 +565,7 @@ class SyncConnection:
             raise _Closed(str(exc)) from None
         assert self._response is not None
         self._response.chunks = [direct.buffer]  # type: ignore[list-item]
+        self._parser.response = None  # it holds the reply in a cycle (with httptools' parser) that only gc breaks
         self._parser = ResponseParser(self)  # it saw the head only: a fresh one for the next response
         self.response_complete()
 

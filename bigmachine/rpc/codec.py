@@ -150,6 +150,7 @@ class ResponseParser:
 
     def on_message_complete(self) -> None:
         self._outstanding = False
+        self.response = None  # the listener has it: the parser keeps no reply (its body) alive
         self._listener.response_complete()
 
 

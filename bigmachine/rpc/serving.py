@@ -221,6 +221,7 @@ class ServerConnection:
         finally:
             call.count()
             self.call = None
+            self._body, self._direct = [], None  # an idle connection keeps no request alive
 
     def _refuse(self, status: int, message: bytes) -> bool:
         """Answers a request that is not a call with a plain-text reason."""
@@ -267,7 +268,7 @@ class ServerConnection:
 
     def _invoke_whole(self, call: _Call, fn: Callable[..., Any], is_async: bool, limited: bool) -> Any:
         """Runs a call whose arguments came whole: its pickled result, or the iterator to stream."""
-        body = self._body
+        body, self._body, self._direct = self._body, [], None  # not kept while the method runs
         if is_async:
             args, kwargs = wire.decode_args(call.method, body)
             result = call.on_loop(_acall_method(fn, args, kwargs))

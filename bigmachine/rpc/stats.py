@@ -2,7 +2,7 @@
 
 A row is a list of floats: calls, errors, seconds, bytes sent and received, cancelled, and a
 latency histogram (``BUCKETS``); updating one takes a lock, a few increments and a
-``bisect``. Servers count the calls they serve (``measure``), clients the calls they make
+``bisect``. Servers count the calls they serve (``rpc.serving``), clients the calls they make
 (``rpc.blocking.call``, ``atimed``). ``bigmachine.metrics`` turns rows into Prometheus families at scrape time.
 """
 
@@ -12,11 +12,11 @@ import functools
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from . import trace, wire
+from . import trace
 
 __all__ = ["BUCKETS", "CANCELLED", "COUNT", "ERRORS", "FIRST_BUCKET", "RECEIVED", "SENT", "SUM", "CallStats", "atimed"]
 
@@ -68,43 +68,6 @@ class CallStats:
                 "sent_bytes": int(row[SENT]), "received_bytes": int(row[RECEIVED]),
             }
         return out
-
-    async def measure(self, method: str, handler: Callable[[str, Any, Any, Any], Awaitable[bool]],
-                      scope: Any, receive: Any, send: Any) -> None:
-        """Serves one ASGI call with ``handler(method, scope, receive, send)``, counting its time, bytes and failure (4xx, 5xx, failed stream).
-
-        ``handler`` returns True when the caller cancelled the call (it disconnected): counted as cancelled.
-        """
-        begun = perf_counter()
-        counts = [0, 0, 0]  # received, sent, failed
-        streamed = False
-
-        async def counting_receive() -> Any:
-            message = await receive()
-            counts[0] += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Any) -> None:
-            nonlocal streamed
-            body = message.get("body")
-            if body:
-                counts[1] += len(body)
-                if streamed and body[:1] == wire.FAIL:
-                    counts[2] = 1
-            elif message["type"] == "http.response.start":
-                counts[2] = message["status"] >= 400
-                streamed = (b"content-type", wire.STREAM) in message.get("headers", ())
-            await send(message)
-
-        cancelled = False
-        try:
-            cancelled = await handler(method, scope, counting_receive, counting_send)
-        except BaseException:
-            counts[2] = 1
-            raise
-        finally:
-            self.record(method, perf_counter() - begun, bool(counts[2]) and not cancelled, counts[1], counts[0],
-                        cancelled)
 
 
 def _quantile(buckets: list[float], count: int, q: float) -> float:

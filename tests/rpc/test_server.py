@@ -45,7 +45,7 @@ def exchange(sock: ssl.SSLSocket, data: bytes, expected: int = 1) -> tuple[list[
         if not chunk:
             return collected.responses, True
         parser.feed(chunk)
-        if len(collected.responses) >= expected and parser.response is not None and _complete(collected):
+        if len(collected.responses) >= expected and _complete(collected):
             return collected.responses, False
 
 
