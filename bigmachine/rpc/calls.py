@@ -114,9 +114,18 @@ def stream_chunks(source: Any) -> collections.abc.Iterator[bytes]:
             yield bytes(chunk)
 
 
-def data_chunk(chunk: bytes) -> bytes:
-    """A chunk of a streamed argument as it goes on the wire."""
-    return encode_chunk(wire.frame(wire.DATA, chunk))
+def data_chunk(chunk: bytes) -> tuple[bytes | memoryview, ...]:
+    """A chunk of a streamed argument as it goes on the wire (``framed_chunk``)."""
+    return framed_chunk(wire.DATA, chunk)
+
+
+def framed_chunk(kind: bytes, payload: bytes | memoryview = b"") -> tuple[bytes | memoryview, ...]:
+    """One frame in one HTTP chunk, as pieces to write one after another: a large payload goes as it is,
+    never copied behind its headers (twice: once into the frame, once into the chunk)."""
+    head = b"%x\r\n" % (wire.FRAME_HEADER + len(payload)) + wire.frame_header(kind, len(payload))
+    if len(payload) > JOIN_LIMIT:
+        return head, payload, b"\r\n"
+    return (b"".join((head, payload, b"\r\n")),)
 
 
 END_OF_STREAM = encode_chunk(wire.frame(wire.END)) + LAST_CHUNK

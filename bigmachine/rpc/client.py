@@ -155,12 +155,12 @@ class AsyncConnection(asyncio.Protocol):
             self.transport.write(data)
         return self._waiter
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, pieces: tuple[bytes | memoryview, ...]) -> None:
         """Writes part of a streamed request, waiting while the transport is paused."""
         if self.lost is not None:
             raise self.lost
         assert self.transport is not None
-        self.transport.write(data)
+        self.transport.writelines(pieces)
         if self._drain is not None:
             await self._drain
 

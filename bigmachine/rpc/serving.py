@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from ..errors import Error, NotFound, ProtocolError
-from . import codec, wire
+from . import calls, codec, wire
 
 if TYPE_CHECKING:
     from .server import RpcServer
@@ -352,7 +352,7 @@ class ServerConnection:
                 if not isinstance(chunk, (bytes, bytearray, memoryview)):
                     raise TypeError(f"{call.method}: a streamed reply must yield bytes, not {type(chunk).__qualname__}")
                 if chunk:
-                    self._send_chunk(call, wire.frame(wire.DATA, bytes(chunk)))
+                    self._send_frame(call, wire.DATA, chunk if type(chunk) is bytes else memoryview(chunk).cast("B"))
             if stream is not None:
                 stream.drain()  # the reply ended before the argument: read the rest, then end
         except (_HungUp, OSError):
@@ -360,10 +360,10 @@ class ServerConnection:
         except Exception as exc:
             logger.debug("%s: streamed reply failed: %r", call.method, exc)
             call.failed = True
-            self._send_chunk(call, wire.frame(wire.FAIL, wire.encode_error(exc, remote=True)))
+            self._send_frame(call, wire.FAIL, wire.encode_error(exc, remote=True))
             self._send(codec.LAST_CHUNK)
             return self._reusable()
-        self._send_chunk(call, wire.frame(wire.END))
+        self._send_frame(call, wire.END)
         self._send(codec.LAST_CHUNK)
         return self._reusable()
 
@@ -417,11 +417,13 @@ class ServerConnection:
             self._send(codec.encode_response(status, content_type, b"".join(pieces), keep_alive=keep_alive))
         return keep_alive
 
-    def _send_chunk(self, call: _Call, data: bytes) -> None:
-        call.sent += len(data)
-        self._send(codec.encode_chunk(data))
+    def _send_frame(self, call: _Call, kind: bytes, payload: bytes | memoryview = b"") -> None:
+        """One frame of a streamed reply; its payload is sent before the source resumes, so it is not copied."""
+        call.sent += wire.FRAME_HEADER + len(payload)
+        for piece in calls.framed_chunk(kind, payload):
+            self._send(piece)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | memoryview) -> None:
         assert self.sock is not None
         self.sock.sendall(data)
 

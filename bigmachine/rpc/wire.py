@@ -36,7 +36,9 @@ __all__ = [
     "encode_args",
     "encode_error",
     "encode_result",
+    "FRAME_HEADER",
     "frame",
+    "frame_header",
     "is_stream",
     "loads",
     "raise_error",
@@ -54,6 +56,7 @@ ERROR = b"application/x-bigmachine-error"
 # Frame kinds.
 DATA, END, FAIL, HEAD = b"d", b"z", b"e", b"h"
 _FRAME = struct.Struct("!cQ")
+FRAME_HEADER = _FRAME.size
 MAX_REQUEST = 512 << 20  # a whole (not streamed) call's body or result; larger data should be streamed
 _PLAIN = (int, float, str, bytes, bool, type(None))
 
@@ -273,6 +276,11 @@ def is_stream(value: Any) -> bool:
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
     """One frame of a streamed body."""
     return _FRAME.pack(kind, len(payload)) + payload
+
+
+def frame_header(kind: bytes, length: int) -> bytes:
+    """The header of a frame whose payload of ``length`` bytes follows it (``FRAME_HEADER`` bytes)."""
+    return _FRAME.pack(kind, length)
 
 
 class FrameReader:
