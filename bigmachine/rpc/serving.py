@@ -37,7 +37,7 @@ __all__ = ["ServerConnection"]
 
 logger = logging.getLogger(__name__)
 
-_READ_SIZE = 256 << 10
+_READ_SIZE = 1 << 16  # a TLS record is at most 16 KiB: a read never returns more than a few
 _DONE = object()
 
 
@@ -65,7 +65,7 @@ class _Call:
         self._waiting: concurrent.futures.Future[Any] | None = None  # work on the loop this call waits for
 
     def hang_up(self) -> None:
-        """The caller is gone (the hang-up watch's thread): cancel what runs, count the call cancelled."""
+        """The caller is gone (on the machine's loop, from the hang-up watch): cancel what runs, count the call cancelled."""
         self.gone = True
         waiting = self._waiting
         if waiting is not None:
