@@ -518,10 +518,10 @@ class Relay:
 # ---------------------------------------- the debug server: what its pages observe
 
 
-def hot_loop_for_profile(seconds: float) -> int:
-    """Burns CPU in pure Python, so a CPU profile finds this function by name."""
+def hot_loop_for_profile(seconds: float, cooled: threading.Event) -> int:
+    """Burns CPU in pure Python, so a CPU profile finds this function by name; ``cooled`` ends it early."""
     end, n = time.monotonic() + seconds, 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and not cooled.is_set():
         n += sum(i * i for i in range(500))
     return n
 
@@ -533,12 +533,18 @@ class Observed:
         from prometheus_client import Counter
 
         self.jobs = 0
+        self.cooled = threading.Event()
         self.counter = Counter("debug_test_jobs", "Jobs done by the debug test service.")
         expvar.publish("jobs", lambda: {"done": self.jobs})
         print("debug test service ready", flush=True)
 
     def burn(self, seconds: float) -> int:
-        return hot_loop_for_profile(seconds)
+        self.cooled.clear()
+        return hot_loop_for_profile(seconds, self.cooled)
+
+    def cool(self) -> None:
+        """Ends a burn in progress, so a test need not wait out its seconds."""
+        self.cooled.set()
 
     def work(self, n: int) -> int:
         self.jobs += n

@@ -297,7 +297,7 @@ DRIVER = textwrap.dedent(
 def test_driver_stdout_nobody_reads_keeps_machines_and_calls(tmp_path: Path) -> None:
     """Issue 9: the session loop blocked writing forwarded output; no keepalive went out; every machine was lost.
 
-    Blocked here for 2.5 keepalive timeouts; the soak test (tests/reliability/test_soak.py) blocks it for 30 s."""
+    Blocked here for 2.5 keepalive timeouts; the soak test (tests/reliability/test_soak.py) blocks it for 20 s."""
     seconds = 10
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(tests=str(Path(__file__).parent), seconds=seconds))

@@ -71,7 +71,10 @@ def main():
         m0, _, m1 = machines
         results = {{"addrs": [m.addr for m in (m0, m1)], "maxprocs": m0.maxprocs, "double": m0.call("E.double", 4),
                    "where": m0.call("E.where"), "peer": m0.call("E.peer", m1.addr), "back": m1.call("E.peer", m0.addr)}}
-        print("RESULTS " + json.dumps(results), flush=True)
+        # One write: print() writes the text and its newline apart, and a machine's forwarded output
+        # can land between them.
+        sys.stdout.write("RESULTS " + json.dumps(results) + "\\n")
+        sys.stdout.flush()
         time.sleep(600)  # until the test kills this driver
 
 

@@ -66,7 +66,7 @@ def test_timeline_in_chromium_shows_lanes_bars_and_refreshes(cluster: Cluster) -
             assert lane[0] == cluster.key(cluster.machines[0]) and len(lane[1]) >= len(DURATIONS)
             browser.screenshot(ARTIFACTS / "debug-machine-timeline.png")
     finally:
-        running.result()
+        running.cancel()  # the long call has been seen in flight: the machine need not sleep it out
     for name in ("debug-status-timeline.png", "debug-machine-timeline.png"):
         assert (ARTIFACTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
