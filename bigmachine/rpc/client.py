@@ -564,7 +564,7 @@ class SyncConnection:
         except ConnectionResetError as exc:
             raise _Closed(str(exc)) from None
         assert self._response is not None
-        self._response.chunks = [direct.buffer]  # type: ignore[list-item]
+        self._response.chunks = [direct.body]  # type: ignore[list-item]
         self._parser.response = None  # it holds the reply in a cycle (with httptools' parser) that only gc breaks
         self._parser = ResponseParser(self)  # it saw the head only: a fresh one for the next response
         self.response_complete()

@@ -7,13 +7,15 @@ parsing is the same C parser on both ends.
 
 from __future__ import annotations
 
+import collections
 import socket
 import ssl
-from typing import Protocol
+from typing import Any, Protocol
 
 import httptools
 
 from ..errors import ProtocolError
+from . import buffers
 
 __all__ = ["DIRECT_BODY", "JOIN_LIMIT", "DirectBody", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
            "ResponseParser", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
@@ -225,32 +227,100 @@ class RequestParser:
 
 
 class DirectBody:
-    """A large whole body read straight into one buffer of its announced size, past the parser.
+    """A large whole body read straight into its final buffers, past the parser.
 
     The parser would hand it over in pieces of a TLS record each, to be copied together again
-    before unpickling; here each read lands where the body ends up. The parser saw only the
-    head (and whatever body came with it, given to ``add``): its owner replaces it afterwards.
+    before unpickling; here each read lands where the body ends up: one buffer of its announced
+    size, or, for a body with out-of-band buffers, its pickle and each buffer's own ``bytes``
+    object (``buffers``). The parser saw only the head (and whatever body came with it, given to
+    ``add``): its owner replaces it afterwards.
     """
 
-    __slots__ = ("buffer", "_view", "filled")
+    __slots__ = ("_size", "_head", "_parts", "_targets", "_filled")
 
     def __init__(self, length: int) -> None:
-        self.buffer = bytearray(length)
-        self._view = memoryview(self.buffer)
-        self.filled = 0
+        self._size = length
+        self._head = bytearray()  # the first bytes, until they tell how the body is laid out
+        self._parts: list[Any] = []  # the buffers the body is received into
+        self._targets: collections.deque[memoryview] = collections.deque()  # what of them is still to fill, in order
+        self._filled = 0  # bytes of the body received
 
-    def add(self, data: bytes) -> None:
+    @property
+    def body(self) -> bytearray | buffers.Split:
+        """The body received: its one buffer, or its pickle and out-of-band buffers."""
+        if len(self._parts) == 1:
+            return self._parts[0]  # type: ignore[no-any-return]
+        return buffers.Split(self._parts[0], self._parts[1:])
+
+    def add(self, data: bytes | memoryview) -> None:
         """Body bytes the parser passed on (those that came in the same read as the head)."""
-        end = self.filled + len(data)
-        self._view[self.filled:end] = data
-        self.filled = end
+        self._filled += len(data)
+        if self._parts:
+            self._fill(data)
+        else:
+            self._head += data
+            self._plan()
 
     def read_rest(self, sock: ssl.SSLSocket | socket.socket) -> int:
         """Reads the rest of the body from ``sock``; returns how many bytes that took."""
-        start, view, size = self.filled, self._view, len(self._view)
-        while self.filled < size:
-            n = sock.recv_into(view[self.filled:])
-            if not n:
-                raise ConnectionResetError(f"the peer closed the connection {self.filled} bytes into a {size}-byte body")
-            self.filled += n
-        return self.filled - start
+        start = self._filled
+        while self._filled < self._size:
+            if self._parts:
+                n = self._check(sock.recv_into(self._targets[0]))
+                self._filled += n
+                self._advance(n)
+            else:  # the layout is not known yet: read up to the bytes that tell it
+                need = buffers.layout(self._head)
+                assert isinstance(need, int)
+                more = bytearray(need - len(self._head))
+                self.add(memoryview(more)[:self._check(sock.recv_into(more))])
+        return self._filled - start
+
+    def _check(self, n: int) -> int:
+        if not n:
+            raise ConnectionResetError(f"the peer closed the connection {self._filled} bytes into a {self._size}-byte body")
+        return n
+
+    def _plan(self) -> None:
+        """Once the first bytes tell the layout, makes the buffers the body goes into and fills them from the head."""
+        parts = buffers.layout(self._head)
+        if isinstance(parts, int):
+            if parts > self._size:
+                raise ProtocolError(f"a {self._size}-byte body is too short for its out-of-band layout")
+            return
+        prefix_length, lengths = parts
+        if not lengths:  # one pickle
+            self._parts = [bytearray(self._size)]
+            views = [memoryview(self._parts[0])]
+        elif prefix_length + sum(lengths) != self._size:
+            raise ProtocolError(f"a {self._size}-byte body announces parts of {lengths} bytes after a "
+                                f"{prefix_length}-byte prefix")
+        else:
+            stream = bytearray(lengths[0])
+            self._parts, views = [stream], [memoryview(stream)]
+            for length in lengths[1:]:
+                value, view = buffers.fresh_bytes(length)
+                self._parts.append(value)
+                views.append(view)
+        self._targets.extend(view for view in views if len(view))
+        head, self._head = self._head, bytearray()
+        self._fill(memoryview(head)[prefix_length:])
+
+    def _fill(self, data: bytes | memoryview) -> None:
+        """Copies body bytes that came through the parser into the targets, in order."""
+        data = memoryview(data)
+        while data:
+            if not self._targets:
+                raise ProtocolError(f"a {self._size}-byte body carries more than its parts announce")
+            n = min(len(self._targets[0]), len(data))
+            self._targets[0][:n] = data[:n]
+            data = data[n:]
+            self._advance(n)
+
+    def _advance(self, n: int) -> None:
+        """Notes ``n`` bytes written at the front of the first target."""
+        target = self._targets[0]
+        if n == len(target):
+            self._targets.popleft()
+        else:
+            self._targets[0] = target[n:]

@@ -304,7 +304,7 @@ class ServerConnection:
             self._parser = codec.RequestParser(self)  # it saw the head only: a fresh one for the next request
             self._complete = True
         if direct is not None:
-            self._body = [direct.buffer]  # type: ignore[list-item]
+            self._body = [direct.body]  # type: ignore[list-item]
         while not self._complete:
             if not self._read():
                 raise _HungUp("the caller closed the connection mid-request")

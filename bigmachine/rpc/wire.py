@@ -19,9 +19,10 @@ from typing import Any, NoReturn
 import cloudpickle
 
 from ..errors import Error, ProtocolError, RemoteError, SerializationError
-from . import codefile
+from . import buffers, codefile
 
 __all__ = [
+    "Body",
     "CALL",
     "CALL_STREAM",
     "ERROR",
@@ -69,14 +70,60 @@ def dumps(obj: Any) -> bytes:
 
 def dump_parts(obj: Any) -> list[bytes]:
     """``dumps(obj)`` as the pieces to send one after another: a large ``bytes`` inside ``obj`` is a piece
-    itself, never copied (pickle writes payloads of 64 KiB or more straight to its file)."""
+    itself, never copied. In plain data (tuples, lists, dicts of plain values) it goes out of band, after
+    the pickle, to be received straight into its final object (``buffers``); elsewhere pickle writes it
+    straight to its file."""
     plain = _plainness(obj, 3)
     if plain == _SMALL:
         return [pickle.dumps(obj, 5)]  # the C pickler, 5-10x faster for the common small call
+    if plain == _LARGE:
+        return _out_of_band(obj)
     parts = _Parts()
-    pickler = pickle.Pickler(parts, 5) if plain == _LARGE else cloudpickle.Pickler(parts, protocol=5)
-    pickler.dump(obj)
+    cloudpickle.Pickler(parts, protocol=5).dump(obj)
     return parts.pieces
+
+
+def _out_of_band(obj: Any) -> list[bytes]:
+    """Plain data whose large ``bytes`` values go after the pickle, each a piece of its own."""
+    sent: list[bytes] = []
+    stream = pickle.dumps(_swap_large(obj, {}, sent), 5, buffer_callback=_after_the_pickle)
+    return [buffers.prefix(len(stream), [len(value) for value in sent]) + stream, *sent]
+
+
+def _after_the_pickle(buffer: pickle.PickleBuffer) -> bool:
+    return False  # pickle's way of saying "out of band"
+
+
+class _OutOfBand:
+    """Stands in plain data for a large ``bytes`` value, which it sends out of band; it unpickles as the value."""
+
+    __slots__ = ("value", "sent")
+
+    def __init__(self, value: bytes, sent: list[bytes]) -> None:
+        self.value, self.sent = value, sent
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.sent.append(self.value)  # pickled once (then memoized): the buffers go in this order
+        return bytes, (pickle.PickleBuffer(self.value),)  # bytes(b) is b itself
+
+
+def _swap_large(obj: Any, copies: dict[int, tuple[Any, Any]], sent: list[bytes]) -> Any:
+    """A copy of plain data (as ``_plainness`` found it) with each large ``bytes`` replaced by an ``_OutOfBand``;
+    an object met twice is replaced by the same copy, so the pickle shares it as the original did."""
+    seen = copies.get(id(obj))
+    if seen is not None:
+        return seen[1]
+    kind = type(obj)
+    if kind is bytes:
+        copy: Any = _OutOfBand(obj, sent) if len(obj) >= _LARGE_PAYLOAD else obj
+    elif kind is tuple or kind is list:
+        copy = kind(_swap_large(item, copies, sent) for item in obj)
+    elif kind is dict:
+        copy = {key: _swap_large(value, copies, sent) for key, value in obj.items()}
+    else:
+        return obj
+    copies[id(obj)] = (obj, copy)  # the original is kept too, so no other object takes its id meanwhile
+    return copy
 
 
 _NOT_PLAIN, _SMALL, _LARGE = 0, 1, 2
@@ -119,23 +166,57 @@ class _Parts:
         return len(data)
 
 
-def loads(data: bytes | list[bytes]) -> Any:
+Body = bytes | bytearray | buffers.Split
+"""A received body: one buffer, or (``codec.DirectBody``) its pickle and out-of-band buffers apart."""
+
+
+def loads(data: Body | collections.abc.Sequence[Body]) -> Any:
     """Unpickles a buffer, or a body that arrived in pieces without joining them first.
 
     Read through ``readinto``, a large bytes value is copied once, from the pieces into
-    its final object, instead of twice (join, then unpickle).
+    its final object, instead of twice (join, then unpickle). A body received split
+    (``buffers.Split``) is not copied at all.
     """
-    if isinstance(data, list):
+    if not isinstance(data, (bytes, bytearray, buffers.Split)):  # pieces, as the parser passed them on
         if len(data) != 1:
-            return pickle.load(_PiecesReader(data))
+            return _load_pieces(data)
         data = data[0]
+    if isinstance(data, buffers.Split):
+        return pickle.loads(data.stream, buffers=data.buffers)
+    if data[:1] == buffers.MAGIC:
+        return _load_pieces([data])
     return pickle.loads(data)
+
+
+def _load_pieces(pieces: collections.abc.Sequence[Any]) -> Any:
+    """Unpickles a body in pieces; out-of-band buffers are copied once each, into their final objects."""
+    reader = _PiecesReader(pieces)
+    if next((piece for piece in pieces if piece), b"")[:1] != buffers.MAGIC:
+        return pickle.load(reader)
+    size = sum(map(len, pieces))
+    head = bytearray()
+    while isinstance(parts := buffers.layout(head), int):
+        more = bytearray(parts - len(head))
+        if reader.readinto(more) < len(more):
+            raise ProtocolError(f"a {size}-byte body ends inside its out-of-band layout")
+        head += more
+    prefix_length, lengths = parts
+    if prefix_length + sum(lengths) != size:
+        raise ProtocolError(f"a {size}-byte body announces parts of {lengths} bytes after a {prefix_length}-byte prefix")
+    stream = bytearray(lengths[0])
+    reader.readinto(stream)
+    values = []
+    for length in lengths[1:]:
+        value, view = buffers.fresh_bytes(length)
+        reader.readinto(view)
+        values.append(value)
+    return pickle.loads(stream, buffers=values)
 
 
 class _PiecesReader(io.RawIOBase):
     """A read-only file over a list of byte strings."""
 
-    def __init__(self, pieces: list[bytes]) -> None:
+    def __init__(self, pieces: collections.abc.Iterable[bytes | bytearray]) -> None:
         self._pieces = collections.deque(memoryview(p) for p in pieces if p)
 
     def readable(self) -> bool:

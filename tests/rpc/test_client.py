@@ -1,11 +1,11 @@
-"""rpc/client.py's blocking pool: the call protocol (SyncPool.call, reply_frames), large bodies in one buffer."""
+"""rpc/client.py's blocking pool: the call protocol (SyncPool.call, reply_frames), large bodies read into their final buffers."""
 
 from __future__ import annotations
 
 import pytest
 from served import Served
 
-from bigmachine.rpc import calls, codec, wire
+from bigmachine.rpc import buffers, calls, codec, wire
 from bigmachine.rpc.deadlines import deadline_after
 
 pytestmark = pytest.mark.timeout(60)
@@ -16,8 +16,11 @@ def test_a_large_reply_is_read_into_one_buffer_and_the_connection_stays_in_step(
     try:
         size = 3 * codec.DIRECT_BODY
         response, conn = pool.call(calls.encode_call(b"h", "Gate.blob", (size,), {}), deadline_after(20))
-        assert conn is None and len(response.chunks) == 1  # one buffer, not a piece per TLS record
-        assert wire.loads(response.chunks) == bytes(range(256)) * (size // 256)
+        assert conn is None and len(response.chunks) == 1  # one body, not a piece per TLS record
+        (body,) = response.chunks
+        assert isinstance(body, buffers.Split) and len(body.buffers) == 1  # the blob went into its own bytes
+        result = wire.loads(response.chunks)
+        assert result is body.buffers[0] and result == bytes(range(256)) * (size // 256)
         response, conn = pool.call(calls.encode_call(b"h", "Gate.echo", ("next",), {}), deadline_after(20))
         assert wire.loads(response.body) == "next" and pool.open == 1  # the same connection
     finally:
@@ -32,7 +35,8 @@ def test_a_large_argument_is_sent_from_its_own_memory_and_arrives_whole(served: 
     pool = served.pool()
     try:
         response, _ = pool.call(request, deadline_after(20))
-        assert wire.loads(response.body) == blob
+        echoed = wire.loads(response.chunks)  # received on the machine into its own bytes, and sent back
+        assert type(echoed) is bytes and echoed == blob
     finally:
         pool.close(ConnectionAbortedError("test over"))
 

@@ -1,12 +1,16 @@
-"""The sans-I/O HTTP/1.1 codec, without sockets (the wire format: test_wire.py)."""
+"""The sans-I/O HTTP/1.1 codec, and large bodies read past it (the wire format: test_wire.py)."""
 
 from __future__ import annotations
+
+import socket
+import threading
+from fractions import Fraction
 
 import pytest
 
 from bigmachine.errors import ProtocolError
-from bigmachine.rpc import wire
-from bigmachine.rpc.codec import Response, ResponseParser, encode_chunk, encode_request
+from bigmachine.rpc import buffers, wire
+from bigmachine.rpc.codec import DirectBody, Response, ResponseParser, encode_chunk, encode_request
 
 
 class Collect:
@@ -64,3 +68,56 @@ def test_parser_refuses_bytes_with_no_request_outstanding(extra: bytes) -> None:
 def test_parser_rejects_garbage() -> None:
     with pytest.raises(ProtocolError):
         ResponseParser(Collect()).feed(b"NOT HTTP AT ALL\r\n\r\n")
+
+
+# ------------------------------------------------------------------ bodies read past the parser
+
+def _receive(body: bytes, through_parser: int) -> DirectBody:
+    """``body`` into a DirectBody: its first bytes as the parser would pass them on, the rest from a socket."""
+    direct = DirectBody(len(body))
+    direct.add(body[:through_parser])
+    left, right = socket.socketpair()
+    with left, right:
+        sender = threading.Thread(target=left.sendall, args=(body[through_parser:],))
+        sender.start()
+        assert direct.read_rest(right) == len(body) - through_parser
+        sender.join()
+    return direct
+
+
+@pytest.mark.parametrize("through_parser", [0, 1, 3, 21, 100, 70_000])  # in the layout, the pickle, the buffers
+def test_a_body_with_out_of_band_buffers_is_received_into_their_own_bytes(through_parser: int) -> None:
+    value = {"a": b"a" * 300_000, "b": [b"b" * 70_000, 7]}
+    direct = _receive(b"".join(wire.dump_parts(value)), through_parser)
+    received = direct.body
+    assert isinstance(received, buffers.Split) and all(type(b) is bytes for b in received.buffers)
+    assert [len(b) for b in received.buffers] == [300_000, 70_000]
+    back = wire.loads([received])
+    assert back == value and back["a"] is received.buffers[0]  # no copy after the read
+
+
+def test_a_body_that_is_one_pickle_is_received_into_one_buffer() -> None:
+    value = {"f": Fraction(1, 3), "blob": b"x" * 200_000}  # not plain data: one pickle
+    direct = _receive(wire.dumps(value), 10)
+    assert type(direct.body) is bytearray and wire.loads(bytes(direct.body)) == value
+
+
+@pytest.mark.parametrize("body", [
+    buffers.prefix(10, [100]) + b"x" * 50,  # parts longer than the body
+    buffers.prefix(10, [5]) + b"x" * 50,  # shorter
+    buffers.prefix(10, [5])[:4],  # too short for its layout
+], ids=["long-parts", "short-parts", "short-layout"])
+def test_a_body_whose_layout_does_not_fit_it_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError, match="body"):
+        DirectBody(len(body)).add(body)
+
+
+def test_a_peer_that_closes_mid_body_is_a_reset() -> None:
+    body = b"".join(wire.dump_parts((b"q" * 100_000,)))
+    direct = DirectBody(len(body))
+    left, right = socket.socketpair()
+    with right:
+        with left:
+            left.sendall(body[:1000])
+        with pytest.raises(ConnectionResetError, match=f"1000 bytes into a {len(body)}-byte body"):
+            direct.read_rest(right)

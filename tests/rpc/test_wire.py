@@ -7,11 +7,12 @@ import io
 import pickle
 import threading
 from collections.abc import AsyncIterator, Iterator
+from fractions import Fraction
 
 import pytest
 
 from bigmachine.errors import NotFound, ProtocolError, RemoteError, SerializationError
-from bigmachine.rpc import wire
+from bigmachine.rpc import buffers, wire
 
 
 # ------------------------------------------------------------------ frames
@@ -90,11 +91,45 @@ def test_plain_values_use_the_c_pickler_and_others_cloudpickle() -> None:
     assert double(4) == 8
 
 
-def test_a_body_in_pieces_unpickles_as_the_whole() -> None:
-    data = wire.dumps({"blob": b"x" * 100_000, "n": list(range(10))})
+@pytest.mark.parametrize("value", [
+    {"blob": b"x" * 100_000, "n": list(range(10))},  # plain data: the blob goes out of band
+    {"blob": b"x" * 100_000, "f": Fraction(1, 3)},  # not plain: the blob stays in the pickle
+], ids=["out-of-band", "in-band"])
+def test_a_body_in_pieces_unpickles_as_the_whole(value: object) -> None:
+    data = wire.dumps(value)
     pieces = [data[i:i + 4096] for i in range(0, len(data), 4096)]
-    assert wire.loads(pieces) == wire.loads(data) == wire.loads([data])
-    assert wire.loads([b"", *pieces, b""]) == wire.loads(data)  # empty pieces are skipped
+    assert wire.loads(pieces) == wire.loads(data) == wire.loads([data]) == value
+    assert wire.loads([b"", *pieces, b""]) == value  # empty pieces are skipped
+
+
+def test_large_bytes_in_plain_data_go_out_of_band_uncopied_and_come_back_as_bytes() -> None:
+    big, other = bytes(range(256)) * 1024, b"y" * 70_000
+    value = ([big, 1, {"other": other, "small": b"s"}], {"again": big})
+    parts = wire.dump_parts(value)
+    assert parts[0][:1] == buffers.MAGIC and len(parts) == 3  # the layout and pickle, then each large value once
+    assert parts[1] is big and parts[2] is other  # sent from their own memory
+    back = wire.loads(b"".join(parts))
+    assert back == value and type(back[0][0]) is bytes and type(back[0][2]["other"]) is bytes
+    assert back[0][0] is back[1]["again"]  # met twice, one object, as sent
+
+
+def test_a_split_body_unpickles_without_copying_its_buffers() -> None:
+    big = b"z" * 100_000
+    head, payload = wire.dump_parts((big,))
+    size, lengths = buffers.layout(head)  # type: ignore[misc]
+    received = bytes(payload)  # what DirectBody reads into a bytes object of its own
+    (back,) = wire.loads(buffers.Split(head[size:], [received]))
+    assert back is received and lengths == [len(head) - size, len(big)]
+
+
+@pytest.mark.parametrize("body", [
+    buffers.prefix(10, [100_000])[:7],  # ends inside its layout
+    buffers.prefix(10, [100_000]) + b"x" * 50,  # shorter than its parts
+    buffers.prefix(10, [5]) + b"x" * 50,  # longer than its parts
+], ids=["truncated-layout", "short", "long"])
+def test_a_body_whose_parts_do_not_add_up_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError, match="body"):
+        wire.loads(body)
 
 
 def test_arguments_round_trip_and_the_stream_argument_stands_in() -> None:

@@ -1,0 +1,79 @@
+"""Out-of-band buffers: large ``bytes`` values travel after the pickle that names them, and are
+received straight into their final objects.
+
+In a pickle, a large ``bytes`` value is copied twice on the receiving side: read into the
+body's buffer, then copied into a new object by the unpickler, each copy into fresh memory
+(a page fault per 4 KiB; about 1.2 GB/s on a 2-core host, against about 0.7 GB/s for TLS
+itself). Sent out of band (pickle protocol 5), each value is read into a ``bytes`` object of
+its own, once (the bulk scenario of benchmarks/RESULTS.md).
+
+A body laid out so starts with ``MAGIC``, the number of buffers (u32), the pickle's length and
+each buffer's (u64 each), then the pickle, then the buffers. A pickle starts with its PROTO
+opcode (0x80), so the first byte tells the two kinds of body apart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from typing import NamedTuple
+
+from ..errors import ProtocolError
+
+__all__ = ["MAGIC", "Split", "fresh_bytes", "layout", "prefix"]
+
+MAGIC = b"B"
+_COUNT = struct.Struct("!cI")
+_LENGTH = struct.Struct("!Q")
+MAX_BUFFERS = 1 << 16  # more than a call could ever carry whole: a body that says more is malformed
+
+
+class Split(NamedTuple):
+    """A body received as its pickle and its out-of-band buffers (``pickle.loads(stream, buffers=buffers)``)."""
+
+    stream: bytes | bytearray | memoryview
+    buffers: list[bytes]
+
+
+def prefix(stream_length: int, buffer_lengths: list[int]) -> bytes:
+    """What goes before the pickle in a body with out-of-band buffers."""
+    lengths = (stream_length, *buffer_lengths)
+    return _COUNT.pack(MAGIC, len(buffer_lengths)) + struct.pack(f"!{len(lengths)}Q", *lengths)
+
+
+def layout(head: bytes | bytearray | memoryview) -> tuple[int, list[int]] | int:
+    """The lengths of a body's parts from its first bytes: ``(prefix length, [pickle, *buffers])``, or how many
+    first bytes it takes to know them. A body that is one pickle is one part after an empty prefix."""
+    if not head:
+        return 1
+    if head[:1] != MAGIC:
+        return 0, []  # one pickle: its length is the body's
+    if len(head) < _COUNT.size:
+        return _COUNT.size
+    count: int = _COUNT.unpack_from(head)[1]
+    if count > MAX_BUFFERS:
+        raise ProtocolError(f"a body announces {count} out-of-band buffers, over the {MAX_BUFFERS} any call carries")
+    size = _COUNT.size + _LENGTH.size * (count + 1)
+    if len(head) < size:
+        return size
+    lengths: list[int] = list(struct.unpack_from(f"!{count + 1}Q", head, _COUNT.size))
+    return size, lengths
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype = ctypes.py_object
+_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+_bytes_data = ctypes.pythonapi.PyBytes_AsString
+_bytes_data.restype = ctypes.c_void_p
+_bytes_data.argtypes = (ctypes.py_object,)
+
+
+def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
+    """A new ``bytes`` object of ``size`` bytes and a writable view of it, to be filled before anything else sees it.
+
+    The C API allows exactly this: a bytes object made by ``PyBytes_FromStringAndSize(NULL, size)`` may be
+    written until it is shared. Its memory is not touched here, so each page is faulted in once, by the read
+    that fills it.
+    """
+    obj = _new_bytes(None, size)
+    return obj, memoryview((ctypes.c_char * size).from_address(_bytes_data(obj))).cast("B")
