@@ -365,27 +365,56 @@ def frame_header(kind: bytes, length: int) -> bytes:
 
 
 class FrameReader:
-    """Splits a byte stream into frames; ``feed`` returns the frames completed so far."""
+    """Splits a byte stream into frames; ``feed`` returns the frames completed so far.
 
-    __slots__ = ("_buffer",)
+    A frame that arrives whole in one piece is copied out of it once; a longer one is copied
+    piece by piece straight into its final ``bytes`` object (``buffers.fresh_bytes``), never
+    gathered first.
+    """
+
+    __slots__ = ("_header", "_kind", "_value", "_rest")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._header = bytearray()  # the bytes of a frame header seen so far
+        self._kind = b""
+        self._value = b""  # the payload being filled ...
+        self._rest: memoryview | None = None  # ... and the part of it still to fill
 
-    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        buffer = self._buffer
-        buffer += data
-        frames = []
-        offset = 0
-        size = _FRAME.size
-        while len(buffer) - offset >= size:
-            kind, length = _FRAME.unpack_from(buffer, offset)
-            end = offset + size + length
-            if end > len(buffer):
-                break
+    def feed(self, data: bytes | memoryview) -> list[tuple[bytes, bytes]]:
+        frames: list[tuple[bytes, bytes]] = []
+        data = memoryview(data)
+        while data:
+            rest = self._rest
+            if rest is not None:  # inside a payload
+                n = min(len(rest), len(data))
+                rest[:n] = data[:n]
+                data = data[n:]
+                if n < len(rest):
+                    self._rest = rest[n:]
+                    break
+                frames.append((self._kind, self._value))
+                self._rest, self._value = None, b""
+                continue
+            header = self._header
+            if header or len(data) < FRAME_HEADER:
+                taken = FRAME_HEADER - len(header)
+                header += data[:taken]
+                data = data[taken:]
+                if len(header) < FRAME_HEADER:
+                    break
+                kind, length = _FRAME.unpack(header)
+                header.clear()
+            else:
+                kind, length = _FRAME.unpack_from(data)
+                data = data[FRAME_HEADER:]
             if kind not in (DATA, END, FAIL, HEAD):
                 raise ProtocolError(f"unknown frame kind {kind!r}")
-            frames.append((kind, bytes(buffer[offset + size : end])))
-            offset = end
-        del buffer[:offset]
+            if length <= len(data):
+                frames.append((kind, bytes(data[:length])))
+                data = data[length:]
+            elif length > MAX_REQUEST:
+                raise ProtocolError(f"a {length}-byte frame, over the {_mib(MAX_REQUEST)} any sender makes")
+            else:
+                self._kind = kind
+                self._value, self._rest = buffers.fresh_bytes(length)
         return frames

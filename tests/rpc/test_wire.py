@@ -35,6 +35,19 @@ def test_frames_survive_any_split() -> None:
         wire.FrameReader().feed(b"q" + bytes(8))
 
 
+def test_a_long_frame_is_filled_piece_by_piece_into_one_bytes_object() -> None:
+    payload = bytes(range(256)) * 4096
+    data = wire.frame(wire.DATA, payload) + wire.frame(wire.END)
+    reader = wire.FrameReader()
+    frames = [f for i in range(0, len(data), 16384) for f in reader.feed(memoryview(data)[i:i + 16384])]
+    assert frames == [(wire.DATA, payload), (wire.END, b"")] and type(frames[0][1]) is bytes
+
+
+def test_a_frame_longer_than_any_sender_makes_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="frame, over the 512 MiB"):
+        wire.FrameReader().feed(wire.frame_header(wire.DATA, wire.MAX_REQUEST + 1) + b"x")
+
+
 def test_an_incomplete_frame_waits_for_the_rest() -> None:
     reader = wire.FrameReader()
     whole = wire.frame(wire.HEAD, b"head") + wire.frame(wire.FAIL, b"why")
