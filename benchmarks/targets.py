@@ -81,7 +81,7 @@ def backend(name: str) -> Reference:
 
 def _tls_ceiling(m: Measurement, rows: Sequence[Measurement]) -> float | None:
     size = m.extra.get("payload_mib")
-    row = next((r for r in rows if r.scenario == "tls_ceiling" and r.values
+    row = next((r for r in rows if r.scenario == "tls_ceiling" and r.metric == "rate" and r.values
                 and r.extra.get("payload_mib") == size), None)
     return row.median if row else None
 

@@ -6,6 +6,11 @@ connection to a spawned receiver, which `recv_into`s a preallocated, already
 touched buffer and acknowledges with one byte. Certificates are ECDSA P-256 from
 `bigmachine.tls`, as a session's are. Backend-independent: it runs once per run,
 and its figure stands for both directions.
+
+A second figure, "rate into fresh memory", has the receiver `recv_into` a new
+buffer for each payload, as any transfer whose result is a new object must: its
+pages are faulted in by the reads that fill them. That is the floor of a whole
+transfer, which hands the caller a new `bytes`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ __all__ = ["TLS_FLOOR", "tls_ceiling"]
 #: The backend label of its rows.
 TLS_FLOOR = "tls (floor)"
 _HOST = "127.0.0.1"
-_HEADER = struct.Struct("!Q")  # payload length; 0 ends the receiver
+_HEADER = struct.Struct("!Q?")  # payload length (0 ends the receiver), and whether it goes into fresh memory
 _DEADLINE = 120.0  # seconds any one wait may take
 
 
@@ -39,18 +44,19 @@ def tls_ceiling(name: str, cfg: Config) -> list[Measurement]:
     with _certificates() as certs, _receiver(certs) as port, _connect(certs, port) as tls:
         for size in cfg.bulk_sizes:
             payload = memoryview(b"\xa5" * size)
-            _send(tls, payload)  # warm-up: the receiver touches its buffer
-            rates = [size / MB / timed(_send, tls, payload) for _ in range(cfg.repeat)]
-            out.append(measurement(name, "tls_ceiling", "rate", "MB/s", better="higher",
-                                   variant=size_label(size), values=rates,
-                                   extra={"payload_mib": size / MIB,
-                                          "note": "one way, TLS 1.3, the ceiling for up and down"}))
-        tls.sendall(_HEADER.pack(0))
+            _send(tls, payload, False)  # warm-up: the receiver touches its buffer
+            for metric, fresh, note in (("rate", False, "one way, TLS 1.3, the ceiling for up and down"),
+                                        ("rate into fresh memory", True, "received into a new buffer each time")):
+                rates = [size / MB / timed(_send, tls, payload, fresh) for _ in range(cfg.repeat)]
+                out.append(measurement(name, "tls_ceiling", metric, "MB/s", better="higher",
+                                       variant=size_label(size), values=rates,
+                                       extra={"payload_mib": size / MIB, "note": note}))
+        tls.sendall(_HEADER.pack(0, False))
     return out
 
 
-def _send(tls: ssl.SSLSocket, payload: memoryview) -> None:
-    tls.sendall(_HEADER.pack(len(payload)))
+def _send(tls: ssl.SSLSocket, payload: memoryview, fresh: bool) -> None:
+    tls.sendall(_HEADER.pack(len(payload), fresh))
     tls.sendall(payload)
     if tls.recv(1) != b"k":
         raise RuntimeError("the TLS receiver did not acknowledge the payload")
@@ -101,10 +107,16 @@ def _receive(certs: str, parent: multiprocessing.connection.Connection) -> None:
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buffer = memoryview(bytearray())
     with server_context(certs).wrap_socket(raw, server_side=True) as tls:
-        while size := _HEADER.unpack(_read_into(tls, memoryview(bytearray(_HEADER.size))))[0]:
-            if len(buffer) < size:
-                buffer = memoryview(bytearray(b"\0" * size))  # touched: no first-touch page cost later
-            _read_into(tls, buffer[:size])
+        while True:
+            size, fresh = _HEADER.unpack(_read_into(tls, memoryview(bytearray(_HEADER.size))))
+            if not size:
+                break
+            if fresh:
+                _read_into(tls, memoryview(bytearray(size)))  # calloc'd pages, untouched until read into
+            else:
+                if len(buffer) < size:
+                    buffer = memoryview(bytearray(b"\0" * size))  # touched: no first-touch page cost later
+                _read_into(tls, buffer[:size])
             tls.sendall(b"k")
 
 
