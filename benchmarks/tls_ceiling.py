@@ -8,9 +8,10 @@ touched buffer and acknowledges with one byte. Certificates are ECDSA P-256 from
 and its figure stands for both directions.
 
 A second figure, "rate into fresh memory", has the receiver `recv_into` a new
-buffer for each payload, as any transfer whose result is a new object must: its
-pages are faulted in by the reads that fill them. That is the floor of a whole
-transfer, which hands the caller a new `bytes`.
+buffer for each payload, as any transfer whose result is a new object must, made
+as bigmachine makes a received value (`bigmachine.rpc.buffers.fresh_bytes`: a new
+`bytes`, its pages made present in one system call, not zeroed). That is the
+floor of a whole transfer, which hands the caller a new `bytes`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import struct
 import tempfile
 from collections.abc import Iterator
 
+from bigmachine.rpc.buffers import fresh_bytes
 from bigmachine.tls import Authority, client_context, server_context
 
 from .harness import MB, Config, measurement, size_label, timed
@@ -112,7 +114,9 @@ def _receive(certs: str, parent: multiprocessing.connection.Connection) -> None:
             if not size:
                 break
             if fresh:
-                _read_into(tls, memoryview(bytearray(size)))  # calloc'd pages, untouched until read into
+                value, view = fresh_bytes(size)  # a new object, as a received value is made
+                _read_into(tls, view)
+                del value, view
             else:
                 if len(buffer) < size:
                     buffer = memoryview(bytearray(b"\0" * size))  # touched: no first-touch page cost later

@@ -15,7 +15,9 @@ opcode (0x80), so the first byte tells the two kinds of body apart.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
+import sys
 from typing import NamedTuple
 
 from ..errors import ProtocolError
@@ -67,13 +69,39 @@ _bytes_data = ctypes.pythonapi.PyBytes_AsString
 _bytes_data.restype = ctypes.c_void_p
 _bytes_data.argtypes = (ctypes.py_object,)
 
+_madvise = ctypes.CDLL(None, use_errno=True).madvise
+_madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_MADV_POPULATE_WRITE = 23  # Linux 5.14 and later; older kernels refuse it with EINVAL
+_PAGE = mmap.PAGESIZE
+#: From this size on a new buffer's pages are made in one system call rather than a fault each.
+PREFAULT_FROM = 1 << 20
+_prefaulting = sys.platform == "linux"
+
+
+def _prefault(address: int, size: int) -> None:
+    """Makes the whole pages of ``[address, address + size)`` present and writable, without writing them.
+
+    One ``madvise(MADV_POPULATE_WRITE)`` makes them faster than a page fault each, as the reads filling
+    the buffer would: whole 256 MiB transfers ran 12-15% faster (benchmarks/RESULTS.md, addendum 3).
+    """
+    global _prefaulting
+    start = (address + _PAGE - 1) & ~(_PAGE - 1)
+    end = (address + size) & ~(_PAGE - 1)
+    if end > start and _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0:
+        _prefaulting = False  # a kernel without it: faults it is, from now on
+
 
 def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
     """A new ``bytes`` object of ``size`` bytes and a writable view of it, to be filled before anything else sees it.
 
+    The view does not keep the object alive: hold the object for as long as the view is used.
+
     The C API allows exactly this: a bytes object made by ``PyBytes_FromStringAndSize(NULL, size)`` may be
-    written until it is shared. Its memory is not touched here, so each page is faulted in once, by the read
-    that fills it.
+    written until it is shared. Its memory is not zeroed; when it is large (``PREFAULT_FROM``) its pages are
+    made present here in one go, their contents left to the reads that fill them.
     """
     obj = _new_bytes(None, size)
-    return obj, memoryview((ctypes.c_char * size).from_address(_bytes_data(obj))).cast("B")
+    address = _bytes_data(obj)
+    if _prefaulting and size >= PREFAULT_FROM:
+        _prefault(address, size)
+    return obj, memoryview((ctypes.c_char * size).from_address(address)).cast("B")

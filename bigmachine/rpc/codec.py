@@ -246,7 +246,7 @@ class DirectBody:
         self._filled = 0  # bytes of the body received
 
     @property
-    def body(self) -> bytearray | buffers.Split:
+    def body(self) -> bytes | buffers.Split:
         """The body received: its one buffer, or its pickle and out-of-band buffers."""
         if len(self._parts) == 1:
             return self._parts[0]  # type: ignore[no-any-return]
@@ -290,8 +290,8 @@ class DirectBody:
             return
         prefix_length, lengths = parts
         if not lengths:  # one pickle
-            self._parts = [bytearray(self._size)]
-            views = [memoryview(self._parts[0])]
+            value, view = buffers.fresh_bytes(self._size)
+            self._parts, views = [value], [view]
         elif prefix_length + sum(lengths) != self._size:
             raise ProtocolError(f"a {self._size}-byte body announces parts of {lengths} bytes after a "
                                 f"{prefix_length}-byte prefix")

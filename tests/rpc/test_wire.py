@@ -210,3 +210,11 @@ def test_iterators_stream_and_collections_go_whole() -> None:
     agen = _anumbers()
     assert wire.is_stream(agen)
     asyncio.run(agen.aclose())
+
+
+def test_a_fresh_buffer_is_writable_and_becomes_the_bytes_it_was_filled_with() -> None:
+    for size in (10, buffers.PREFAULT_FROM + 12_345):  # below and past the size whose pages are made up front
+        value, view = buffers.fresh_bytes(size)
+        pattern = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+        view[:] = pattern
+        assert type(value) is bytes and value == pattern
