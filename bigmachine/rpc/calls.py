@@ -74,7 +74,10 @@ def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[st
     if not isinstance(method, str):
         check_method_name(method)
     path = _path(method)
-    streamed = [k for k, v in [*enumerate(args), *kwargs.items()] if _is_stream_argument(v)]
+    if _NEVER_STREAMED.issuperset(map(type, args)) and (not kwargs or _NEVER_STREAMED.issuperset(map(type, kwargs.values()))):
+        streamed = []  # the common call, checked in C
+    else:
+        streamed = [k for k, v in [*enumerate(args), *kwargs.items()] if _is_stream_argument(v)]
     if not streamed:
         parts = wire.encode_arg_parts(method, args, kwargs)
         size = sum(map(len, parts)) if len(parts) > 1 else len(parts[0])

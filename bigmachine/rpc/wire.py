@@ -59,7 +59,6 @@ DATA, END, FAIL, HEAD = b"d", b"z", b"e", b"h"
 _FRAME = struct.Struct("!cQ")
 FRAME_HEADER = _FRAME.size
 MAX_REQUEST = 512 << 20  # a whole (not streamed) call's body or result; larger data should be streamed
-_PLAIN = (int, float, str, bytes, bool, type(None))
 
 
 def dumps(obj: Any) -> bytes:
@@ -73,7 +72,11 @@ def dump_parts(obj: Any) -> list[bytes]:
     itself, never copied. In plain data (tuples, lists, dicts of plain values) it goes out of band, after
     the pickle, to be received straight into its final object (``buffers``); elsewhere pickle writes it
     straight to its file."""
-    plain = _plainness(obj, 3)
+    return _dump_parts(obj, _plainness(obj, 3))
+
+
+def _dump_parts(obj: Any, plain: int) -> list[bytes]:
+    """``dump_parts`` once ``_plainness`` is known."""
     if plain == _SMALL:
         return [pickle.dumps(obj, 5)]  # the C pickler, 5-10x faster for the common small call
     if plain == _LARGE:
@@ -133,23 +136,31 @@ _LARGE_PAYLOAD = 1 << 16  # pickle's own threshold for writing a payload apart
 def _plainness(obj: Any, depth: int) -> int:
     """Whether the C pickler can take ``obj`` (nothing to pickle by value), and whether it holds a large payload."""
     kind = type(obj)
-    if kind in _PLAIN:
-        return _LARGE if kind is bytes and len(obj) >= _LARGE_PAYLOAD else _SMALL
-    if depth and kind in (tuple, list) and len(obj) <= 16:
-        items = obj
-    elif depth and kind is dict and len(obj) <= 16:
-        if not all(type(k) is str for k in obj):
-            return _NOT_PLAIN
-        items = obj.values()
-    else:
+    if kind in _SCALARS:
+        return _SMALL
+    if kind is bytes:
+        return _LARGE if len(obj) >= _LARGE_PAYLOAD else _SMALL
+    if not depth or (kind is not tuple and kind is not list and kind is not dict) or len(obj) > 16:
         return _NOT_PLAIN
+    items = obj
+    if kind is dict:
+        for key in obj:
+            if type(key) is not str:
+                return _NOT_PLAIN
+        items = obj.values()
     found = _SMALL
     for item in items:
+        if type(item) in _SCALARS:  # inline: most of a call's values
+            continue
         plain = _plainness(item, depth - 1)
         if plain == _NOT_PLAIN:
             return _NOT_PLAIN
-        found = max(found, plain)
+        if plain == _LARGE:
+            found = _LARGE
     return found
+
+
+_SCALARS = frozenset((int, float, str, bool, type(None)))  # plain, and never a large payload
 
 
 class _Parts:
@@ -254,7 +265,8 @@ def encode_args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> b
 def encode_arg_parts(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[bytes]:
     """``encode_args`` as pieces to send one after another (``dump_parts``)."""
     try:
-        return dump_parts((args, kwargs))
+        # (args, {}) is as plain as args: judged one level down, the common call's envelope costs nothing
+        return _dump_parts((args, kwargs), _plainness(args, 2) if not kwargs else _plainness((args, kwargs), 3))
     except Exception as exc:
         for where, value in [*enumerate(args), *kwargs.items()]:
             try:
