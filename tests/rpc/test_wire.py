@@ -126,6 +126,20 @@ def test_large_bytes_in_plain_data_go_out_of_band_uncopied_and_come_back_as_byte
     assert back[0][0] is back[1]["again"]  # met twice, one object, as sent
 
 
+@pytest.mark.parametrize(("args", "kwargs", "out_of_band"), [
+    ((1, "a", None, 2.5), {}, False),  # the common call: scalars only
+    (([b"x" * 70_000],), {}, True),  # a large value one level down in the arguments
+    ((1,), {"blob": b"x" * 70_000}, True),  # or in a keyword argument
+    (({1: b"x" * 70_000},), {}, False),  # a dict keyed by other than str: not plain, pickled whole
+    ((Fraction(1, 3), b"x" * 70_000), {}, False),  # not plain: the value stays in the pickle
+], ids=["scalars", "nested", "keyword", "int-keys", "not-plain"])
+def test_call_arguments_round_trip_and_large_plain_values_go_out_of_band(
+        args: tuple[object, ...], kwargs: dict[str, object], out_of_band: bool) -> None:
+    parts = wire.encode_arg_parts("S.m", args, kwargs)
+    assert (parts[0][:1] == buffers.MAGIC) is out_of_band
+    assert wire.decode_args("S.m", b"".join(parts)) == (args, kwargs)
+
+
 def test_a_split_body_unpickles_without_copying_its_buffers() -> None:
     big = b"z" * 100_000
     head, payload = wire.dump_parts((big,))
