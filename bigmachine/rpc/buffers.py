@@ -5,7 +5,8 @@ In a pickle, a large ``bytes`` value is copied twice on the receiving side: read
 body's buffer, then copied into a new object by the unpickler, each copy into fresh memory
 (a page fault per 4 KiB; about 1.2 GB/s on a 2-core host, against about 0.7 GB/s for TLS
 itself). Sent out of band (pickle protocol 5), each value is read into a ``bytes`` object of
-its own, once (the bulk scenario of benchmarks/RESULTS.md).
+its own, once (the bulk scenario of benchmarks/RESULTS.md), whose pages are made present in
+one system call rather than faulted in one by one (``fresh_bytes``).
 
 A body laid out so starts with ``MAGIC``, the number of buffers (u32), the pickle's length and
 each buffer's (u64 each), then the pickle, then the buffers. A pickle starts with its PROTO
