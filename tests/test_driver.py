@@ -55,14 +55,16 @@ def test_start_without_args_reads_argv_and_environment(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("system", ["local", "testing"])
-def test_bigpi_example_prints_pi(system: str) -> None:
-    out = subprocess.run(
+def test_bigpi_example_prints_pi_and_warns_of_nothing(system: str) -> None:
+    run = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "bigpi.py"), "-n", "200000", "--nmach", "2",
          f"--bigm.system={system}", "--bigm.debug=none"],
         capture_output=True, text=True, timeout=120, check=True,
-    ).stdout
-    last = out.strip().splitlines()[-1]
+    )
+    last = run.stdout.strip().splitlines()[-1]
     assert last.startswith("pi = ") and abs(float(last.split()[-1]) - 3.14159) < 0.05
+    noise = [line for line in (run.stdout + run.stderr).splitlines() if "WARNING" in line or "ERROR" in line]
+    assert not noise, f"a run that went well, shutdown included, said: {noise}"
 
 
 def test_wordcount_example_counts_across_machines() -> None:

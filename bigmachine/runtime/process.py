@@ -95,7 +95,9 @@ def _serve(spec: LaunchSpec) -> None:
 
     stopped_by = uvloop.run(serve())
     if stopped_by is not None:  # end as the signal would have ended us: the driver sees it in the exit status
-        logger.warning("machine exiting: stopped by %s", stopped_by.name)
+        # Quiet: a shutdown stops every machine so, and a signal from elsewhere the driver reports itself
+        # ("machine process N was killed by SIGTERM").
+        logger.debug("machine exiting: stopped by %s", stopped_by.name)
         sys.stdout.flush()
         sys.stderr.flush()
         signal.signal(stopped_by, signal.SIG_DFL)
