@@ -83,7 +83,7 @@ def _prefault(address: int, size: int) -> None:
     """Makes the whole pages of ``[address, address + size)`` present and writable, without writing them.
 
     One ``madvise(MADV_POPULATE_WRITE)`` makes them faster than a page fault each, as the reads filling
-    the buffer would: whole 256 MiB transfers ran 12-15% faster (benchmarks/RESULTS.md, addendum 3).
+    the buffer would: whole 256 MiB transfers ran 12-15% faster (benchmarks/RESULTS.md, the addendum's A/B table).
     """
     global _prefaulting
     start = (address + _PAGE - 1) & ~(_PAGE - 1)

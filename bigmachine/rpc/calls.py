@@ -74,9 +74,8 @@ def encode_call(host: bytes, method: str, args: tuple[Any, ...], kwargs: dict[st
     if not isinstance(method, str):
         check_method_name(method)
     path = _path(method)
-    if _NEVER_STREAMED.issuperset(map(type, args)) and (not kwargs or _NEVER_STREAMED.issuperset(map(type, kwargs.values()))):
-        streamed = []  # the common call, checked in C
-    else:
+    streamed = []  # the common call, all plain values, is told so by the type check in C
+    if not (_NEVER_STREAMED.issuperset(map(type, args)) and _NEVER_STREAMED.issuperset(map(type, kwargs.values()))):
         streamed = [k for k, v in [*enumerate(args), *kwargs.items()] if _is_stream_argument(v)]
     if not streamed:
         parts = wire.encode_arg_parts(method, args, kwargs)

@@ -131,6 +131,7 @@ def _swap_large(obj: Any, copies: dict[int, tuple[Any, Any]], sent: list[bytes])
 
 _NOT_PLAIN, _SMALL, _LARGE = 0, 1, 2
 _LARGE_PAYLOAD = 1 << 16  # pickle's own threshold for writing a payload apart
+_SCALARS = frozenset((int, float, str, bool, type(None)))  # plain, and never a large payload
 
 
 def _plainness(obj: Any, depth: int) -> int:
@@ -159,8 +160,6 @@ def _plainness(obj: Any, depth: int) -> int:
             found = _LARGE
     return found
 
-
-_SCALARS = frozenset((int, float, str, bool, type(None)))  # plain, and never a large payload
 
 
 class _Parts:
