@@ -278,6 +278,12 @@ class _Counted:
         return len(self._all) - len(self._idle)
 
 
+def _drop_unwanted(connecting: asyncio.Future[tuple[asyncio.BaseTransport, AsyncConnection]]) -> None:
+    """Closes a connection made for a caller cancelled meanwhile (it never joined the pool, nor took a slot)."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result()[1].abort()
+
+
 class AsyncPool(_Counted):
     """Keep-alive connections to one server, for one event loop, within a ``ConnectionBudget``."""
 
@@ -332,17 +338,19 @@ class AsyncPool(_Counted):
                 raise self._closed
             connecting = asyncio.ensure_future(self._open())
             self._connecting.add(connecting)  # a machine that stops while we shake hands cancels it
+            connecting.add_done_callback(self._connecting.discard)
             try:
-                _, conn = await connecting
+                # Shielded: a caller cancelled mid-handshake leaves the handshake to finish, then the connection
+                # is closed (_drop_unwanted). Cut short, uvloop can log "Fatal error on SSL protocol" for it.
+                _, conn = await asyncio.shield(connecting)
                 return conn
             except asyncio.CancelledError:
                 if self._closed is not None and connecting.cancelled():
                     raise self._closed from None
+                connecting.add_done_callback(_drop_unwanted)
                 raise
             except TimeoutError:
                 logger.debug("%s:%d: no connection within %g s; trying again", self.host, self.port, CONNECT_TIMEOUT)
-            finally:
-                self._connecting.discard(connecting)
 
     async def _open(self) -> tuple[asyncio.BaseTransport, AsyncConnection]:
         # A coroutine of its own: cancelled before it starts, nothing is left un-awaited.

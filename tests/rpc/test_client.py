@@ -1,11 +1,21 @@
-"""rpc/client.py's blocking pool: the call protocol (SyncPool.call, reply_frames), large bodies read into their final buffers."""
+"""rpc/client.py's pools: the call protocol (SyncPool.call, reply_frames), large bodies read into their final buffers,
+and an async connect cut short by a cancel."""
 
 from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from served import Served
 
+from bigmachine import tls
 from bigmachine.rpc import buffers, calls, codec, wire
+from bigmachine.rpc.client import AsyncPool
 from bigmachine.rpc.deadlines import deadline_after
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,3 +65,47 @@ def test_a_streamed_reply_dropped_half_way_closes_its_connection(served: Served)
         assert wire.loads(response.body) == 2
     finally:
         pool.close(ConnectionAbortedError("test over"))
+
+
+def test_an_async_call_cancelled_mid_handshake_lets_the_handshake_finish_then_closes(tmp_path: Path) -> None:
+    """Cut short by a cancel, a handshake made uvloop log "Fatal error on SSL protocol" (seen in CI); it is
+    now left to finish, and the connection nobody wants is closed then, its slot of the budget free."""
+    authority = tls.Authority("rpc-tests")
+    server_dir = authority.issue(["127.0.0.1"], common_name="server").write(tmp_path / "server")
+    client_dir = authority.issue(["127.0.0.1"], common_name="client").write(tmp_path / "client")
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = threading.Event()
+    seen: list[object] = []
+
+    def slow_server() -> None:
+        raw, _ = listener.accept()
+        accepted.set()
+        time.sleep(0.5)  # the client's call is cancelled meanwhile
+        raw.settimeout(10)
+        try:
+            with tls.server_context(server_dir).wrap_socket(raw, server_side=True) as sock:
+                seen.append("handshake done")
+                seen.append(sock.recv(1))  # b"": the client closes the connection it no longer wants
+        except (OSError, ssl.SSLError) as exc:
+            seen.append(exc)
+
+    server = threading.Thread(target=slow_server, daemon=True)
+    server.start()
+    pool = AsyncPool("127.0.0.1", listener.getsockname()[1], tls.client_context(client_dir), "127.0.0.1")
+
+    async def main() -> None:
+        call = asyncio.ensure_future(pool.call(calls.encode_call(b"h", "Gate.echo", (1,), {}), deadline_after(20)))
+        while not accepted.is_set():
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        while server.is_alive():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert pool.open == 0
+        pool.close(ConnectionAbortedError("test over"))
+
+    asyncio.run(main())
+    listener.close()
+    assert seen == ["handshake done", b""]
