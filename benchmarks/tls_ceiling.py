@@ -114,9 +114,7 @@ def _receive(certs: str, parent: multiprocessing.connection.Connection) -> None:
             if not size:
                 break
             if fresh:
-                value, view = fresh_bytes(size)  # a new object, as a received value is made
-                _read_into(tls, view)
-                del value, view
+                _read_into(tls, fresh_bytes(size)[1])  # a new object, as a received value is made
             else:
                 if len(buffer) < size:
                     buffer = memoryview(bytearray(b"\0" * size))  # touched: no first-touch page cost later

@@ -95,7 +95,7 @@ def _prefault(address: int, size: int) -> None:
 def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
     """A new ``bytes`` object of ``size`` bytes and a writable view of it, to be filled before anything else sees it.
 
-    The view does not keep the object alive: hold the object for as long as the view is used.
+    The view keeps the object alive, so it can be filled even after the object's name is gone.
 
     The C API allows exactly this: a bytes object made by ``PyBytes_FromStringAndSize(NULL, size)`` may be
     written until it is shared. Its memory is not zeroed; when it is large (``PREFAULT_FROM``) its pages are
@@ -105,4 +105,6 @@ def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
     address = _bytes_data(obj)
     if _prefaulting and size >= PREFAULT_FROM:
         _prefault(address, size)
-    return obj, memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+    memory = (ctypes.c_char * size).from_address(address)
+    setattr(memory, "owner", obj)  # the view holds the array, the array the object: no freeing under the view
+    return obj, memoryview(memory).cast("B")

@@ -232,3 +232,10 @@ def test_a_fresh_buffer_is_writable_and_becomes_the_bytes_it_was_filled_with() -
         pattern = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
         view[:] = pattern
         assert type(value) is bytes and value == pattern
+
+
+def test_a_fresh_buffers_view_keeps_its_object_alive() -> None:
+    size = 4 * buffers.PREFAULT_FROM  # memory of its own, unmapped once freed: writing there would crash
+    view = buffers.fresh_bytes(size)[1]  # the object itself is not kept by the caller
+    view[:] = b"v" * size
+    assert bytes(view[-3:]) == b"vvv" and type(view.obj.owner) is bytes
