@@ -239,3 +239,28 @@ def test_a_fresh_buffers_view_keeps_its_object_alive() -> None:
     view = buffers.fresh_bytes(size)[1]  # the object itself is not kept by the caller
     view[:] = b"v" * size
     assert bytes(view[-3:]) == b"vvv" and type(view.obj.owner) is bytes
+
+
+@pytest.mark.skipif(not buffers._HUGE_PAGE, reason="the kernel gives no transparent huge pages on request")
+def test_a_large_fresh_buffer_is_made_of_huge_pages() -> None:
+    size = 8 * buffers._HUGE_PAGE
+    value, view = buffers.fresh_bytes(size)
+    address = buffers._bytes_data(value)
+    assert _anon_huge_kib(address, size) >= (size - 2 * buffers._HUGE_PAGE) // 1024  # the whole huge pages inside
+    view[:] = b"h" * size
+    assert value[-1:] == b"h"
+
+
+def _anon_huge_kib(address: int, size: int) -> int:
+    """The AnonHugePages, in KiB, of this process's mappings over ``[address, address + size)``
+    (the advice splits a mapping at the huge pages' bounds)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                inside = start < address + size and address < end
+            elif inside and fields[0] == "AnonHugePages:":
+                total += int(fields[1])
+    return total
