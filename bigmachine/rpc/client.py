@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ProtocolError
 from . import wire
 from .budget import ConnectionBudget
-from .codec import DIRECT_BODY, DirectBody, Response, ResponseParser
+from .chunked import MessageReader
+from .codec import DIRECT_BODY, DirectBody, Response, ResponseParser, TakeOver
 from .deadlines import remaining
 from .streams import send_streamed
 
@@ -64,7 +65,7 @@ class AsyncConnection(asyncio.Protocol):
 
     def __init__(self, pool: AsyncPool) -> None:
         self._pool = pool
-        self._parser = ResponseParser(self)
+        self._reader = MessageReader(ResponseParser(self))
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[Response] | None = None
         self._stream: AsyncReplyStream | None = None
@@ -83,7 +84,12 @@ class AsyncConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._parser.feed(data)
+            frames = self._reader.feed(data)
+            if frames is not None:  # a streamed reply's
+                assert self._stream is not None and self._reader.body is not None
+                self._stream.add(frames)
+                if self._reader.body.done:
+                    self.response_complete()
         except ProtocolError as exc:  # malformed, or out of step: never pooled again
             self.lost = exc
             self._fail(exc)
@@ -111,15 +117,15 @@ class AsyncConnection(asyncio.Protocol):
     def response_head(self, response: Response) -> None:
         self._response = response
         if response.content_type == wire.STREAM:
+            if not response.chunked:
+                raise ProtocolError("a streamed reply without a chunked body")
             self._stream = self.reply_stream = AsyncReplyStream(self)
             self._resolve(response)
+            raise TakeOver()
 
     def response_body(self, data: bytes) -> None:
-        if self._stream is not None:
-            self._stream.feed(data)
-        else:
-            assert self._response is not None
-            self._response.chunks.append(data)
+        assert self._response is not None
+        self._response.chunks.append(data)
 
     def response_complete(self) -> None:
         response, stream = self._response, self._stream
@@ -147,7 +153,8 @@ class AsyncConnection(asyncio.Protocol):
         """Writes a request (or, ``complete=False``, the start of one); the future is its response."""
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._parser.expect()
+        self._reader.parser.expect()
+        self._reader.start()
         self._request_done = complete
         if isinstance(data, tuple):
             self.transport.writelines(data)
@@ -200,7 +207,6 @@ class AsyncReplyStream:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self._reader = wire.FrameReader()
         self._frames: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._buffered = 0
         self._paused = False
@@ -208,8 +214,8 @@ class AsyncReplyStream:
         self._error: BaseException | None = None
         self._done = False
 
-    def feed(self, data: bytes) -> None:
-        for kind_payload in self._reader.feed(data):
+    def add(self, frames: list[tuple[bytes, bytes]]) -> None:
+        for kind_payload in frames:
             self._frames.append(kind_payload)
             self._buffered += len(kind_payload[1])
         if self._buffered > _STREAM_HIGH_WATER and not self._paused and self._conn.transport is not None:
@@ -462,7 +468,7 @@ class SyncConnection:
             raise
         finally:
             pool._connecting.discard(self.sock)
-        self._parser = ResponseParser(self)
+        self._reader = MessageReader(ResponseParser(self))
         self._blocking = False  # the socket has no timeout: a read or write is one system call
         self._buffer = bytearray(_SYNC_READ_SIZE)  # every read lands here: no allocation per read
         self._view = memoryview(self._buffer)
@@ -470,7 +476,6 @@ class SyncConnection:
         self._poll.register(self.sock, select.POLLIN)
         self._response: Response | None = None
         self._frames: collections.deque[tuple[bytes, bytes]] | None = None
-        self._reader: wire.FrameReader | None = None
         self._direct: DirectBody | None = None
         self._done = False
         self.broken = False
@@ -508,7 +513,8 @@ class SyncConnection:
 
     def read_response(self, deadline: float) -> Response:
         self._response, self._frames, self._done = None, None, False
-        self._parser.expect()
+        self._reader.parser.expect()
+        self._reader.start()
         while not self._done and self._frames is None:
             self._receive(deadline)
         response = self._response
@@ -542,10 +548,18 @@ class SyncConnection:
     def _receive(self, deadline: float) -> None:
         try:
             self._bound(deadline)
-            n = self.sock.recv_into(self._buffer)
-            if not n:
-                raise _Closed("the machine closed the connection")
-            self._parser.feed(self._view[:n])
+            reader = self._reader
+            frames = reader.read_direct(self.sock)
+            if frames is None:
+                n = self.sock.recv_into(self._buffer)
+                if not n:
+                    raise _Closed("the machine closed the connection")
+                frames = reader.feed(self._view[:n])
+            if frames is not None:  # a streamed reply's
+                assert self._frames is not None and reader.body is not None
+                self._frames.extend(frames)
+                if reader.body.done:
+                    self.response_complete()
             if self._direct is not None and not self._done:
                 self._read_direct(self._direct)
         except ProtocolError:
@@ -573,8 +587,7 @@ class SyncConnection:
             raise _Closed(str(exc)) from None
         assert self._response is not None
         self._response.chunks = [direct.body]  # type: ignore[list-item]
-        self._parser.response = None  # it holds the reply in a cycle (with httptools' parser) that only gc breaks
-        self._parser = ResponseParser(self)  # it saw the head only: a fresh one for the next response
+        self._reader.renew_parser()
         self.response_complete()
 
     # codec listener
@@ -582,16 +595,15 @@ class SyncConnection:
         self._response = response
         self._direct = None
         if response.content_type == wire.STREAM:
+            if not response.chunked:
+                raise ProtocolError("a streamed reply without a chunked body")
             self._frames = collections.deque()
-            self._reader = wire.FrameReader()
-        elif response.content_length >= DIRECT_BODY and response.content_type == wire.RESULT:
+            raise TakeOver()
+        if response.content_length >= DIRECT_BODY and response.content_type == wire.RESULT:
             self._direct = DirectBody(response.content_length)
 
     def response_body(self, data: bytes) -> None:
-        if self._frames is not None:
-            assert self._reader is not None
-            self._frames.extend(self._reader.feed(data))
-        elif self._direct is not None:
+        if self._direct is not None:
             self._direct.add(data)
         else:
             assert self._response is not None

@@ -18,7 +18,7 @@ from ..errors import ProtocolError
 from . import buffers
 
 __all__ = ["DIRECT_BODY", "JOIN_LIMIT", "DirectBody", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
-           "ResponseParser", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
+           "ResponseParser", "TakeOver", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
            "encode_stream_head"]
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -66,15 +66,21 @@ def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+class TakeOver(Exception):
+    """Raised by a listener's head callback to read the body past the parser (``chunked``): the parser
+    stops at the head, and its owner replaces it once the body is read."""
+
+
 class Response:
     """The head of a response, and its body when it was not streamed."""
 
-    __slots__ = ("status", "content_type", "content_length", "chunks", "keep_alive")
+    __slots__ = ("status", "content_type", "content_length", "chunked", "chunks", "keep_alive")
 
     def __init__(self) -> None:
         self.status = 0
         self.content_type = b""
         self.content_length = -1  # -1: chunked, or not given
+        self.chunked = False
         self.chunks: list[bytes] = []
         self.keep_alive = True
 
@@ -84,12 +90,14 @@ class Response:
 
 
 def _take_header(head: Request | Response, name: bytes, value: bytes) -> None:
-    """Keeps the headers the RPC layer reads of a request or response head: its content type and length."""
+    """Keeps the headers the RPC layer reads of a request or response head: its content type and framing."""
     name = name.lower()
     if name == b"content-type":
         head.content_type = value
     elif name == b"content-length":
         head.content_length = int(value)
+    elif name == b"transfer-encoding":
+        head.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
 
 class ResponseListener(Protocol):
@@ -103,17 +111,24 @@ class ResponseListener(Protocol):
 class ResponseParser:
     """Feeds bytes to httptools and reports heads, body pieces and completions to a listener."""
 
-    __slots__ = ("_parser", "_listener", "_outstanding", "response")
+    __slots__ = ("_parser", "_listener", "_outstanding", "response", "in_head")
 
     def __init__(self, listener: ResponseListener) -> None:
         self._listener = listener
         self._parser = httptools.HttpResponseParser(self)
         self._outstanding = False
         self.response: Response | None = None
+        self.in_head = False  # a head began and has not ended
 
     def expect(self) -> None:
         """Notes that a request was sent: exactly one response may now begin."""
         self._outstanding = True
+
+    def renew(self) -> ResponseParser:
+        """A parser for the next response, this one having seen only the current one's head (its body
+        was read past it: ``DirectBody``, ``chunked``)."""
+        self.response = None  # it holds the reply in a cycle (with httptools' parser) that only gc breaks
+        return ResponseParser(self._listener)
 
     def feed(self, data: bytes | memoryview) -> None:
         """Parses ``data``; raises ProtocolError on a malformed response or one nobody asked for.
@@ -124,7 +139,7 @@ class ResponseParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, ProtocolError):
+            if isinstance(exc.__context__, (ProtocolError, TakeOver)):
                 raise exc.__context__ from None
             raise
         except httptools.HttpParserError as exc:
@@ -135,6 +150,7 @@ class ResponseParser:
         if not self._outstanding:
             raise ProtocolError("bytes arrived with no request outstanding: the connection is out of step")
         self.response = Response()
+        self.in_head = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
@@ -145,6 +161,7 @@ class ResponseParser:
         assert response is not None
         response.status = self._parser.get_status_code()
         response.keep_alive = self._parser.should_keep_alive()
+        self.in_head = False
         self._listener.response_head(response)
 
     def on_body(self, body: bytes) -> None:
@@ -159,13 +176,14 @@ class ResponseParser:
 class Request:
     """The head of a request; its body goes to the listener as it is parsed."""
 
-    __slots__ = ("method", "path", "content_type", "content_length", "keep_alive")
+    __slots__ = ("method", "path", "content_type", "content_length", "chunked", "keep_alive")
 
     def __init__(self) -> None:
         self.method = b""
         self.path = b""
         self.content_type = b""
         self.content_length = -1  # -1: chunked, or not given
+        self.chunked = False
         self.keep_alive = True
 
 
@@ -180,12 +198,18 @@ class RequestListener(Protocol):
 class RequestParser:
     """Feeds bytes to httptools and reports request heads, body pieces and completions to a listener."""
 
-    __slots__ = ("_parser", "_listener", "request")
+    __slots__ = ("_parser", "_listener", "request", "in_head")
 
     def __init__(self, listener: RequestListener) -> None:
         self._listener = listener
         self._parser = httptools.HttpRequestParser(self)
         self.request: Request | None = None
+        self.in_head = False  # a head began and has not ended
+
+    def renew(self) -> RequestParser:
+        """A parser for the next request, this one having seen only the current one's head."""
+        self.request = None
+        return RequestParser(self._listener)
 
     def feed(self, data: bytes | memoryview) -> None:
         """Parses ``data``; raises ProtocolError on a malformed request, or what a listener raised."""
@@ -203,6 +227,7 @@ class RequestParser:
     # httptools callbacks
     def on_message_begin(self) -> None:
         self.request = Request()
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         assert self.request is not None
@@ -217,6 +242,7 @@ class RequestParser:
         assert request is not None
         request.method = self._parser.get_method()
         request.keep_alive = self._parser.should_keep_alive()
+        self.in_head = False
         self._listener.request_head(request)
 
     def on_body(self, body: bytes) -> None:

@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 from ..errors import Error, NotFound, ProtocolError
 from . import calls, codec, wire
+from .chunked import MessageReader
 
 if TYPE_CHECKING:
     from .server import RpcServer
@@ -108,12 +109,11 @@ class ServerConnection:
         self.call: _Call | None = None
         self._buffer = bytearray(_READ_SIZE)
         self._view = memoryview(self._buffer)
-        self._parser = codec.RequestParser(self)
+        self._reader = MessageReader(codec.RequestParser(self))
         self._request: codec.Request | None = None
         self._body: list[bytes] = []
         self._body_size = 0
-        self._frames: collections.deque[tuple[bytes, bytes]] | None = None
-        self._reader: wire.FrameReader | None = None
+        self._frames: collections.deque[tuple[bytes, bytes]] | None = None  # a streamed argument's
         self._direct: codec.DirectBody | None = None
         self._complete = False
         self.argument_ended = False
@@ -144,6 +144,7 @@ class ServerConnection:
     def _serve_next(self) -> bool:
         """Reads and answers one request; False when the connection should close."""
         self._request, self._complete = None, False
+        self._reader.start()
         while self._request is None:
             if not self._read():
                 return False  # closed (or idle too long) between requests: the normal end
@@ -156,18 +157,35 @@ class ServerConnection:
     def _read(self) -> bool:
         """Reads what has arrived and parses it; False at the end of the connection."""
         assert self.sock is not None
+        reader = self._reader
         try:
-            n = self.sock.recv_into(self._buffer)
+            frames = reader.read_direct(self.sock)
+            if frames is None:
+                n = self.sock.recv_into(self._buffer)
+                if not n:
+                    if self.busy:
+                        raise _HungUp("the caller closed the connection mid-request")
+                    return False
+                frames = reader.feed(self._view[:n])
         except (ssl.SSLWantReadError, BlockingIOError):  # SO_RCVTIMEO passed
             if self._request is None and not self.busy:
                 return False  # idle past the server's bound: the client reconnects when it needs to
             raise TimeoutError(f"nothing read for {self.server.idle_timeout:g} s in the middle of a request") from None
-        if not n:
-            if self.busy:
-                raise _HungUp("the caller closed the connection mid-request")
-            return False
-        self._parser.feed(self._view[:n])
+        except ConnectionResetError as exc:  # in the middle of a frame
+            raise _HungUp(str(exc)) from None
+        if frames is not None:
+            self._take_frames(frames)
         return True
+
+    def _take_frames(self, frames: list[tuple[bytes, bytes]]) -> None:
+        """Counts and queues what a streamed argument's body brought."""
+        body = self._reader.body
+        assert body is not None and self._frames is not None
+        grown, self._body_size = body.received - self._body_size, body.received
+        if self.call is not None:
+            self.call.received += grown
+        self._frames.extend(frames)
+        self._complete = body.done
 
     # ------------------------------------------------------------------ parser listener
 
@@ -177,22 +195,20 @@ class ServerConnection:
         self._request = request
         self._body, self._body_size = [], 0
         self.argument_ended = False
-        self._direct = None
+        self._direct = self._frames = None
         if request.content_type == wire.CALL_STREAM:
-            self._frames, self._reader = collections.deque(), wire.FrameReader()
-        else:
-            self._frames = self._reader = None
-            if request.content_type == wire.CALL and codec.DIRECT_BODY <= request.content_length <= wire.MAX_REQUEST:
-                self._direct = codec.DirectBody(request.content_length)
+            if not request.chunked:
+                raise ProtocolError("a call with a streamed argument without a chunked body")
+            self._frames = collections.deque()
+            raise codec.TakeOver()
+        if request.content_type == wire.CALL and codec.DIRECT_BODY <= request.content_length <= wire.MAX_REQUEST:
+            self._direct = codec.DirectBody(request.content_length)
 
     def request_body(self, data: bytes) -> None:
         self._body_size += len(data)
         if self.call is not None:
             self.call.received += len(data)
-        if self._reader is not None:
-            assert self._frames is not None
-            self._frames.extend(self._reader.feed(data))
-        elif self._direct is not None:
+        if self._direct is not None:
             self._direct.add(data)
         elif self._body_size <= wire.MAX_REQUEST:
             self._body.append(data)
@@ -301,14 +317,14 @@ class ServerConnection:
             self._body_size += read
             if self.call is not None:
                 self.call.received += read
-            self._parser = codec.RequestParser(self)  # it saw the head only: a fresh one for the next request
+            self._reader.renew_parser()
             self._complete = True
         if direct is not None:
             self._body = [direct.body]  # type: ignore[list-item]
         while not self._complete:
             if not self._read():
                 raise _HungUp("the caller closed the connection mid-request")
-            if self._body_size > wire.MAX_REQUEST and self._reader is None:
+            if self._body_size > wire.MAX_REQUEST and self._frames is None:
                 break  # not worth reading on: refused, and the connection closed after the reply
 
     # ------------------------------------------------------------------ streamed arguments

@@ -400,11 +400,10 @@ class FrameReader:
                 n = min(len(rest), len(data))
                 rest[:n] = data[:n]
                 data = data[n:]
-                if n < len(rest):
-                    self._rest = rest[n:]
+                done = self.filled(n)
+                if done is None:
                     break
-                frames.append((self._kind, self._value))
-                self._rest, self._value = None, b""
+                frames.append(done)
                 continue
             header = self._header
             if header or len(data) < FRAME_HEADER:
@@ -429,3 +428,18 @@ class FrameReader:
                 self._kind = kind
                 self._value, self._rest = buffers.fresh_bytes(length)
         return frames
+
+    def payload_rest(self) -> memoryview | None:
+        """The part of a frame's payload still to arrive, which a read may fill directly; None between payloads."""
+        return self._rest
+
+    def filled(self, n: int) -> tuple[bytes, bytes] | None:
+        """Notes ``n`` bytes written at the front of ``payload_rest()``; the frame, once its payload is whole."""
+        rest = self._rest
+        assert rest is not None
+        if n < len(rest):
+            self._rest = rest[n:]
+            return None
+        frame = (self._kind, self._value)
+        self._rest, self._value = None, b""
+        return frame

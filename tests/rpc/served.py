@@ -41,6 +41,9 @@ class Gate:
         for i in range(count):
             yield b"%d;" % i
 
+    def joined(self, chunks: Iterator[bytes]) -> bytes:
+        return b"".join(chunks)
+
 
 @dataclasses.dataclass
 class Served:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from served import Served
+from test_chunked import chunked_body, stream_of
 
 from bigmachine import tls
 from bigmachine.rpc import buffers, calls, codec, wire
-from bigmachine.rpc.client import AsyncPool
+from bigmachine.rpc.client import AsyncPool, SyncPool
 from bigmachine.rpc.deadlines import deadline_after
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,3 +110,77 @@ def test_an_async_call_cancelled_mid_handshake_lets_the_handshake_finish_then_cl
     asyncio.run(main())
     listener.close()
     assert seen == ["handshake done", b""]
+
+
+def _pieces_server(tmp_path: Path, pieces: list[bytes]) -> tuple[socket.socket, ssl.SSLContext, threading.Thread]:
+    """A TLS server that answers one connection's first request with ``pieces``, each a write of its own."""
+    authority = tls.Authority("rpc-tests")
+    server_dir = authority.issue(["127.0.0.1"], common_name="server").write(tmp_path / "server")
+    client_dir = authority.issue(["127.0.0.1"], common_name="client").write(tmp_path / "client")
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        raw, _ = listener.accept()
+        raw.settimeout(10)
+        with tls.server_context(server_dir).wrap_socket(raw, server_side=True) as sock:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += sock.recv(65536)
+            for piece in pieces:
+                sock.sendall(piece)
+                time.sleep(0.02)  # a read of its own
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return listener, tls.client_context(client_dir), thread
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 20])
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_streamed_reply_arrives_whole_however_its_head_and_chunks_are_cut(tmp_path: Path, cut: int, sync: bool) -> None:
+    blob = bytes(range(256)) * 2048  # 512 KiB, read past the parser into its frame
+    frames = [(wire.DATA, b"first"), (wire.DATA, blob), (wire.END, b"")]
+    message = codec.encode_stream_head(wire.STREAM) + chunked_body(stream_of(frames), [7, 100_000])
+    at = message.index(b"\r\n\r\n") + 4 - cut
+    listener, context, server = _pieces_server(tmp_path, [message[:at], message[at:at + 70_000], message[at + 70_000:]])
+    request = calls.encode_call(b"h", "Any.stream", (), {})
+    try:
+        if sync:
+            pool = SyncPool("127.0.0.1", listener.getsockname()[1], context, "127.0.0.1")
+            response, conn = pool.call(request, deadline_after(20))
+            assert conn is not None
+            got = list(pool.reply_frames(conn, deadline_after(20)))
+        else:
+            apool = AsyncPool("127.0.0.1", listener.getsockname()[1], context, "127.0.0.1")
+
+            async def read() -> list[tuple[bytes, bytes]]:
+                try:
+                    _, aconn = await apool.call(request, deadline_after(20))
+                    assert aconn.reply_stream is not None
+                    return [frame async for frame in aconn.reply_stream.frames(deadline_after(20))]
+                finally:
+                    apool.close(ConnectionAbortedError("test over"))
+
+            got = asyncio.run(read())
+        assert got == frames
+    finally:
+        if sync:
+            pool.close(ConnectionAbortedError("test over"))
+        listener.close()
+        server.join(10)
+
+
+def test_a_machine_that_closes_in_the_middle_of_a_large_frame_breaks_the_call(tmp_path: Path) -> None:
+    head = codec.encode_stream_head(wire.STREAM) + b"%x\r\n" % (wire.FRAME_HEADER + (1 << 20))
+    listener, context, server = _pieces_server(tmp_path, [head + wire.frame_header(wire.DATA, 1 << 20), b"p" * 300_000])
+    pool = SyncPool("127.0.0.1", listener.getsockname()[1], context, "127.0.0.1")
+    try:
+        response, conn = pool.call(calls.encode_call(b"h", "Any.stream", (), {}), deadline_after(20))
+        assert conn is not None
+        with pytest.raises(ConnectionResetError, match="bytes into a"):
+            list(pool.reply_frames(conn, deadline_after(20)))
+        assert conn.broken
+    finally:
+        pool.close(ConnectionAbortedError("test over"))
+        listener.close()
+        server.join(10)

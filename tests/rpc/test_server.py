@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from served import Served, eventually
+from test_chunked import chunked_body, stream_of
 
 from bigmachine.rpc import calls, codec, wire
 from bigmachine.rpc.deadlines import deadline_after
@@ -155,3 +156,50 @@ def test_stop_closes_idle_connections_and_abort_cuts_busy_ones(served: Served) -
         except (ConnectionError, ssl.SSLError):
             pass
         assert time.monotonic() - begun < 5
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 30])
+def test_a_streamed_argument_arrives_whole_however_its_head_and_chunks_are_cut(served: Served, cut: int) -> None:
+    """The head ends ``cut`` bytes into a second write (inside its empty line for 1-3); the chunks cut
+    across frames; a large payload is read past the parser into place."""
+    data = calls.encode_call(b"127.0.0.1", "Gate.joined", (iter([b"x"]),), {}).data
+    assert isinstance(data, bytes)
+    head, _, first_chunk = data.partition(b"\r\n\r\n")
+    size, _, rest = first_chunk.partition(b"\r\n")
+    head_frame = rest[:int(size, 16)]
+    blob = bytes(range(256)) * 2048  # 512 KiB
+    stream = head_frame + stream_of([(wire.DATA, b"small"), (wire.DATA, blob), (wire.END, b"")])
+    message = head + b"\r\n\r\n" + chunked_body(stream, [len(head_frame) + 3, 50_000])
+    at = len(head) + 4 - cut
+    with served.raw() as sock:
+        sock.sendall(message[:at])
+        time.sleep(0.05)  # a read of its own
+        for start in range(at, len(message), 100_000):
+            sock.sendall(message[start:start + 100_000])
+        (response,), closed = exchange(sock, b"")
+        assert response.status == 200 and not closed
+        assert wire.loads(response.body) == b"small" + blob
+        (response,), closed = exchange(sock, call_bytes("Gate.echo", "next"))
+        assert wire.loads(response.body) == "next"  # in step
+
+
+def test_a_streamed_argument_without_a_chunked_body_is_refused(served: Served) -> None:
+    data = calls.encode_call(b"127.0.0.1", "Gate.joined", (iter([b"x"]),), {}).data
+    assert isinstance(data, bytes)
+    body = data.partition(b"\r\n\r\n")[2]
+    head = data.partition(b"\r\n\r\n")[0].replace(b"Transfer-Encoding: chunked", b"Content-Length: %d" % len(body))
+    with served.raw() as sock:
+        responses, closed = exchange(sock, head + b"\r\n\r\n" + body)
+        assert closed and not responses
+
+
+def test_a_caller_that_hangs_up_in_the_middle_of_a_large_frame_is_counted_cancelled(served: Served) -> None:
+    data = calls.encode_call(b"127.0.0.1", "Gate.joined", (iter([b"x"]),), {}).data
+    assert isinstance(data, bytes)
+    frame_size = 1 << 20
+    with served.raw() as sock:
+        sock.sendall(data + b"%x\r\n" % (wire.FRAME_HEADER + frame_size) + wire.frame_header(wire.DATA, frame_size))
+        sock.sendall(b"p" * 200_000)  # read straight into the frame, which never fills
+        time.sleep(0.2)
+    eventually(lambda: served.server.registry.stats.snapshot().get("Gate.joined", {}).get("cancelled") == 1)
+    eventually(lambda: served.server.connections() == 0)
