@@ -240,25 +240,26 @@ class AsyncReplyStream:
         """Yields ``(kind, payload)`` until an END or FAIL frame; raises if the stream breaks."""
         try:
             while True:
-                while self._frames:
-                    kind, payload = self._frames.popleft()
-                    self._buffered -= len(payload)
-                    if self._paused and self._buffered < _STREAM_HIGH_WATER // 2 and self._conn.transport is not None:
-                        self._paused = False
-                        self._conn.transport.resume_reading()
-                    if kind != wire.DATA:
-                        while not self._done:  # the end of the HTTP message, so the connection stays clean
-                            await self._wait(deadline)
-                        yield kind, payload
-                        return
-                    yield kind, payload
-                if self._done:
-                    raise ProtocolError("the streamed reply ended without an end frame")
+                if not self._frames:
+                    if self._done:
+                        raise ProtocolError("the streamed reply ended without an end frame")
+                    await self._wait(deadline)
+                    continue
+                kind, payload = self._frames.popleft()
+                self._buffered -= len(payload)
+                if self._paused and self._buffered < _STREAM_HIGH_WATER // 2 and self._conn.transport is not None:
+                    self._paused = False
+                    self._conn.transport.resume_reading()
+                if kind != wire.DATA:
+                    break
+                yield kind, payload
+            while not self._done:  # the rest of the HTTP message, so the connection stays clean
                 await self._wait(deadline)
         except BaseException:
             self._conn.abort()  # abandoned or broken mid-stream: the connection can't be reused
             raise
-        self._conn.finished()
+        self._conn.finished()  # before the last frame: a caller may drop the frames there
+        yield kind, payload
 
     async def _wait(self, deadline: float) -> None:
         if self._error is not None:
@@ -525,25 +526,27 @@ class SyncConnection:
         return response
 
     def frames(self, deadline: float) -> Generator[tuple[bytes, bytes], None, None]:
-        """The frames of a streamed reply, read as the caller iterates."""
+        """The frames of a streamed reply, read as the caller iterates. The last (END or FAIL) comes once the
+        whole message is read, so a caller may drop the frames there and the connection stays in the pool."""
         frames = self._frames
         assert frames is not None
         try:
             while True:
-                while frames:
-                    kind, payload = frames.popleft()
-                    if kind != wire.DATA:
-                        while not self._done:  # read the end of the HTTP message: the connection stays clean
-                            self._receive(deadline)
-                        yield kind, payload
-                        return
-                    yield kind, payload
-                if self._done:
-                    raise ProtocolError("the streamed reply ended without an end frame")
+                if not frames:
+                    if self._done:
+                        raise ProtocolError("the streamed reply ended without an end frame")
+                    self._receive(deadline)
+                    continue
+                kind, payload = frames.popleft()
+                if kind != wire.DATA:
+                    break
+                yield kind, payload
+            while not self._done:  # the rest of the HTTP message: the connection stays clean
                 self._receive(deadline)
         except BaseException:
             self.broken = True  # abandoned or broken mid-stream: its bytes would confuse the next call
             raise
+        yield kind, payload
 
     def _receive(self, deadline: float) -> None:
         try:
