@@ -258,7 +258,10 @@ class AsyncReplyStream:
         except BaseException:
             self._conn.abort()  # abandoned or broken mid-stream: the connection can't be reused
             raise
-        self._conn.finished()  # before the last frame: a caller may drop the frames there
+        if kind == wire.FAIL:  # the machine may close it after a failure (an argument left unread)
+            self._conn.abort()
+        else:
+            self._conn.finished()  # before the last frame: a caller may drop the frames there
         yield kind, payload
 
     async def _wait(self, deadline: float) -> None:
@@ -546,6 +549,8 @@ class SyncConnection:
         except BaseException:
             self.broken = True  # abandoned or broken mid-stream: its bytes would confuse the next call
             raise
+        if kind == wire.FAIL:  # the machine may close it after a failure (an argument left unread)
+            self.broken = True
         yield kind, payload
 
     def _receive(self, deadline: float) -> None:

@@ -41,6 +41,10 @@ class Gate:
         for i in range(count):
             yield b"%d;" % i
 
+    def failing(self, count: int) -> Iterator[bytes]:
+        yield from self.chunks(count)
+        raise ValueError("failed mid-stream")
+
     def joined(self, chunks: Iterator[bytes]) -> bytes:
         return b"".join(chunks)
 

@@ -239,3 +239,35 @@ def test_an_async_streamed_reply_dropped_at_its_end_frame_leaves_its_connection_
             pool.close(ConnectionAbortedError("test over"))
 
     assert len(asyncio.run(main())) == 1
+
+
+def test_a_streamed_reply_that_failed_never_returns_its_connection_to_the_pool(served: Served) -> None:
+    """After a FAIL frame the machine may close the connection (a streamed argument left unread): reusing it
+    would race with that close."""
+    pool = served.pool()
+    apool = AsyncPool("127.0.0.1", served.port, served.client, "127.0.0.1")
+    try:
+        _, conn = pool.call(calls.encode_call(b"h", "Gate.failing", (1,), {}), deadline_after(10))
+        assert conn is not None
+        frames = pool.reply_frames(conn, deadline_after(10))
+        assert _until_last(frames) == [wire.DATA, wire.FAIL]
+        frames.close()
+        assert conn.broken and pool.open == 0
+
+        async def main() -> None:
+            try:
+                _, aconn = await apool.call(calls.encode_call(b"h", "Gate.failing", (1,), {}), deadline_after(10))
+                assert aconn.reply_stream is not None
+                kinds = [kind async for kind, _ in aconn.reply_stream.frames(deadline_after(10))]
+                assert kinds == [wire.DATA, wire.FAIL]
+                for _ in range(100):  # closed: forgotten by the pool once the transport says it is lost
+                    if apool.open == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert apool.open == 0
+            finally:
+                apool.close(ConnectionAbortedError("test over"))
+
+        asyncio.run(main())
+    finally:
+        pool.close(ConnectionAbortedError("test over"))
