@@ -31,12 +31,13 @@ def main() -> None:
 def run(spec: LaunchSpec) -> None:
     """Serves as the machine ``spec`` describes until it exits (a fresh process, or a fork of the fork server)."""
     die_with_parent(spec.parent)
+    # Made before the limit applies: past a MemoryError under it, even this line may not be allocated.
+    starving = (b"out of memory: MemoryError while the machine was starting; address-space limit %d MiB\n"
+                % ((spec.memory_limit or 0) >> 20))
     try:
         _serve(spec)
     except MemoryError:  # the memory limit is too small even to start: say so as a machine that ran out does
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        os.write(2, b"out of memory: MemoryError while the machine was starting; address-space limit %d MiB\n"
-                 % (limit >> 20))
+        os.write(2, starving)
         os._exit(EXIT_OUT_OF_MEMORY)
 
 
