@@ -4,8 +4,9 @@ httptools hands chunk data over as a new ``bytes`` per piece it parses (at most 
 16 KiB), which ``wire.FrameReader`` then copies into its frame: two copies and a Python callback
 per record. Once a streamed message's head is parsed, its owner takes the body over
 (``codec.TakeOver``): ``ChunkedBody`` decodes the chunked transfer coding itself and, inside a
-frame's payload, names the memory the next read should land in (``target``), so the bytes are
-copied once, by the TLS layer's decryption.
+frame's payload, names the memory the next reads should land in (``target``), so the bytes are
+copied once, out of the TLS layer, by a loop that does little else per record
+(``MessageReader.read_direct``; benchmarks/RESULTS.md, the addendum).
 """
 
 from __future__ import annotations
