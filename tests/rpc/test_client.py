@@ -138,7 +138,8 @@ def _pieces_server(tmp_path: Path, pieces: list[bytes]) -> tuple[socket.socket, 
 
 @pytest.mark.parametrize("cut", [0, 1, 2, 3, 20])
 @pytest.mark.parametrize("sync", [True, False])
-def test_a_streamed_reply_arrives_whole_however_its_head_and_chunks_are_cut(tmp_path: Path, cut: int, sync: bool) -> None:
+def test_a_streamed_reply_arrives_whole_however_its_head_and_chunks_are_cut(tmp_path: Path, cut: int,
+                                                                            sync: bool) -> None:
     blob = bytes(range(256)) * 2048  # 512 KiB, read past the parser into its frame
     frames = [(wire.DATA, b"first"), (wire.DATA, blob), (wire.END, b"")]
     message = codec.encode_stream_head(wire.STREAM) + chunked_body(stream_of(frames), [7, 100_000])

@@ -160,8 +160,8 @@ def test_stop_closes_idle_connections_and_abort_cuts_busy_ones(served: Served) -
 
 @pytest.mark.parametrize("cut", [0, 1, 2, 3, 30])
 def test_a_streamed_argument_arrives_whole_however_its_head_and_chunks_are_cut(served: Served, cut: int) -> None:
-    """The head ends ``cut`` bytes into a second write (inside its empty line for 1-3, with the first for 0); the chunks cut
-    across frames; a large payload is read past the parser into place."""
+    """The head ends ``cut`` bytes into a second write (inside its empty line for 1-3, with the first for
+    0); the chunks cut across frames; a large payload is read past the parser into place."""
     data = calls.encode_call(b"127.0.0.1", "Gate.joined", (iter([b"x"]),), {}).data
     assert isinstance(data, bytes)
     head, _, first_chunk = data.partition(b"\r\n\r\n")
