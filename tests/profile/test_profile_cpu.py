@@ -28,11 +28,11 @@ from bigmachine.profile import (
 )
 
 
-def burn_cpu_in_profile_test(seconds: float) -> int:
-    """The hot function the profiles must find."""
+def burn_cpu_in_profile_test(seconds: float, stop: threading.Event | None = None) -> int:
+    """The hot function the profiles must find; it burns for ``seconds``, or until ``stop`` is set."""
     end = time.monotonic() + seconds
     n = 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and not (stop is not None and stop.is_set()):
         for i in range(200):  # inline, so this function is the leaf frame
             n += i * i
     return n
@@ -126,11 +126,17 @@ def test_profile_cpu_samples_without_blocking_the_loop() -> None:
                 await asyncio.sleep(0.01)
 
         ticker = asyncio.create_task(tick())
+        sampled = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # It burns until the sampling is over: on a loaded host a fixed burn ended inside the window,
+            # and the CPU it had used was counted on the stack the next sample saw (its hand-back).
             burning = asyncio.get_running_loop().run_in_executor(
-                pool, burn_cpu_in_profile_test, 0.6
+                pool, burn_cpu_in_profile_test, 30, sampled
             )
-            samples = await profile_cpu(0.3)
+            try:
+                samples = await profile_cpu(0.3)
+            finally:
+                sampled.set()
             await burning
         ticker.cancel()
         return samples, ticks
