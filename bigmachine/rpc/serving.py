@@ -171,7 +171,7 @@ class ServerConnection:
             if self._request is None and not self.busy:
                 return False  # idle past the server's bound: the client reconnects when it needs to
             raise TimeoutError(f"nothing read for {self.server.idle_timeout:g} s in the middle of a request") from None
-        except ConnectionResetError as exc:  # in the middle of a frame
+        except ConnectionResetError as exc:  # reset by the caller, or closed in the middle of a frame
             raise _HungUp(str(exc)) from None
         if frames is not None:
             self._take_frames(frames)
