@@ -9,27 +9,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from served import Gate, Served
+from served import Gate, Served, contexts
 
-from bigmachine import tls
 from bigmachine.rpc.server import Registry, RpcServer
 from bigmachine.rpc.slots import ServiceSlots
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    authority = tls.Authority("rpc-tests")
-    server_dir = authority.issue(["127.0.0.1"], common_name="server").write(tmp_path / "server")
-    client_dir = authority.issue(["127.0.0.1"], common_name="client").write(tmp_path / "client")
+    server_context, client_context = contexts(tmp_path)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="rpc-test-loop", daemon=True)
     thread.start()
     registry = Registry()
     gate = Gate()
     registry.add("Gate", gate)
-    server = RpcServer(registry, tls.server_context(server_dir), loop, slots=ServiceSlots(1), idle_timeout=30)
+    server = RpcServer(registry, server_context, loop, slots=ServiceSlots(1), idle_timeout=30)
     listener = socket.create_server(("127.0.0.1", 0))
-    served = Served(server, listener.getsockname()[1], tls.client_context(client_dir), gate)
+    served = Served(server, listener.getsockname()[1], client_context, gate)
     served.on_loop(server.serve, listener)
     try:
         yield served

@@ -8,8 +8,10 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from bigmachine import tls
 from bigmachine.rpc.client import SyncPool
 from bigmachine.rpc.server import RpcServer
 
@@ -73,6 +75,14 @@ class Served:
 
         self.server.loop.call_soon_threadsafe(run)
         assert done.wait(10)
+
+
+def contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server's and a client's TLS contexts, their certificates issued by one new authority for 127.0.0.1."""
+    authority = tls.Authority("rpc-tests")
+    server_dir = authority.issue(["127.0.0.1"], common_name="server").write(tmp_path / "server")
+    client_dir = authority.issue(["127.0.0.1"], common_name="client").write(tmp_path / "client")
+    return tls.server_context(server_dir), tls.client_context(client_dir)
 
 
 def eventually(check: Any, timeout: float = 10.0) -> None:

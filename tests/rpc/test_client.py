@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from served import Served
+from served import Served, contexts
 from test_chunked import chunked_body, stream_of
 
-from bigmachine import tls
 from bigmachine.rpc import buffers, calls, codec, wire
 from bigmachine.rpc.client import AsyncPool, SyncPool
 from bigmachine.rpc.deadlines import deadline_after
@@ -72,9 +71,7 @@ def test_a_streamed_reply_dropped_half_way_closes_its_connection(served: Served)
 def test_an_async_call_cancelled_mid_handshake_lets_the_handshake_finish_then_closes(tmp_path: Path) -> None:
     """Cut short by a cancel, a handshake made uvloop log "Fatal error on SSL protocol" (seen in CI); it is
     now left to finish, and the connection nobody wants is closed then, its slot of the budget free."""
-    authority = tls.Authority("rpc-tests")
-    server_dir = authority.issue(["127.0.0.1"], common_name="server").write(tmp_path / "server")
-    client_dir = authority.issue(["127.0.0.1"], common_name="client").write(tmp_path / "client")
+    server_context, client_context = contexts(tmp_path)
     listener = socket.create_server(("127.0.0.1", 0))
     accepted = threading.Event()
     seen: list[object] = []
@@ -85,7 +82,7 @@ def test_an_async_call_cancelled_mid_handshake_lets_the_handshake_finish_then_cl
         time.sleep(0.5)  # the client's call is cancelled meanwhile
         raw.settimeout(10)
         try:
-            with tls.server_context(server_dir).wrap_socket(raw, server_side=True) as sock:
+            with server_context.wrap_socket(raw, server_side=True) as sock:
                 seen.append("handshake done")
                 seen.append(sock.recv(1))  # b"": the client closes the connection it no longer wants
         except (OSError, ssl.SSLError) as exc:
@@ -93,7 +90,7 @@ def test_an_async_call_cancelled_mid_handshake_lets_the_handshake_finish_then_cl
 
     server = threading.Thread(target=slow_server, daemon=True)
     server.start()
-    pool = AsyncPool("127.0.0.1", listener.getsockname()[1], tls.client_context(client_dir), "127.0.0.1")
+    pool = AsyncPool("127.0.0.1", listener.getsockname()[1], client_context, "127.0.0.1")
 
     async def main() -> None:
         call = asyncio.ensure_future(pool.call(calls.encode_call(b"h", "Gate.echo", (1,), {}), deadline_after(20)))
@@ -115,15 +112,13 @@ def test_an_async_call_cancelled_mid_handshake_lets_the_handshake_finish_then_cl
 
 def _pieces_server(tmp_path: Path, pieces: list[bytes]) -> tuple[socket.socket, ssl.SSLContext, threading.Thread]:
     """A TLS server that answers one connection's first request with ``pieces``, each a write of its own."""
-    authority = tls.Authority("rpc-tests")
-    server_dir = authority.issue(["127.0.0.1"], common_name="server").write(tmp_path / "server")
-    client_dir = authority.issue(["127.0.0.1"], common_name="client").write(tmp_path / "client")
+    server_context, client_context = contexts(tmp_path)
     listener = socket.create_server(("127.0.0.1", 0))
 
     def answer() -> None:
         raw, _ = listener.accept()
         raw.settimeout(10)
-        with tls.server_context(server_dir).wrap_socket(raw, server_side=True) as sock:
+        with server_context.wrap_socket(raw, server_side=True) as sock:
             request = b""
             while b"\r\n\r\n" not in request:
                 request += sock.recv(65536)
@@ -133,7 +128,7 @@ def _pieces_server(tmp_path: Path, pieces: list[bytes]) -> tuple[socket.socket, 
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    return listener, tls.client_context(client_dir), thread
+    return listener, client_context, thread
 
 
 @pytest.mark.parametrize("cut", [0, 1, 2, 3, 20])
