@@ -245,6 +245,29 @@ def test_environment_and_argv_reach_machines(machines: list[bigmachine.Machine])
     assert machines[0].call("Echo.argv") == sys.argv
 
 
+def _thread_policies(pid: int) -> set[int]:
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_machine_threads_run_as_batch_work(machines: list[bigmachine.Machine]) -> None:
+    machine = machines[0]
+    assert machine.call("Echo.thread_name") != threading.current_thread().name  # a connection's thread exists
+    assert _thread_policies(machine.call("Echo.pid")) == {os.SCHED_BATCH}
+    assert _thread_policies(os.getpid()) == {os.SCHED_OTHER}  # the driver's are its own business
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_a_machine_can_opt_out_of_batch_scheduling(local_session: bigmachine.B) -> None:
+    [machine] = local_session.start(1, bigmachine.Services(Echo=Echo()),
+                                    bigmachine.Environ({"BIGMACHINE_SCHEDULING": "normal"}))
+    try:
+        assert machine.wait(RUNNING, timeout=60) == RUNNING
+        assert _thread_policies(machine.call("Echo.pid")) == {os.SCHED_OTHER}
+    finally:
+        machine.cancel()
+
+
 def test_services_call_each_other(machines: list[bigmachine.Machine]) -> None:
     first, second = machines
     assert first.call("Peer.driver_flag") is False

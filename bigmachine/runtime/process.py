@@ -17,11 +17,15 @@ import threading
 
 from .spec import EXIT_OUT_OF_MEMORY, LaunchSpec
 
-__all__ = ["die_with_parent", "main", "run"]
+__all__ = ["SCHEDULING", "die_with_parent", "main", "run", "schedule_as_batch"]
 
 logger = logging.getLogger("bigmachine.machine")
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+#: The environment variable that picks how the kernel schedules a machine's threads: "batch" (the default)
+#: or "normal" (docs/api.md, "Scheduling").
+SCHEDULING = "BIGMACHINE_SCHEDULING"
 
 
 def main() -> None:
@@ -31,6 +35,7 @@ def main() -> None:
 def run(spec: LaunchSpec) -> None:
     """Serves as the machine ``spec`` describes until it exits (a fresh process, or a fork of the fork server)."""
     die_with_parent(spec.parent)
+    schedule_as_batch(os.environ.get(SCHEDULING, "batch"))
     # Made before the limit applies: past a MemoryError under it, even this line may not be allocated.
     starving = (b"out of memory: MemoryError while the machine was starting; address-space limit %d MiB\n"
                 % ((spec.memory_limit or 0) >> 20))
@@ -60,6 +65,25 @@ def die_with_parent(parent: int | None) -> None:
     if os.getppid() != parent:  # the parent ended before the prctl took hold: it will never fire
         os.write(2, b"machine exiting: its parent (pid %d) ended before the machine started\n" % parent)
         os._exit(0)
+
+
+def schedule_as_batch(policy: str) -> None:
+    """Runs this thread, and every thread and process it starts later, as batch work (``SCHED_BATCH``),
+    unless ``policy`` is "normal".
+
+    A batch thread that wakes never preempts the thread running on its CPU; it waits for that
+    thread's time slice (a few ms at most). Under load, the thread a request wakes would
+    mostly preempt the one holding the GIL, only to wait for it, or preempt the driver on a
+    shared host in the middle of sending more calls. Fairness and priority stay as they were.
+    """
+    if policy == "normal":
+        return
+    if policy != "batch":
+        logger.warning("%s=%r is neither 'batch' nor 'normal': scheduling as batch work", SCHEDULING, policy)
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux, or refused: the machine runs as normal work
+        logger.debug("SCHED_BATCH not set: %s", exc)
 
 
 def _serve(spec: LaunchSpec) -> None:
