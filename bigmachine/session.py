@@ -63,20 +63,24 @@ class B:
         self._init_state(system, f"{name or 'bigmachine'}-{secrets.token_hex(4)}", is_driver=True,
                          liveness=system.liveness, max_connections=system.max_connections)
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # 0700
+        initialized = False  # the system's init ran: a failure after it shuts the system down too
         try:
-            self.authority = tls.Authority(self.name)
-            hosts = ["127.0.0.1", "localhost", socket.gethostname()]
-            self.authority.issue(hosts, common_name="driver").write(self.tmpdir / "driver")
-            self.client_context = tls.client_context(self.tmpdir / "driver")
             self.loop = new_loop()
             self._soon = LoopQueue(self.loop)
             self._thread = threading.Thread(target=self._run_loop, name="bigmachine-loop", daemon=True)
             self._thread.start()
             self.loop.call_soon_threadsafe(self._spawn, self._sweep_idle())
-            system.init(self)
+            system.init(self)  # before the certificates: what it starts (Local's fork server) boots meanwhile
+            initialized = True
+            self.authority = tls.Authority(self.name)
+            hosts = ["127.0.0.1", "localhost", socket.gethostname()]
+            self.authority.issue(hosts, common_name="driver").write(self.tmpdir / "driver")
+            self.client_context = tls.client_context(self.tmpdir / "driver")
             atexit.register(self.shutdown)  # a driver that forgets shutdown still leaves nothing behind
         except BaseException:
             if getattr(self, "_thread", None) is not None and self._thread.is_alive():
+                if initialized:
+                    asyncio.run_coroutine_threadsafe(system.shutdown(), self.loop).result(_EXECUTOR_GRACE)
                 asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(_EXECUTOR_GRACE)
             self._stop_loop()
             shutil.rmtree(self.tmpdir, ignore_errors=True)

@@ -144,3 +144,24 @@ def test_a_local_shared_by_two_sessions_forks_each_sessions_machines_from_its_ow
             assert early.call("Probe.ids")[0] != late.call("Probe.ids")[0]
         time.sleep(0.5)  # what ended with the first session has ended by now
         assert late.state == RUNNING and late.call("Probe.pid", timeout=10) > 0
+
+
+def test_the_fork_server_starts_with_the_session_before_any_machine() -> None:
+    """Started ahead, it boots while the session makes its certificates: a first ``b.start`` only forks."""
+    with bigmachine.start(Local()) as b:
+        deadline = time.monotonic() + 10
+        while not [p for p in psutil.Process().children() if "--fork-server" in p.cmdline()]:
+            assert time.monotonic() < deadline, "no fork server started with the session"
+            time.sleep(0.01)
+        server = _fork_server()
+        (machine,) = _start(b, 1)
+        assert machine.call("Probe.ids")[0] == server.pid
+    assert _gone(server.pid, 10), "the fork server outlived its session"
+
+
+def test_a_local_with_a_memory_limit_starts_no_fork_server() -> None:
+    """Its machines start as fresh processes (the limit applies from their start): a server would be wasted."""
+    with bigmachine.start(Local(memory_limit="1G")) as b:
+        (machine,) = _start(b, 1)  # b.start runs on the loop after whatever the session's start queued there
+        assert machine.call("Probe.ids")[0] == os.getpid()
+        assert not [p for p in psutil.Process().children() if "--fork-server" in p.cmdline()]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import threading
 from typing import Any
+
+import psutil
+import pytest
 
 import bigmachine
 from bigmachine import RUNNING, STOPPED
+from bigmachine import tls
 from bigmachine.errors import Error
-from bigmachine.systems import System
+from bigmachine.systems import Local, System
 
 
 class Echo:
@@ -70,3 +77,19 @@ def test_a_machine_sees_the_drivers_system_as_a_system_of_that_name(testing_sess
                                         "repr": driver.name, "keepalive_timeout": driver.keepalive_timeout}
     assert "machines cannot start machines on the driver's testing system" in m.call("Probe.launch")
 
+
+
+
+def test_a_session_that_fails_after_its_system_started_leaves_nothing(monkeypatch: Any, tmp_path: Any) -> None:
+    """Local starts its fork server before the session makes its certificates; a failure there ends it too."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no certificates today")
+
+    threads = set(threading.enumerate())
+    monkeypatch.setattr(tls, "Authority", refuse)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(RuntimeError, match="no certificates today"):
+        bigmachine.start(Local())
+    assert not [p for p in psutil.Process().children() if "--fork-server" in p.cmdline()], "the fork server is left"
+    assert [t for t in threading.enumerate() if t not in threads] == []  # the session's loop thread ended
+    assert os.listdir(tmp_path) == []  # and its temporary directory is gone

@@ -56,6 +56,18 @@ class Local(System):
     def __repr__(self) -> str:
         return "Local()" if self.memory_limit is None else f"Local(memory_limit={self.memory_limit})"
 
+    def init(self, session: B) -> None:
+        """Starts the session's fork server now, on its loop, so that it boots while the session makes its
+        certificates and the program goes on to ``b.start``: most of a first start is that boot."""
+        if self.memory_limit is None:  # machines with a limit start as fresh processes: no server to warm
+            session.call_soon(self._warm_fork_server)
+
+    def _warm_fork_server(self) -> None:
+        try:
+            self._fork_server(_server_environment())
+        except Exception as exc:  # the first launch tries again, and reports what stops it
+            logger.debug("the fork server did not start ahead of the first launch: %s", exc)
+
     async def launch(self, session: B, machines: list[Machine], environ: dict[str, str]) -> list[Instance | BaseException]:
         if self._janitor is None:
             self._janitor = Janitor()
@@ -139,11 +151,16 @@ class Local(System):
         loop = asyncio.get_running_loop()
         forks = self._forks.get(loop)
         if forks is None:
-            server_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            server_env = _server_environment()
             if start_key(server_env, os.getcwd()) != key:
                 return None
             forks = self._forks[loop] = ForkServer(server_env)
         return forks if forks.alive and forks.key == key else None
+
+
+def _server_environment() -> dict[str, str]:
+    """The environment of the fork server: the driver's, as it is when the server starts."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 class MachineProcess(Protocol):
