@@ -165,3 +165,18 @@ def test_a_local_with_a_memory_limit_starts_no_fork_server() -> None:
         (machine,) = _start(b, 1)  # b.start runs on the loop after whatever the session's start queued there
         assert machine.call("Probe.ids")[0] == os.getpid()
         assert not [p for p in psutil.Process().children() if "--fork-server" in p.cmdline()]
+
+
+def test_a_fork_server_with_no_machines_is_killed_at_shutdown_not_waited_for() -> None:
+    """One still booting would see its socket close only after its imports: nothing of its needs winding down."""
+    local = Local()
+    b = bigmachine.start(local)
+    try:
+        deadline = time.monotonic() + 10
+        while b.loop not in local._forks:
+            assert time.monotonic() < deadline, "no fork server started with the session"
+            time.sleep(0.01)
+        server = local._forks[b.loop].process
+    finally:
+        b.shutdown()
+    assert server.returncode == -signal.SIGKILL

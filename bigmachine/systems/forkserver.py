@@ -174,5 +174,8 @@ class ForkServer:
     async def aclose(self) -> None:
         """Closes the socket (the server exits, and with it any machine left) and waits for it to end."""
         if self.alive:
+            idle = not self._children and not self._requests
             self._lost()
+            if idle:  # nothing of its to wind down; one still booting would see the close only after its imports
+                self.process.kill()
         await reap(self.process, _CLOSE_TIMEOUT)
