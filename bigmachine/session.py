@@ -298,12 +298,15 @@ class B:
         for machine in self.machines():
             machine.stop(MachineStopped(f"session {self.name} was shut down", machine=machine.addr))
         await asyncio.gather(*(i.kill() for i in self._instances.values()), return_exceptions=True)
-        await self.system.shutdown()
-        await _cancel_other_tasks()
-        try:  # the loop's default executor (asyncio.to_thread: streamed arguments read off the loop)
-            await asyncio.wait_for(asyncio.get_running_loop().shutdown_default_executor(), _EXECUTOR_GRACE)
-        except TimeoutError:
-            logger.warning("session %s: a thread of its event loop's executor is still busy; leaving it", self.name)
+        try:
+            await self.system.shutdown()
+        finally:  # a system that fails to shut down is reported once the session's own ends are freed too
+            await _cancel_other_tasks()
+            try:  # the loop's default executor (asyncio.to_thread: streamed arguments read off the loop)
+                await asyncio.wait_for(asyncio.get_running_loop().shutdown_default_executor(), _EXECUTOR_GRACE)
+            except TimeoutError:
+                logger.warning("session %s: a thread of its event loop's executor is still busy; leaving it",
+                               self.name)
 
     def _close_pools(self) -> None:
         for machine in self.machines():

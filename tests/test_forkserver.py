@@ -21,6 +21,7 @@ import pytest
 import bigmachine
 from bigmachine import RUNNING, STOPPED
 from bigmachine.systems import Local
+from bigmachine.systems.forkserver import ForkServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -180,3 +181,35 @@ def test_a_fork_server_with_no_machines_is_killed_at_shutdown_not_waited_for() -
     finally:
         b.shutdown()
     assert server.returncode == -signal.SIGKILL
+
+
+def test_shutdown_after_the_fork_server_was_reaped_elsewhere_ends_cleanly() -> None:
+    """``Popen.kill`` and ``poll`` reap a server that has just exited: no pidfd can be opened for it after."""
+    local = Local()
+    with bigmachine.start(local) as b:
+        deadline = time.monotonic() + 10
+        while b.loop not in local._forks:
+            assert time.monotonic() < deadline, "no fork server started with the session"
+            time.sleep(0.01)
+        server = local._forks[b.loop].process
+        server.kill()
+        server.wait()  # reaped here, before the session's shutdown closes it
+    assert server.returncode == -signal.SIGKILL
+
+
+def test_a_fork_server_that_fails_to_close_still_lets_the_session_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure is the caller's to see, once the janitor and the session's loop have ended too."""
+    async def fail(self: ForkServer) -> None:
+        self.process.kill()
+        self.process.wait()
+        raise RuntimeError("the fork server would not close")
+
+    before = {p.pid for p in psutil.Process().children()}
+    b = bigmachine.start(Local())
+    _start(b, 1)
+    monkeypatch.setattr(ForkServer, "aclose", fail)
+    with pytest.raises(RuntimeError, match="would not close"):
+        b.shutdown()
+    left = [p for p in psutil.Process().children() if p.pid not in before]
+    assert not left, f"the janitor (or another child) outlived a failed shutdown: {left}"
+    assert not b._thread.is_alive() and not b.tmpdir.exists()

@@ -95,11 +95,14 @@ def _serve(spec: LaunchSpec) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:
+        import uvloop
+
         from .server import MachineServer
-    except SystemError as exc:
+    except (SystemError, ImportError) as exc:
         if spec.memory_limit is None:
             raise
-        # A C extension that cannot allocate under the limit may say so this way instead of MemoryError.
+        # Under the limit, a C extension that cannot allocate may say so with SystemError, and a shared object
+        # that cannot be mapped with ImportError ("failed to map segment"), instead of MemoryError.
         raise MemoryError(f"importing the machine's server failed: {exc}") from exc
 
     def exit_now(reason: str, code: int = 0) -> None:
@@ -115,8 +118,6 @@ def _serve(spec: LaunchSpec) -> None:
         os.close(report_fd)
         await server.serve_until_exit()
         return server.stopped_by
-
-    import uvloop
 
     stopped_by = uvloop.run(serve())
     if stopped_by is not None:  # end as the signal would have ended us: the driver sees it in the exit status

@@ -174,8 +174,7 @@ class ForkServer:
     async def aclose(self) -> None:
         """Closes the socket (the server exits, and with it any machine left) and waits for it to end."""
         if self.alive:
-            idle = not self._children and not self._requests
+            if not self._children and not self._requests:  # nothing of its to wind down; one still booting
+                self.process.kill()  # would see the close only after its imports
             self._lost()
-            if idle:  # nothing of its to wind down; one still booting would see the close only after its imports
-                self.process.kill()
         await reap(self.process, _CLOSE_TIMEOUT)

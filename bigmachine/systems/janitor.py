@@ -126,6 +126,8 @@ class Janitor:
 
 async def reap(process: subprocess.Popen[bytes], timeout: float) -> None:
     """Waits, on the loop, for a child told to exit to do so; SIGKILLs it after ``timeout`` seconds."""
+    if process.poll() is not None:  # reaped already (Popen.kill polls first): no pidfd can be opened for it
+        return
     loop = asyncio.get_running_loop()
     pidfd = os.pidfd_open(process.pid)
     exited: asyncio.Future[None] = loop.create_future()

@@ -77,12 +77,14 @@ class Local(System):
     async def shutdown(self) -> None:
         """Stops the session's fork server, the janitor once no machine is left, and lets forwarded output finish."""
         forks = self._forks.pop(asyncio.get_running_loop(), None)  # its machines, this session's, are stopped
-        if forks is not None:
-            await forks.aclose()
-        janitor = self._janitor
-        if janitor is not None and not janitor.watching:
-            self._janitor = None
-            await janitor.aclose()
+        try:
+            if forks is not None:
+                await forks.aclose()
+        finally:  # whatever closing the server raised, the janitor ends too
+            janitor = self._janitor
+            if janitor is not None and not janitor.watching:
+                self._janitor = None
+                await janitor.aclose()
         await output.drained(_OUTPUT_GRACE)
 
     async def _launch_one(self, session: B, machine: Machine, environ: dict[str, str], janitor: Janitor) -> Instance:

@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from services import Hog, Work
@@ -105,6 +106,21 @@ def test_memory_limit_too_small_to_start_is_out_of_memory(monkeypatch: pytest.Mo
         assert time.monotonic() - begun < FAST
         assert isinstance(m.err, bigmachine.OutOfMemory), repr(m.err)
         assert "MemoryError" in str(m.err) and "20 MiB" in str(m.err), str(m.err)
+
+
+def test_a_shared_object_not_mapped_under_the_limit_is_out_of_memory(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """Under an address-space cap, loading a C extension fails with ImportError ("failed to map segment"),
+    not MemoryError: seen with uvloop's. A stand-in uvloop fails the same way here, whatever the limit."""
+    monkeypatch.setattr(MemoryCgroup, "create", classmethod(lambda cls, name, limit: None))
+    (tmp_path / "uvloop").mkdir()
+    (tmp_path / "uvloop" / "__init__.py").write_text(
+        'raise ImportError("uvloop/loop.so: failed to map segment from shared object")\n')
+    with bigmachine.start(Local(memory_limit="1G", start_timeout=30)) as b:
+        (m,) = b.start(1, bigmachine.Services(Work=Work()), bigmachine.Environ({"PYTHONPATH": str(tmp_path)}))
+        assert m.wait(RUNNING, timeout=35) == STOPPED
+        assert isinstance(m.err, bigmachine.OutOfMemory), repr(m.err)
+        assert "MemoryError" in str(m.err) and "1024 MiB" in str(m.err), str(m.err)
 
 
 # ------------------------------------------------------------------ the kernel log
