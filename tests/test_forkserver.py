@@ -149,15 +149,21 @@ def test_a_local_shared_by_two_sessions_forks_each_sessions_machines_from_its_ow
 
 def test_the_fork_server_starts_with_the_session_before_any_machine() -> None:
     """Started ahead, it boots while the session makes its certificates: a first ``b.start`` only forks."""
-    with bigmachine.start(Local()) as b:
-        deadline = time.monotonic() + 10
-        while not [p for p in psutil.Process().children() if "--fork-server" in p.cmdline()]:
-            assert time.monotonic() < deadline, "no fork server started with the session"
-            time.sleep(0.01)
-        server = _fork_server()
+    local = Local()
+    with bigmachine.start(local) as b:
+        server = _started_server(local, b)
         (machine,) = _start(b, 1)
         assert machine.call("Probe.ids")[0] == server.pid
     assert _gone(server.pid, 10), "the fork server outlived its session"
+
+
+def _started_server(local: Local, b: bigmachine.B) -> subprocess.Popen[bytes]:
+    """The fork server ``local`` starts for session ``b`` (queued on its loop when the session starts)."""
+    deadline = time.monotonic() + 10
+    while b.loop not in local._forks:
+        assert time.monotonic() < deadline, "no fork server started with the session"
+        time.sleep(0.01)
+    return local._forks[b.loop].process
 
 
 def test_a_local_with_a_memory_limit_starts_no_fork_server() -> None:
@@ -173,11 +179,7 @@ def test_a_fork_server_with_no_machines_is_killed_at_shutdown_not_waited_for() -
     local = Local()
     b = bigmachine.start(local)
     try:
-        deadline = time.monotonic() + 10
-        while b.loop not in local._forks:
-            assert time.monotonic() < deadline, "no fork server started with the session"
-            time.sleep(0.01)
-        server = local._forks[b.loop].process
+        server = _started_server(local, b)
     finally:
         b.shutdown()
     assert server.returncode == -signal.SIGKILL
@@ -187,11 +189,7 @@ def test_shutdown_after_the_fork_server_was_reaped_elsewhere_ends_cleanly() -> N
     """``Popen.kill`` and ``poll`` reap a server that has just exited: no pidfd can be opened for it after."""
     local = Local()
     with bigmachine.start(local) as b:
-        deadline = time.monotonic() + 10
-        while b.loop not in local._forks:
-            assert time.monotonic() < deadline, "no fork server started with the session"
-            time.sleep(0.01)
-        server = local._forks[b.loop].process
+        server = _started_server(local, b)
         server.kill()
         server.wait()  # reaped here, before the session's shutdown closes it
     assert server.returncode == -signal.SIGKILL
