@@ -364,7 +364,8 @@ class Machine:
     async def acall(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """The async twin of ``call``, from any event loop; a streamed reply is an async iterator."""
         loop = self._session.loop
-        if asyncio.get_running_loop() is loop:
+        if self._session.on_loop_thread():  # so the running loop is the session's
+
             deadline = deadline_after(timeout)
             await self._await_running(deadline)
             request = calls.encode_call(self._host_header, method, args, kwargs)

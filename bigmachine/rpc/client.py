@@ -67,6 +67,7 @@ class AsyncConnection(asyncio.Protocol):
         self._pool = pool
         self._reader = MessageReader(ResponseParser(self))
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by connection_made
         self._waiter: asyncio.Future[Response] | None = None
         self._stream: AsyncReplyStream | None = None
         self.reply_stream: AsyncReplyStream | None = None
@@ -80,6 +81,7 @@ class AsyncConnection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()  # once: asking per request costs a getpid system call
         _nodelay(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
@@ -106,7 +108,7 @@ class AsyncConnection(asyncio.Protocol):
             self.pump.cancel()
 
     def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self._loop.create_future()
 
     def resume_writing(self) -> None:
         if self._drain is not None and not self._drain.done():
@@ -152,7 +154,7 @@ class AsyncConnection(asyncio.Protocol):
     def send(self, data: bytes | tuple[bytes, ...], *, complete: bool = True) -> asyncio.Future[Response]:
         """Writes a request (or, ``complete=False``, the start of one); the future is its response."""
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         self._reader.parser.expect()
         self._reader.start()
         self._request_done = complete
@@ -313,7 +315,8 @@ class AsyncPool(_Counted):
         """An idle connection, or a new one once the budget allows (waiting meanwhile)."""
         if self._closed is not None:
             raise self._closed
-        self._loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         while self._idle:
             conn = self._idle.pop()
             if conn.lost is None:
