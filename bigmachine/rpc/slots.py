@@ -21,14 +21,15 @@ class ServiceSlots:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._free = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # taken directly where nobody need wait: no Python-level Condition calls
+        self._free = threading.Condition(self._lock)
         self.queued = 0
         self.running = 0
         self._closed = False
 
     def acquire(self, abandoned: Callable[[], bool]) -> bool:
         """Takes a slot, waiting in turn; False if ``abandoned()`` turns true or the machine closes first."""
-        with self._free:
+        with self._lock:
             if self.running < self._limit and not self.queued and not self._closed:
                 self.running += 1
                 return True
@@ -46,9 +47,10 @@ class ServiceSlots:
                 self.queued -= 1
 
     def release(self) -> None:
-        with self._free:
+        with self._lock:
             self.running -= 1
-            self._free.notify()
+            if self.queued:
+                self._free.notify()
 
     def load(self) -> dict[str, int]:
         """Calls queued and running now, and the most that run at once."""

@@ -355,12 +355,13 @@ def raise_error(payload: bytes, machine: str) -> NoReturn:
 
 
 _WHOLE = (bytes, bytearray, memoryview, str, list, tuple, dict, set, frozenset)
+_SCALARS = frozenset({int, float, bool, complex, type(None)})  # exact types: a subclass may be an iterator too
 
 
 def is_stream(value: Any) -> bool:
     """Whether a result (or argument) goes as a stream of frames: an iterator or async iterator, not a
     collection. A binary file argument is streamed too (``calls``)."""
-    if isinstance(value, _WHOLE):
+    if type(value) in _SCALARS or isinstance(value, _WHOLE):  # the common results, told without the ABCs' checks
         return False
     return isinstance(value, (collections.abc.Iterator, collections.abc.AsyncIterator))
 
