@@ -226,6 +226,21 @@ def test_iterators_stream_and_collections_go_whole() -> None:
     asyncio.run(agen.aclose())
 
 
+class _CountingInt(int):
+    """A number that is also an iterator: told by its methods, not by being an int."""
+
+    def __iter__(self) -> _CountingInt:
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+
+def test_scalars_go_whole_by_their_exact_type_and_an_iterating_subclass_still_streams() -> None:
+    assert not any(wire.is_stream(v) for v in (0, 1.5, True, 2j, None))
+    assert wire.is_stream(_CountingInt(3))
+
+
 def test_a_fresh_buffer_is_writable_and_becomes_the_bytes_it_was_filled_with() -> None:
     for size in (10, buffers.PREFAULT_FROM + 12_345):  # below and past the size whose pages are made up front
         value, view = buffers.fresh_bytes(size)
