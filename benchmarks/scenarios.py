@@ -25,6 +25,7 @@ from .bulk import bulk
 from .cpu_per_call import cpu_per_call
 from .harness import Config, Scenario, cluster, error_row, measurement, temp_path, timed
 from .measure import MIB, Measurement, descendants, percentile, rss
+from .call_ceiling import call_ceiling
 from .tls_ceiling import TLS_FLOOR, tls_ceiling
 from .workload import sample
 
@@ -330,12 +331,14 @@ SCENARIOS = {
         Scenario("cpu_per_call", "3. CPU per small sync call, driver and machine, from process CPU times",
                  cpu_per_call),
         Scenario("throughput", "4. Call throughput: 64 calls in flight across 2 workers", throughput),
-        Scenario("tls_ceiling", "5. TLS ceiling: one way over loopback TLS 1.3, recv_into a preallocated buffer",
+        Scenario("call_ceiling", "5. Call ceiling: echo(1)'s bytes over loopback TLS, 64 in flight on 2 servers, "
+                 "a thread per connection, no parsing", call_ceiling, once_as=TLS_FLOOR),
+        Scenario("tls_ceiling", "6. TLS ceiling: one way over loopback TLS 1.3, recv_into a preallocated buffer",
                  tls_ceiling, once_as=TLS_FLOOR),
-        Scenario("bulk", "6. Bulk transfer: an argument up and a reply down, 64 and 256 MiB, one worker", bulk),
-        Scenario("bigpi", "7. bigpi: parallel efficiency on 2 workers", bigpi),
-        Scenario("scale", "8. Scale: start 16 workers on 2 cores; idle RSS", scale),
-        Scenario("profiling", "9. Profiling cost: call latency during a merged CPU profile",
+        Scenario("bulk", "7. Bulk transfer: an argument up and a reply down, 64 and 256 MiB, one worker", bulk),
+        Scenario("bigpi", "8. bigpi: parallel efficiency on 2 workers", bigpi),
+        Scenario("scale", "9. Scale: start 16 workers on 2 cores; idle RSS", scale),
+        Scenario("profiling", "10. Profiling cost: call latency during a merged CPU profile",
                  profiling, only=("bigmachine",)),
     ]
 }

@@ -31,11 +31,11 @@ from bigmachine.tls import Authority, client_context, server_context
 from .harness import MB, Config, measurement, size_label, timed
 from .measure import MIB, Measurement
 
-__all__ = ["TLS_FLOOR", "tls_ceiling"]
+__all__ = ["HOST", "TLS_FLOOR", "certificates", "tls_ceiling"]
 
 #: The backend label of its rows.
 TLS_FLOOR = "tls (floor)"
-_HOST = "127.0.0.1"
+HOST = "127.0.0.1"
 _HEADER = struct.Struct("!Q?")  # payload length (0 ends the receiver), and whether it goes into fresh memory
 _DEADLINE = 120.0  # seconds any one wait may take
 
@@ -43,7 +43,7 @@ _DEADLINE = 120.0  # seconds any one wait may take
 def tls_ceiling(name: str, cfg: Config) -> list[Measurement]:
     """MB/s one way for each payload size, the median over cfg.repeat after a warm-up."""
     out = []
-    with _certificates() as certs, _receiver(certs) as port, _connect(certs, port) as tls:
+    with certificates() as certs, _receiver(certs) as port, _connect(certs, port) as tls:
         for size in cfg.bulk_sizes:
             payload = memoryview(b"\xa5" * size)
             _send(tls, payload, False)  # warm-up: the receiver touches its buffer
@@ -65,10 +65,10 @@ def _send(tls: ssl.SSLSocket, payload: memoryview, fresh: bool) -> None:
 
 
 @contextlib.contextmanager
-def _certificates() -> Iterator[str]:
+def certificates() -> Iterator[str]:
     """A directory holding a throwaway authority's certificate and a leaf for 127.0.0.1."""
     with tempfile.TemporaryDirectory(prefix="bigmachine-bench-tls-") as directory:
-        Authority("bench").issue([_HOST]).write(directory)
+        Authority("bench").issue([HOST]).write(directory)
         yield directory
 
 
@@ -93,15 +93,15 @@ def _receiver(certs: str) -> Iterator[int]:
 
 @contextlib.contextmanager
 def _connect(certs: str, port: int) -> Iterator[ssl.SSLSocket]:
-    raw = socket.create_connection((_HOST, port), timeout=_DEADLINE)
+    raw = socket.create_connection((HOST, port), timeout=_DEADLINE)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    with client_context(certs).wrap_socket(raw, server_hostname=_HOST) as tls:
+    with client_context(certs).wrap_socket(raw, server_hostname=HOST) as tls:
         yield tls
 
 
 def _receive(certs: str, parent: multiprocessing.connection.Connection) -> None:
     """The receiver: accepts one connection, then reads payloads into one reused buffer until told to stop."""
-    with socket.create_server((_HOST, 0)) as listener:
+    with socket.create_server((HOST, 0)) as listener:
         parent.send(listener.getsockname()[1])
         listener.settimeout(_DEADLINE)
         raw, _ = listener.accept()
