@@ -22,10 +22,10 @@ from typing import Any
 
 from .backends import Backend, Unsupported, load
 from .bulk import bulk
+from .call_ceiling import call_ceiling
 from .cpu_per_call import cpu_per_call
 from .harness import Config, Scenario, cluster, error_row, measurement, temp_path, timed
 from .measure import MIB, Measurement, descendants, percentile, rss
-from .call_ceiling import call_ceiling
 from .tls_ceiling import TLS_FLOOR, tls_ceiling
 from .workload import sample
 

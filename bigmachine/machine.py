@@ -365,7 +365,6 @@ class Machine:
         """The async twin of ``call``, from any event loop; a streamed reply is an async iterator."""
         loop = self._session.loop
         if self._session.on_loop_thread():  # so the running loop is the session's
-
             deadline = deadline_after(timeout)
             await self._await_running(deadline)
             request = calls.encode_call(self._host_header, method, args, kwargs)

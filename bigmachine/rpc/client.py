@@ -67,7 +67,7 @@ class AsyncConnection(asyncio.Protocol):
         self._pool = pool
         self._reader = MessageReader(ResponseParser(self))
         self.transport: asyncio.Transport | None = None
-        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by connection_made
+        self._loop = asyncio.get_running_loop()  # once: asking per request costs a getpid system call
         self._waiter: asyncio.Future[Response] | None = None
         self._stream: AsyncReplyStream | None = None
         self.reply_stream: AsyncReplyStream | None = None
@@ -81,7 +81,6 @@ class AsyncConnection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._loop = asyncio.get_running_loop()  # once: asking per request costs a getpid system call
         _nodelay(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
