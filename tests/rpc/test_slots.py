@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+from served import eventually
 
 from bigmachine.rpc import slots
 from bigmachine.rpc.slots import ServiceSlots
 
 
 def _queued(s: ServiceSlots, n: int) -> None:
-    deadline = time.monotonic() + 10
-    while s.load()["queued"] != n:
-        assert time.monotonic() < deadline, f"never {n} queued: {s.load()}"
-        time.sleep(0.001)
+    eventually(lambda: s.load()["queued"] == n)
 
 
 def test_a_release_wakes_the_queued_call_not_its_periodic_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
