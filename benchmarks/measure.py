@@ -1,4 +1,4 @@
-"""Measurement helpers: the measurement record, order statistics, RSS sampling."""
+"""Measurement helpers: the measurement record, order statistics, RSS sampling, CPU time by side."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import os
 import statistics
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psutil
@@ -16,6 +17,7 @@ __all__ = [
     "MIB",
     "Measurement",
     "RssSampler",
+    "cpu_during",
     "descendants",
     "describe",
     "median",
@@ -164,3 +166,30 @@ def describe(proc: psutil.Process) -> str:
     except psutil.Error:
         cmd = "?"
     return f"{proc.pid} {cmd[:120]}"
+
+
+def cpu_during(sides: dict[str, list[psutil.Process]], work: Callable[[], None]) -> tuple[dict[str, float], float]:
+    """CPU seconds each side (a list of processes) spends while work runs, and the wall seconds it took."""
+    before = {side: _cpu_seconds(procs) for side, procs in sides.items()}
+    t = time.perf_counter()
+    work()
+    wall = time.perf_counter() - t
+    after = {side: _cpu_seconds(procs) for side, procs in sides.items()}
+    return {side: _delta(before[side], after[side]) for side in sides}, wall
+
+
+def _cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
+    """User + system CPU seconds of each live process (its own, not its children's), by pid."""
+    seconds = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        seconds[proc.pid] = times.user + times.system
+    return seconds
+
+
+def _delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between the two readings by the processes alive at both."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())

@@ -23,9 +23,9 @@ from typing import Any
 from .backends import Backend, Unsupported, load
 from .bulk import bulk
 from .call_ceiling import call_ceiling
-from .cpu_per_call import cpu_per_call
+from .cpu_per_call import SIDES, cpu_per_call, process_sides
 from .harness import Config, Scenario, cluster, error_row, measurement, temp_path, timed
-from .measure import MIB, Measurement, descendants, percentile, rss
+from .measure import MIB, Measurement, cpu_during, descendants, percentile, rss
 from .tls_ceiling import TLS_FLOOR, tls_ceiling
 from .workload import sample
 
@@ -105,9 +105,12 @@ def async_latencies(backend: Backend, variant: str, n: int) -> list[float]:
 
 
 def throughput(name: str, cfg: Config) -> list[Measurement]:
-    """Calls per second with cfg.inflight echo calls in flight across 2 workers."""
+    """Calls per second with cfg.inflight echo calls in flight across 2 workers, and what each side spent
+    on a call meanwhile (process CPU times, as in cpu_per_call): with every core busy, the sum is what
+    bounds the rate."""
     out = []
     with cluster(name, 2) as backend:
+        sides = process_sides(backend)
         runs: dict[str, Callable[[int], None]] = {
             backend.submit_label: lambda k: futures_in_flight(backend, k, cfg.inflight)
         }
@@ -116,9 +119,16 @@ def throughput(name: str, cfg: Config) -> list[Measurement]:
         for variant, run in runs.items():
             with error_row(out, name, "throughput", "calls/s", variant):
                 ncalls = _calibrate(run, cfg)
-                rates = [ncalls / timed(run, ncalls) for _ in range(cfg.repeat)]
+                reps = [cpu_during(sides, lambda: run(ncalls)) for _ in range(cfg.repeat)]
+                extra = {"calls_per_rep": ncalls}
                 out.append(measurement(name, "throughput", "calls/s", "calls/s", better="higher",
-                              variant=variant, values=rates, extra={"calls_per_rep": ncalls}))
+                              variant=variant, values=[ncalls / wall for _, wall in reps], extra=extra))
+                out += [measurement(name, "throughput", f"{SIDES[side]} CPU per call", "µs", variant=variant,
+                                    values=[cpu[side] * 1e6 / ncalls for cpu, _ in reps], extra=extra)
+                        for side in sides]
+                out.append(measurement(name, "throughput", "busy cores", "cores", variant=variant,
+                                       values=[sum(cpu.values()) / wall for cpu, wall in reps],
+                                       extra={**extra, "versus": False}))
     return out
 
 
