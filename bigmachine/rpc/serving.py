@@ -518,6 +518,8 @@ class _ArgumentStream:
 def _call_method(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         return fn(*args, **kwargs)
+    except _HungUp:
+        raise  # the caller left while the method read its streamed argument: a hang-up, not the method's failure
     except MemoryError:
         raise  # the machine's problem, not the call's: see RpcServer.out_of_memory
     except Exception as exc:
@@ -527,6 +529,8 @@ def _call_method(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
 async def _acall_method(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         return await fn(*args, **kwargs)
+    except _HungUp:
+        raise  # as in _call_method
     except MemoryError:
         raise
     except Exception as exc:

@@ -7,7 +7,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,9 @@ class Gate:
 
     def joined(self, chunks: Iterator[bytes]) -> bytes:
         return b"".join(chunks)
+
+    async def ajoined(self, chunks: AsyncIterator[bytes]) -> bytes:
+        return b"".join([chunk async for chunk in chunks])
 
 
 @dataclasses.dataclass

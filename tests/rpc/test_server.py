@@ -194,12 +194,27 @@ def test_a_streamed_argument_without_a_chunked_body_is_refused(served: Served) -
 
 
 def test_a_caller_that_hangs_up_in_the_middle_of_a_large_frame_is_counted_cancelled(served: Served) -> None:
-    data = calls.encode_call(b"127.0.0.1", "Gate.joined", (iter([b"x"]),), {}).data
+    _hang_up_in_a_frame(served, "Gate.joined")
+
+
+@pytest.mark.parametrize("method", ["Gate.joined", "Gate.ajoined"])
+def test_a_hang_up_the_method_meets_in_its_streamed_argument_is_counted_cancelled(
+        served: Served, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    # The hang-up watch is off: the method reading its argument is the only one to see the caller go.
+    monkeypatch.setattr(served.server.hangups, "watch", lambda fd, on_hangup: True)
+    _hang_up_in_a_frame(served, method)
+    assert served.server.registry.stats.snapshot()[method]["errors"] == 0
+
+
+def _hang_up_in_a_frame(served: Served, method: str) -> None:
+    """Calls ``method`` with a streamed argument and hangs up 200,000 bytes into its 1 MiB frame; the call
+    is then counted cancelled and its connection closed."""
+    data = calls.encode_call(b"127.0.0.1", method, (iter([b"x"]),), {}).data
     assert isinstance(data, bytes)
     frame_size = 1 << 20
     with served.raw() as sock:
         sock.sendall(data + b"%x\r\n" % (wire.FRAME_HEADER + frame_size) + wire.frame_header(wire.DATA, frame_size))
         sock.sendall(b"p" * 200_000)  # read straight into the frame, which never fills
         time.sleep(0.2)
-    eventually(lambda: served.server.registry.stats.snapshot().get("Gate.joined", {}).get("cancelled") == 1)
+    eventually(lambda: served.server.registry.stats.snapshot().get(method, {}).get("cancelled") == 1)
     eventually(lambda: served.server.connections() == 0)
