@@ -26,7 +26,8 @@ machine ends, for any reason (its lease lapsed, it crashed, ran out of memory, t
 driver stopped it), the agent tells the driver; its neighbours run on. When the last
 one has ended, the agent runs its power-off command and exits: one agent, one driver,
 one host's machines. It also ends, powering off, if no driver has bootstrapped it
-before its credentials expire. The wire format is frames of a 4-byte
+before its credentials expire. SIGTERM ends it too: it ends its machines first, telling
+the driver why, then removes its temp dir and powers off, however many signals come. The wire format is frames of a 4-byte
 length, a JSON header and, when the header has a ``size``, that many raw bytes.
 """
 
@@ -132,10 +133,16 @@ class Agent:
         self._ports: set[int] = set()  # the machine ports in use
         self._done = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self._bootstraps: set[asyncio.Task[Any]] = set()  # the connections being served
         self.outcome = "no driver came"
+        self.stopped: str | None = None  # why ``stop`` was asked, if it was
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> str:
-        """Serves until the machine ends (or the credentials expire); returns how it ended."""
+        """Serves until the machine ends (or the credentials expire, or ``stop``); returns how it ended."""
+        self._loop = asyncio.get_running_loop()
+        if self.stopped is not None:
+            return self.stopped
         self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=self._context(),
                                                   reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -151,7 +158,21 @@ class Agent:
             await self._done.wait()
         finally:
             self._close_server()
-        return self.outcome
+            for task in self._bootstraps:  # left only by ``stop``: each ends its machine as it goes
+                task.cancel()
+            await asyncio.gather(*self._bootstraps, return_exceptions=True)
+        return self.stopped or self.outcome
+
+    def stop(self, reason: str) -> None:
+        """Ends ``run``, and with it every machine, for ``reason``.
+
+        Safe from a signal handler, before, during or after ``run``: it never raises, so no
+        clean-up it lands in is cut short.
+        """
+        self.stopped = reason
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._done.set)
 
     def _context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -182,15 +203,21 @@ class Agent:
             return
         logger.info("agent: driver connected from %s", peer)
         self._live += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._bootstraps.add(task)
         outcome: str | None = "bootstrap failed"
         try:
             outcome = await _Bootstrap(self, reader, writer).run()
+        except asyncio.CancelledError:  # by ``stop``; a connection's task ending cancelled makes 3.11's streams log
+            outcome = self.stopped
         except Exception as exc:  # noqa: BLE001 - whatever happened, this machine ends
             logger.exception("agent: bootstrap failed")
             outcome = f"bootstrap failed: {exc}"
         finally:
             writer.close()
             self._live -= 1
+            self._bootstraps.discard(task)
             if outcome is not None:
                 self.outcome = outcome
             if self._claimed and not self._live:  # the last machine ended: so does the agent
@@ -356,8 +383,11 @@ class _Bootstrap:
             served = await _read_port(read_fd)
             if served is not None:
                 await self._say("ready", port=served)
-            code = await self.process.wait()
+            await self.process.wait()
             await asyncio.gather(*relays)  # the last lines say why it ended
+        except asyncio.CancelledError:
+            if self.agent.stopped is None:
+                raise  # otherwise: the machine ends below, and the driver hears why
         finally:
             for task in (listener, pinger, *relays):
                 task.cancel()
@@ -368,7 +398,9 @@ class _Bootstrap:
                 cgroup.kill()
                 oom = cgroup.oom_kills() > 0
                 await asyncio.to_thread(cgroup.remove)
-        reason = describe_exit(code)
+        code = self.process.returncode
+        assert code is not None
+        reason = describe_exit(code) + (f" (its agent was {self.agent.stopped})" if self.agent.stopped else "")
         if oom and code < 0:
             code, reason = EXIT_OUT_OF_MEMORY, f"ran out of memory: the kernel's OOM killer ended it at its limit " \
                                                f"of {int(memory_limit or 0) >> 20} MiB"
@@ -520,12 +552,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     host, _, port = args.listen.rpartition(":")
     credentials = json.loads(Path(args.credentials).read_text())
+    # SIGTERM (Slurm's scancel, systemd, a driver's kill) waits until the agent can take it as a
+    # stop: raising SystemExit wherever it landed once cut short the removal of the workdir.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bigmachine-agent-"))
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     agent = Agent(host.strip("[]") or "0.0.0.0", int(port), credentials, workdir,
                   poweroff=shlex.split(args.poweroff), pip=shlex.split(args.pip), machines=args.machines)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    reason = "stopped by a signal"
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop("stopped by a signal"))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    reason = "the agent failed"
     try:
         reason = asyncio.run(agent.run())
     finally:
@@ -533,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
         _power_off(agent.poweroff, reason)
+    if agent.stopped is not None:
+        sys.exit(128 + signal.SIGTERM)  # as a shell reports a process SIGTERM ended
 
 
 if __name__ == "__main__":
