@@ -188,7 +188,14 @@ def _exit_on_sigterm() -> None:
 
 def _raise_exit(signum: int, frame: Any) -> None:
     logger.warning("terminated by %s: shutting machines down", signal.Signals(signum).name)
+    signal.signal(signum, _shutting_down)  # another must not cut the shutdown short (supervisors repeat SIGTERM)
     raise SystemExit(128 + signum)
+
+
+def _shutting_down(signum: int, frame: Any) -> None:
+    logger.warning("%s again: the machines are being shut down (SIGKILL ends the driver at once)",
+                   signal.Signals(signum).name)
+    signal.signal(signum, lambda *_: None)  # said once; later ones change nothing either
 
 
 def _serve_debug(b: B, address: str, allow_hosts: list[str]) -> Any:
