@@ -85,6 +85,34 @@ def test_a_progress_bar_forever_uses_bounded_memory_and_shows_its_state_once_a_s
     assert splitter.close() == [b" 99999"]
 
 
+def test_a_stalled_progress_bar_is_shown_even_where_the_loop_fires_timers_early(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop counts timers in whole milliseconds: one can fire before the state is due by the clock.
+    The forwarder then gave up, and the bar's latest state was never shown."""
+    sink = _Sink()
+    monkeypatch.setattr(sys, "stdout", sink)
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        on_time = loop.call_later
+        monkeypatch.setattr(loop, "call_later", lambda delay, *args: on_time(max(0.0, delay - 0.003), *args))
+        forwarder = output.Forwarder("m")
+        try:
+            forwarder.feed("stdout", b"\r 41%")  # the first state goes out at once
+            await asyncio.sleep(0.05)
+            forwarder.feed("stdout", b"\r 42%")  # then the bar stalls
+            deadline = time.monotonic() + 5
+            while [text for _, _, text in forwarder.recent][-1] != " 42%" and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return [text for _, _, text in forwarder.recent]
+        finally:
+            forwarder.close()
+            await output.drained(5)
+
+    assert asyncio.run(main()) == [" 41%", " 42%"]
+    assert sink.of("m")[:2] == [" 41%", " 42%"]
+
+
 def test_the_agent_relays_long_lines_in_pieces_and_a_progress_bar_as_its_states() -> None:
     """The agent's relay (EC2, Hosts) used StreamReader lines: a 64 KiB line without a newline broke it."""
     from bigmachine.systems.agent import _Bootstrap

@@ -151,8 +151,10 @@ class Forwarder:
 
     def _progress(self, stream: str) -> None:
         self._timers.pop(stream, None)
-        for line in self._splitters[stream].progress(time.monotonic()):
+        splitter = self._splitters[stream]
+        for line in splitter.progress(time.monotonic()):
             self.line(stream, line.decode(errors="replace"))
+        self._schedule(stream, splitter)  # fired a little early (uvloop's timers count whole ms): again, on time
 
 
 async def drained(timeout: float) -> bool:
