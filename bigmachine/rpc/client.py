@@ -28,7 +28,7 @@ from ..errors import ProtocolError
 from . import wire
 from .budget import ConnectionBudget
 from .chunked import MessageReader
-from .codec import DIRECT_BODY, DirectBody, Response, ResponseParser, TakeOver
+from .codec import DIRECT_BODY, DirectBody, Response, ResponseParser, TakeOver, require_chunked
 from .deadlines import remaining
 from .streams import send_streamed
 
@@ -118,8 +118,7 @@ class AsyncConnection(asyncio.Protocol):
     def response_head(self, response: Response) -> None:
         self._response = response
         if response.content_type == wire.STREAM:
-            if not response.chunked:
-                raise ProtocolError("a streamed reply without a chunked body")
+            require_chunked(response, "a streamed reply")
             self._stream = self.reply_stream = AsyncReplyStream(self)
             self._resolve(response)
             raise TakeOver()
@@ -605,8 +604,7 @@ class SyncConnection:
         self._response = response
         self._direct = None
         if response.content_type == wire.STREAM:
-            if not response.chunked:
-                raise ProtocolError("a streamed reply without a chunked body")
+            require_chunked(response, "a streamed reply")
             self._frames = collections.deque()
             raise TakeOver()
         if response.content_length >= DIRECT_BODY and response.content_type == wire.RESULT:

@@ -19,7 +19,7 @@ from . import buffers
 
 __all__ = ["DIRECT_BODY", "JOIN_LIMIT", "DirectBody", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
            "ResponseParser", "TakeOver", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
-           "encode_stream_head"]
+           "encode_stream_head", "require_chunked"]
 
 LAST_CHUNK = b"0\r\n\r\n"
 JOIN_LIMIT = 1 << 16  # a body past this goes in its own write after its head: copying it onto the head costs more
@@ -69,6 +69,12 @@ def encode_chunk(data: bytes) -> bytes:
 class TakeOver(Exception):
     """Raised by a listener's head callback to read the body past the parser (``chunked``): the parser
     stops at the head, and its owner replaces it once the body is read."""
+
+
+def require_chunked(head: Request | Response, what: str) -> None:
+    """A streamed body (``what``) must be chunked: any other would leave the connection out of step."""
+    if not head.chunked:
+        raise ProtocolError(f"{what} without a chunked body")
 
 
 class Response:

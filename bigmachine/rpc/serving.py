@@ -197,8 +197,7 @@ class ServerConnection:
         self.argument_ended = False
         self._direct = self._frames = None
         if request.content_type == wire.CALL_STREAM:
-            if not request.chunked:
-                raise ProtocolError("a call with a streamed argument without a chunked body")
+            codec.require_chunked(request, "a call with a streamed argument")
             self._frames = collections.deque()
             raise codec.TakeOver()
         if request.content_type == wire.CALL and codec.DIRECT_BODY <= request.content_length <= wire.MAX_REQUEST:

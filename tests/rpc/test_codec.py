@@ -10,7 +10,7 @@ import pytest
 
 from bigmachine.errors import ProtocolError
 from bigmachine.rpc import buffers, wire
-from bigmachine.rpc.codec import DirectBody, Response, ResponseParser, encode_chunk, encode_request
+from bigmachine.rpc.codec import DirectBody, Response, ResponseParser, encode_chunk, encode_request, require_chunked
 
 
 class Collect:
@@ -63,6 +63,19 @@ def test_parser_refuses_bytes_with_no_request_outstanding(extra: bytes) -> None:
     with pytest.raises(ProtocolError, match="no request outstanding|malformed"):
         parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + extra)
     assert listener.complete == 1  # the answer that was asked for still arrived whole
+
+
+def test_a_streamed_body_must_be_chunked() -> None:
+    listener = Collect()
+    parser = ResponseParser(listener)
+    for stream in (b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                   b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Length: 2\r\n\r\nok"):
+        parser.expect()
+        parser.feed(stream)
+    chunked, whole = listener.heads
+    require_chunked(chunked, "a streamed reply")
+    with pytest.raises(ProtocolError, match="^a streamed reply without a chunked body$"):
+        require_chunked(whole, "a streamed reply")
 
 
 def test_parser_rejects_garbage() -> None:
