@@ -27,8 +27,9 @@ driver stopped it), the agent tells the driver; its neighbours run on. When the 
 one has ended, the agent runs its power-off command and exits: one agent, one driver,
 one host's machines. It also ends, powering off, if no driver has bootstrapped it
 before its credentials expire. SIGTERM ends it too: it ends its machines first, telling
-the driver why, then removes its temp dir and powers off, however many signals come. The wire format is frames of a 4-byte
-length, a JSON header and, when the header has a ``size``, that many raw bytes.
+the driver why, then removes its temp dir and powers off, however many signals come.
+The wire format is frames of a 4-byte length, a JSON header and, when the header has a
+``size``, that many raw bytes.
 """
 
 from __future__ import annotations
