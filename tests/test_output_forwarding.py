@@ -211,6 +211,10 @@ def test_writer_bounds_characters_too(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         blocked.release.set()
         writer.release()
+    deadline = time.monotonic() + 10
+    while writer._thread is not None and time.monotonic() < deadline:  # done writing before stdout is restored
+        time.sleep(0.01)
+    assert writer._thread is None
 
 
 # ------------------------------------------------------------------ real machines

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 import bigmachine
 from bigmachine.systems import bootstrap
@@ -83,13 +84,6 @@ if __name__ == "__main__":
 '''
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
 
 def test_driver_ships_its_code_to_hosts_and_a_killed_driver_powers_them_off(
         lan: Lan, agents: Agents, tmp_path: Path) -> None:
@@ -110,11 +104,11 @@ def test_driver_ships_its_code_to_hosts_and_a_killed_driver_powers_them_off(
             stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=project,
             env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
     try:
-        _wait_for(lambda: (out / "ready").exists() or driver.poll() is not None, 30, "the driver's credentials")
+        wait_for(lambda: (out / "ready").exists() or driver.poll() is not None, 30, "the driver's credentials")
         started = [agents.start(ns, addr, port, json.loads((out / f"creds{i}.json").read_text()))
                    for i, (ns, addr) in enumerate(hosts)]
         (out / "go").touch()
-        _wait_for(lambda: "RESULTS " in log.read_text() or driver.poll() is not None, 60, "the driver's results")
+        wait_for(lambda: "RESULTS " in log.read_text() or driver.poll() is not None, 60, "the driver's results")
         text = log.read_text()
         assert "RESULTS " in text, text
         results = json.loads(text.split("RESULTS ", 1)[1].splitlines()[0])
