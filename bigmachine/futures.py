@@ -59,11 +59,7 @@ class CallbackThreads:
     def _work_loop(self) -> None:
         while True:
             with self._cond:
-                if not self._work and not self._closed:
-                    self._idle += 1
-                    self._cond.wait(_IDLE)
-                    self._idle -= 1
-                if not self._work:
+                if not self._work and not self._wait_for_work():
                     return  # idle for a while, or closed
                 fn = self._work.popleft()
             try:
@@ -71,6 +67,22 @@ class CallbackThreads:
             except BaseException:  # a callback's failure is its own; log it as concurrent.futures does
                 logger.exception("a done-callback raised")
             del fn
+
+    def _wait_for_work(self) -> bool:
+        """Waits (holding the condition) until there is work, for at most ``_IDLE`` seconds; whether there is.
+
+        A wake-up finding the work taken by a thread that was busy (it takes the next item
+        without waiting) waits on: ending then made each burst of callbacks start new threads,
+        about one for every three callbacks of a busy ``Executor.map``.
+        """
+        deadline = time.monotonic() + _IDLE
+        self._idle += 1
+        try:
+            while not self._work and not self._closed and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+        finally:
+            self._idle -= 1
+        return bool(self._work)
 
     def close(self, wait: float = _CLOSE_WAIT) -> None:
         """Lets every thread end once its work is done, and waits up to ``wait`` seconds for them
