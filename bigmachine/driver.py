@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import logging
 import os
 import signal
@@ -187,15 +188,21 @@ def _exit_on_sigterm() -> None:
 
 
 def _raise_exit(signum: int, frame: Any) -> None:
-    logger.warning("terminated by %s: shutting machines down", signal.Signals(signum).name)
-    signal.signal(signum, _shutting_down)  # another must not cut the shutdown short (supervisors repeat SIGTERM)
-    raise SystemExit(128 + signum)
+    """The first SIGTERM ends the driver; later ones (supervisors repeat it) must not cut its shutdown short.
+
+    Each call takes its own number with one ``next``, which no other call of the handler can
+    interrupt: a signal can run the handler again inside itself, between any two steps.
+    """
+    received = next(_SIGTERMS)
+    if received == 1:
+        logger.warning("terminated by %s: shutting machines down", signal.Signals(signum).name)
+        raise SystemExit(128 + signum)
+    if received == 2:
+        logger.warning("%s again: the machines are being shut down (SIGKILL ends the driver at once)",
+                       signal.Signals(signum).name)
 
 
-def _shutting_down(signum: int, frame: Any) -> None:
-    logger.warning("%s again: the machines are being shut down (SIGKILL ends the driver at once)",
-                   signal.Signals(signum).name)
-    signal.signal(signum, lambda *_: None)  # said once; later ones change nothing either
+_SIGTERMS = itertools.count(1)  # the SIGTERMs _raise_exit has received
 
 
 def _serve_debug(b: B, address: str, allow_hosts: list[str]) -> Any:
