@@ -130,11 +130,10 @@ class Agent:
                                  "--quiet"]
         self.session: str | None = None  # the one driver's session, once it has come
         self._claimed = 0  # bootstraps accepted
-        self._live = 0  # of those, not ended yet
         self._ports: set[int] = set()  # the machine ports in use
         self._done = asyncio.Event()
         self._server: asyncio.Server | None = None
-        self._bootstraps: set[asyncio.Task[Any]] = set()  # the connections being served
+        self._bootstraps: set[asyncio.Task[Any]] = set()  # the connections being served (probes too)
         self.outcome = "no driver came"
         self.stopped: str | None = None  # why ``stop`` was asked, if it was
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -203,7 +202,6 @@ class Agent:
             writer.close()
             return
         logger.info("agent: driver connected from %s", peer)
-        self._live += 1
         task = asyncio.current_task()
         assert task is not None
         self._bootstraps.add(task)
@@ -217,11 +215,10 @@ class Agent:
             outcome = f"bootstrap failed: {exc}"
         finally:
             writer.close()
-            self._live -= 1
             self._bootstraps.discard(task)
             if outcome is not None:
                 self.outcome = outcome
-            if self._claimed and not self._live:  # the last machine ended: so does the agent
+            if self._claimed and not self._bootstraps:  # the last machine ended: so does the agent
                 self._done.set()
 
     def claim(self) -> None:
