@@ -13,11 +13,12 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from services import Calc, Waits
+from waiting import wait_for
 
 import bigmachine
 from bigmachine import RUNNING
@@ -51,12 +52,6 @@ def waiting_machine(b: bigmachine.B) -> Iterator[bigmachine.Machine]:
     m.call("Waits.release", timeout=5)  # no service thread left blocked
 
 
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the bound"
-        time.sleep(0.02)
-
 
 def counts(m: bigmachine.Machine) -> dict[str, int]:
     return m.call("Waits.counts", timeout=5)  # type: ignore[no-any-return]
@@ -64,7 +59,7 @@ def counts(m: bigmachine.Machine) -> dict[str, int]:
 
 def cancel_submitted(m: bigmachine.Machine, method: str) -> None:
     future = m.submit(method)
-    eventually(lambda: counts(m)["started"] == 1)
+    wait_for(lambda: counts(m)["started"] == 1, 5.0)
     assert future.cancel() is True
     assert future.cancelled()
     with pytest.raises(concurrent.futures.CancelledError):
@@ -110,7 +105,7 @@ def no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
 def test_cancelling_an_async_method_raises_cancelled_error_in_it(waits: bigmachine.Machine, how: str,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     HOW[how](waits, "Waits.forever")
-    eventually(lambda: counts(waits)["cancelled"] == 1)
+    wait_for(lambda: counts(waits)["cancelled"] == 1, 5.0)
     assert counts(waits) == {"started": 1, "cancelled": 1, "finished": 0}
     stats = waits.call("Supervisor.stats", timeout=5)["Waits.forever"]
     assert stats["cancelled"] == 1 and stats["errors"] == 0, stats
@@ -122,10 +117,10 @@ def test_cancelling_an_async_method_raises_cancelled_error_in_it(waits: bigmachi
 def test_cancelling_a_thread_method_counts_it_cancelled_and_drops_its_result(
         waits: bigmachine.Machine, how: str, caplog: pytest.LogCaptureFixture) -> None:
     HOW[how](waits, "Waits.block")
-    eventually(lambda: waits.call("Supervisor.stats", timeout=5).get("Waits.block", {}).get("cancelled") == 1)
+    wait_for(lambda: waits.call("Supervisor.stats", timeout=5).get("Waits.block", {}).get("cancelled") == 1, 5.0)
     assert counts(waits)["finished"] == 0  # counted at once, while the thread still runs
     waits.call("Waits.release", timeout=5)
-    eventually(lambda: counts(waits)["finished"] == 1)
+    wait_for(lambda: counts(waits)["finished"] == 1, 5.0)
     stats = waits.call("Supervisor.stats", timeout=5)["Waits.block"]
     assert stats["calls"] == 1 and stats["cancelled"] == 1 and stats["errors"] == 0, stats
     assert waits.call("Calc.add", 2, 2, timeout=5) == 4
@@ -146,7 +141,7 @@ def test_cancel_before_the_call_starts_sends_nothing(waits: bigmachine.Machine,
     assert all(f.cancelled() for f in futures)
     time.sleep(0.3)
     started = counts(waits)["started"]
-    eventually(lambda: counts(waits)["cancelled"] == started)  # whatever had started was cancelled there too
+    wait_for(lambda: counts(waits)["cancelled"] == started, 5.0)  # whatever had started was cancelled there too
     no_error_logged(caplog)
 
 
@@ -154,11 +149,11 @@ def test_under_load_cancelled_calls_end_and_the_others_get_their_answers(calm_wa
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     forever = [calm_waits.submit("Waits.forever") for _ in range(30)]
     answers = [calm_waits.submit("Calc.add", i, 1) for i in range(200)]
-    eventually(lambda: counts(calm_waits)["started"] == 30, timeout=10)
+    wait_for(lambda: counts(calm_waits)["started"] == 30, timeout=10)
     for future in forever:
         assert future.cancel()
     assert [f.result(10) for f in answers] == [i + 1 for i in range(200)]
-    eventually(lambda: counts(calm_waits)["cancelled"] == 30, timeout=10)
+    wait_for(lambda: counts(calm_waits)["cancelled"] == 30, timeout=10)
     stats = calm_waits.call("Supervisor.stats", timeout=5)
     assert stats["Waits.forever"]["cancelled"] == 30 and stats["Waits.forever"]["errors"] == 0
     assert stats["Calc.add"]["errors"] == 0

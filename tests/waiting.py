@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Polls ``predicate`` every 50 ms until it is true; fails the test naming ``what`` after ``timeout`` s."""
+def wait_for(check: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
+    """Polls ``check`` every 20 ms until it is true; fails the test naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)

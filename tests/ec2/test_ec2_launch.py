@@ -14,10 +14,10 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 import bigmachine
 from bigmachine import driver
@@ -60,12 +60,6 @@ def parked(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(EC2Instance, "_locate", locate)
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def machines_tag(params: dict[str, Any]) -> str:

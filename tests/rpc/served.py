@@ -6,7 +6,6 @@ import dataclasses
 import socket
 import ssl
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,9 +86,3 @@ def contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     client_dir = authority.issue(["127.0.0.1"], common_name="client").write(tmp_path / "client")
     return tls.server_context(server_dir), tls.client_context(client_dir)
 
-
-def eventually(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the bound"
-        time.sleep(0.01)

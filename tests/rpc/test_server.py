@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from served import Served, eventually
+from served import Served
+from waiting import wait_for
 from test_chunked import chunked_body, stream_of
 
 from bigmachine.rpc import calls, codec, wire
@@ -66,7 +67,7 @@ def test_a_call_is_answered_and_the_connection_kept(served: Served) -> None:
             (response,), closed = exchange(sock, call_bytes("Gate.echo", value))
             assert response.status == 200 and response.content_type == wire.RESULT and not closed
             assert wire.loads(response.body) == value
-    eventually(lambda: served.server.registry.stats.snapshot()["Gate.echo"]["calls"] == 3)  # counted after the reply
+    wait_for(lambda: served.server.registry.stats.snapshot()["Gate.echo"]["calls"] == 3)  # counted after the reply
 
 
 @pytest.mark.parametrize("request_line, status", [(b"GET /rpc/Gate.echo", 405), (b"POST /elsewhere", 404)])
@@ -83,7 +84,7 @@ def test_pipelined_requests_close_the_connection_unanswered_out_of_turn(served: 
     with served.raw() as sock:
         responses, closed = exchange(sock, call_bytes("Gate.echo", 1) + call_bytes("Gate.echo", 2), expected=2)
         assert closed and len(responses) <= 1  # never an answer to the second before the first is out
-    eventually(lambda: served.server.connections() == 0)
+    wait_for(lambda: served.server.connections() == 0)
 
 
 def test_an_error_before_a_streamed_argument_is_read_says_connection_close(served: Served) -> None:
@@ -100,11 +101,11 @@ def test_calls_past_the_slots_wait_their_turn_and_a_caller_that_hangs_up_leaves_
         with concurrent.futures.ThreadPoolExecutor(2) as threads:
             first = threads.submit(lambda: pool.call(calls.encode_call(b"h", "Gate.wait", ("first",), {}),
                                                      deadline_after(20)))
-            eventually(lambda: served.gate.started == 1)
+            wait_for(lambda: served.gate.started == 1)
             with served.raw() as sock:  # queued behind "first" (one slot), then hangs up
                 sock.sendall(call_bytes("Gate.wait", "queued"))
-                eventually(lambda: served.server.slots.load()["queued"] == 1)
-            eventually(lambda: served.server.slots.load()["queued"] == 0)
+                wait_for(lambda: served.server.slots.load()["queued"] == 1)
+            wait_for(lambda: served.server.slots.load()["queued"] == 0)
             stats = served.server.registry.stats.snapshot()
             assert stats["Gate.wait"]["cancelled"] == 1
             served.gate.open()
@@ -118,11 +119,11 @@ def test_calls_past_the_slots_wait_their_turn_and_a_caller_that_hangs_up_leaves_
 def test_a_caller_that_hangs_up_mid_call_is_counted_cancelled_at_once(served: Served) -> None:
     with served.raw() as sock:
         sock.sendall(call_bytes("Gate.wait", "dropped"))
-        eventually(lambda: served.gate.started == 1)
-    eventually(lambda: served.server.registry.stats.snapshot().get("Gate.wait", {}).get("cancelled") == 1)
+        wait_for(lambda: served.gate.started == 1)
+    wait_for(lambda: served.server.registry.stats.snapshot().get("Gate.wait", {}).get("cancelled") == 1)
     assert served.gate.finished == 0  # counted while the method still runs
     served.gate.open()
-    eventually(lambda: served.gate.finished == 1)
+    wait_for(lambda: served.gate.finished == 1)
     assert served.server.registry.stats.snapshot()["Gate.wait"]["calls"] == 1
 
 
@@ -145,7 +146,7 @@ def test_stop_closes_idle_connections_and_abort_cuts_busy_ones(served: Served) -
     with served.raw() as idle, served.raw() as busy:
         exchange(idle, call_bytes("Gate.echo", 1))
         busy.sendall(call_bytes("Gate.wait", "cut"))
-        eventually(lambda: served.gate.started == 1)
+        wait_for(lambda: served.gate.started == 1)
         served.on_loop(served.server.stop)
         assert idle.recv(10) == b""  # closed by the server
         assert served.server.busy() == 1
@@ -216,5 +217,5 @@ def _hang_up_in_a_frame(served: Served, method: str) -> None:
         sock.sendall(data + b"%x\r\n" % (wire.FRAME_HEADER + frame_size) + wire.frame_header(wire.DATA, frame_size))
         sock.sendall(b"p" * 200_000)  # read straight into the frame, which never fills
         time.sleep(0.2)
-    eventually(lambda: served.server.registry.stats.snapshot().get(method, {}).get("cancelled") == 1)
-    eventually(lambda: served.server.connections() == 0)
+    wait_for(lambda: served.server.registry.stats.snapshot().get(method, {}).get("cancelled") == 1)
+    wait_for(lambda: served.server.connections() == 0)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import threading
 
 import pytest
-from served import eventually
+from waiting import wait_for
 
 from bigmachine.rpc import slots
 from bigmachine.rpc.slots import ServiceSlots
 
 
 def _queued(s: ServiceSlots, n: int) -> None:
-    eventually(lambda: s.load()["queued"] == n)
+    wait_for(lambda: s.load()["queued"] == n)
 
 
 def test_a_release_wakes_the_queued_call_not_its_periodic_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
