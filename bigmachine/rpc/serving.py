@@ -123,6 +123,9 @@ class ServerConnection:
     def run(self) -> None:
         """The connection's thread: handshake, then serve requests until the caller or the server closes."""
         try:
+            # A caller gone before the handshake (reset while queued: a killed driver) is let go here:
+            # CPython's wrap_socket raises ConnectionResetError for it and leaks its half-made SSLSocket.
+            self.raw.getpeername()
             self.raw.settimeout(self.server.handshake_timeout)
             self.sock = self.server.context.wrap_socket(self.raw, server_side=True)  # takes over raw's descriptor
             _block_with_bound(self.sock, self.server.idle_timeout)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
+import socket
 import ssl
+import struct
 import time
+import warnings
 from typing import Any
 
 import pytest
 from served import Served
-from waiting import wait_for
 from test_chunked import chunked_body, stream_of
+from waiting import wait_for
 
 from bigmachine.rpc import calls, codec, wire
 from bigmachine.rpc.deadlines import deadline_after
+from bigmachine.rpc.serving import ServerConnection
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,6 +119,35 @@ def test_calls_past_the_slots_wait_their_turn_and_a_caller_that_hangs_up_leaves_
         assert served.gate.started == 1  # the abandoned call never ran
     finally:
         pool.close(ConnectionAbortedError("test over"))
+
+
+def test_a_caller_reset_before_the_handshake_is_let_go_without_a_leaked_socket(served: Served) -> None:
+    """CPython's wrap_socket raises ConnectionResetError for a connection reset before the handshake and
+    leaks the SSLSocket it half made: its ResourceWarning failed a test in CI (a Testing machine killed)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        caller = socket.create_connection(listener.getsockname())
+        caller.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        caller.close()  # a reset, as a killed driver's kernel sends
+        raw, _ = listener.accept()
+    wait_for(lambda: _reset(raw), 5, "the reset to arrive")
+    connection = ServerConnection(served.server, raw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        connection.run()
+        del connection
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+    assert raw.fileno() == -1  # closed, not left to the collector
+
+
+def _reset(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+        return False
+    except OSError:
+        return True
 
 
 def test_a_caller_that_hangs_up_mid_call_is_counted_cancelled_at_once(served: Served) -> None:
