@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from services import Echo, Output
+from waiting import wait_for
 
 import bigmachine
 from bigmachine import RUNNING
@@ -205,9 +206,11 @@ def test_writer_bounds_characters_too(monkeypatch: pytest.MonkeyPatch) -> None:
     writer.acquire()
     try:
         writer.put("stdout", "a" * 60)
-        writer.put("stdout", "b" * 60)  # 120 > 100 characters, unless the writer took the first already
-        writer.put("stdout", "c" * 60)
-        assert writer._dropped >= 1
+        # Stuck writing the first: a batch taken meanwhile would reset the count of dropped lines.
+        wait_for(lambda: writer._writing, 10, "the writer to be stuck in its first line")
+        writer.put("stdout", "b" * 60)
+        writer.put("stdout", "c" * 60)  # 120 > 100 characters queued: dropped
+        assert writer._dropped == 1
     finally:
         blocked.release.set()
         writer.release()
