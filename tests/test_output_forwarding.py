@@ -173,9 +173,7 @@ def test_writer_drops_lines_beyond_its_bound_and_says_how_many_once_it_can_write
     writer.acquire()
     try:
         writer.put("stdout", "first\n")
-        deadline = time.monotonic() + 10
-        while not writer._writing and time.monotonic() < deadline:  # the writer is stuck in "first"
-            time.sleep(0.01)
+        wait_for(lambda: writer._writing, 10, 'the writer to be stuck in "first"')
         begun = time.monotonic()
         for i in range(1000):
             writer.put("stdout", f"line {i}\n")  # never blocks
@@ -193,10 +191,7 @@ def test_writer_drops_lines_beyond_its_bound_and_says_how_many_once_it_can_write
         writer.release()
     assert "".join(blocked.text) == "first\n" + "".join(f"line {i}\n" for i in range(10))
     assert "dropped 990 lines of machine output: the driver's stdout is not being read" in caplog.text
-    deadline = time.monotonic() + 10
-    while writer._thread is not None and time.monotonic() < deadline:  # the last user left: it ends
-        time.sleep(0.01)
-    assert writer._thread is None
+    wait_for(lambda: writer._thread is None, 10, "the writer to end, its last user gone")
 
 
 def test_writer_bounds_characters_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,10 +209,7 @@ def test_writer_bounds_characters_too(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         blocked.release.set()
         writer.release()
-    deadline = time.monotonic() + 10
-    while writer._thread is not None and time.monotonic() < deadline:  # done writing before stdout is restored
-        time.sleep(0.01)
-    assert writer._thread is None
+    wait_for(lambda: writer._thread is None, 10, "the writer to end before stdout is restored")
 
 
 # ------------------------------------------------------------------ real machines
