@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Collection, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
-from . import wire
+from . import tls_io, wire
 from .budget import ConnectionBudget
 from .chunked import MessageReader
 from .codec import DIRECT_BODY, DirectBody, Response, ResponseParser, TakeOver, require_chunked
@@ -473,6 +473,7 @@ class SyncConnection:
             raise
         finally:
             pool._connecting.discard(self.sock)
+        self._tls = tls_io.connection_of(self.sock)  # read and written straight, past ssl.py's wrappers
         self._reader = MessageReader(ResponseParser(self))
         self._blocking = False  # the socket has no timeout: a read or write is one system call
         self._buffer = bytearray(_SYNC_READ_SIZE)  # every read lands here: no allocation per read
@@ -496,14 +497,14 @@ class SyncConnection:
         try:
             for part in data if isinstance(data, tuple) else (data,):
                 self._bound(deadline)
-                self.sock.sendall(part)
+                self._tls.write(part)  # all of it, or raises (tls_io)
         except BaseException:
             self.broken = True
             raise
 
     def stale(self) -> bool:
         """Whether this idle connection has bytes or an EOF waiting: closed by the server, or out of step."""
-        if not (self.sock.pending() or self._poll.poll(0)):
+        if not (self._tls.pending() or self._poll.poll(0)):
             return False
         self.sock.settimeout(0)
         self._blocking = False
@@ -560,7 +561,7 @@ class SyncConnection:
             reader = self._reader
             frames = reader.read_direct(self.sock)
             if frames is None:
-                n = self.sock.recv_into(self._buffer)
+                n = tls_io.read_into(self._tls, self._buffer)
                 if not n:
                     raise _Closed("the machine closed the connection")
                 frames = reader.feed(self._view[:n])
@@ -582,9 +583,9 @@ class SyncConnection:
     def _bound(self, deadline: float) -> None:
         """Bounds the next read or write by ``deadline``; without one the socket stays blocking, which
         saves a failed read and a poll per read (a call without a deadline is ended by waking it)."""
-        timeout = remaining(deadline)
-        if timeout is None and self._blocking:
+        if deadline == math.inf and self._blocking:
             return
+        timeout = remaining(deadline)
         self.sock.settimeout(timeout)
         self._blocking = timeout is None
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from ..errors import Error, NotFound, ProtocolError
-from . import calls, codec, wire
+from . import calls, codec, tls_io, wire
 from .chunked import MessageReader
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class ServerConnection:
         self.server = server
         self.raw = raw
         self.sock: ssl.SSLSocket | None = None
+        self._tls: Any = None  # the TLS connection under ``sock`` (tls_io)
         self.fd = -1  # watched for hang-ups while the connection lives
         self.busy = False  # a request is being read or served
         self.call: _Call | None = None
@@ -128,6 +129,7 @@ class ServerConnection:
             self.raw.getpeername()
             self.raw.settimeout(self.server.handshake_timeout)
             self.sock = self.server.context.wrap_socket(self.raw, server_side=True)  # takes over raw's descriptor
+            self._tls = tls_io.connection_of(self.sock)  # read and written straight, past ssl.py's wrappers
             _block_with_bound(self.sock, self.server.idle_timeout)
             self.fd = self.sock.fileno()
             if not self.server.hangups.watch(self.fd, self._hung_up):
@@ -164,7 +166,7 @@ class ServerConnection:
         try:
             frames = reader.read_direct(self.sock)
             if frames is None:
-                n = self.sock.recv_into(self._buffer)
+                n = tls_io.read_into(self._tls, self._buffer)
                 if not n:
                     if self.busy:
                         raise _HungUp("the caller closed the connection mid-request")
@@ -442,8 +444,7 @@ class ServerConnection:
             self._send(piece)
 
     def _send(self, data: bytes | memoryview) -> None:
-        assert self.sock is not None
-        self.sock.sendall(data)
+        self._tls.write(data)
 
     def close(self) -> None:
         """Closes the sockets (the connection's own thread, at its end)."""
