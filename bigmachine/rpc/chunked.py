@@ -12,11 +12,13 @@ copied once, out of the TLS layer, by a loop that does little else per record
 from __future__ import annotations
 
 import re
-import socket
-from typing import Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, Self, TypeVar
 
 from ..errors import ProtocolError
 from . import codec, wire
+
+if TYPE_CHECKING:
+    from .tls_io import RecvInto
 
 __all__ = ["ChunkedBody", "MessageReader", "head_end"]
 
@@ -150,8 +152,8 @@ class MessageReader(Generic[P]):
         """A new message is next."""
         self.body, self._before = None, b""
 
-    def read_direct(self, sock: socket.socket) -> list[tuple[bytes, bytes]] | None:
-        """When a large part of a frame's payload is next (``ChunkedBody.target``), reads it from ``sock``
+    def read_direct(self, recv_into: RecvInto) -> list[tuple[bytes, bytes]] | None:
+        """When a large part of a frame's payload is next (``ChunkedBody.target``), reads it with ``recv_into``
         straight into place, a TLS record per read and little else, and returns the frames it completed;
         None: the next read goes into the connection's own buffer, for ``feed``."""
         body = self.body
@@ -161,7 +163,7 @@ class MessageReader(Generic[P]):
         assert body is not None
         size = len(view)
         while view:
-            n = sock.recv_into(view)
+            n = recv_into(view)
             if not n:
                 raise ConnectionResetError(f"the peer closed the connection {size - len(view)} bytes into a "
                                            f"{size}-byte part of a frame")

@@ -474,6 +474,7 @@ class SyncConnection:
         finally:
             pool._connecting.discard(self.sock)
         self._tls = tls_io.connection_of(self.sock)  # read and written straight, past ssl.py's wrappers
+        self._recv_into = tls_io.reader(self._tls)
         self._reader = MessageReader(ResponseParser(self))
         self._blocking = False  # the socket has no timeout: a read or write is one system call
         self._buffer = bytearray(_SYNC_READ_SIZE)  # every read lands here: no allocation per read
@@ -559,9 +560,9 @@ class SyncConnection:
         try:
             self._bound(deadline)
             reader = self._reader
-            frames = reader.read_direct(self.sock)
+            frames = reader.read_direct(self._recv_into)
             if frames is None:
-                n = tls_io.read_into(self._tls, self._buffer)
+                n = self._recv_into(self._buffer)
                 if not n:
                     raise _Closed("the machine closed the connection")
                 frames = reader.feed(self._view[:n])
@@ -592,7 +593,7 @@ class SyncConnection:
     def _read_direct(self, direct: DirectBody) -> None:
         """Reads the rest of a large whole reply into its one buffer, past the parser (``DirectBody``)."""
         try:
-            direct.read_rest(self.sock)
+            direct.read_rest(self._recv_into)
         except ConnectionResetError as exc:
             raise _Closed(str(exc)) from None
         assert self._response is not None

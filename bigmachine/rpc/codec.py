@@ -8,14 +8,15 @@ parsing is the same C parser on both ends.
 from __future__ import annotations
 
 import collections
-import socket
-import ssl
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
 from ..errors import ProtocolError
 from . import buffers
+
+if TYPE_CHECKING:
+    from .tls_io import RecvInto
 
 __all__ = ["DIRECT_BODY", "JOIN_LIMIT", "DirectBody", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
            "ResponseParser", "TakeOver", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
@@ -293,19 +294,20 @@ class DirectBody:
             self._head += data
             self._plan()
 
-    def read_rest(self, sock: ssl.SSLSocket | socket.socket) -> int:
-        """Reads the rest of the body from ``sock``; returns how many bytes that took."""
+    def read_rest(self, recv_into: RecvInto) -> int:
+        """Reads the rest of the body with ``recv_into`` (a socket's, or ``tls_io.reader``'s); returns how many
+        bytes that took."""
         start = self._filled
         while self._filled < self._size:
             if self._parts:
-                n = self._check(sock.recv_into(self._targets[0]))
+                n = self._check(recv_into(self._targets[0]))
                 self._filled += n
                 self._advance(n)
             else:  # the layout is not known yet: read up to the bytes that tell it
                 need = buffers.layout(self._head)
                 assert isinstance(need, int)
                 more = bytearray(need - len(self._head))
-                self.add(memoryview(more)[:self._check(sock.recv_into(more))])
+                self.add(memoryview(more)[:self._check(recv_into(more))])
         return self._filled - start
 
     def _check(self, n: int) -> int:

@@ -104,7 +104,8 @@ class ServerConnection:
         self.server = server
         self.raw = raw
         self.sock: ssl.SSLSocket | None = None
-        self._tls: Any = None  # the TLS connection under ``sock`` (tls_io)
+        self._tls: Any = None  # the TLS connection under ``sock``, written straight (tls_io)
+        self._recv_into: tls_io.RecvInto | None = None  # and read straight
         self.fd = -1  # watched for hang-ups while the connection lives
         self.busy = False  # a request is being read or served
         self.call: _Call | None = None
@@ -130,6 +131,7 @@ class ServerConnection:
             self.raw.settimeout(self.server.handshake_timeout)
             self.sock = self.server.context.wrap_socket(self.raw, server_side=True)  # takes over raw's descriptor
             self._tls = tls_io.connection_of(self.sock)  # read and written straight, past ssl.py's wrappers
+            self._recv_into = tls_io.reader(self._tls)
             _block_with_bound(self.sock, self.server.idle_timeout)
             self.fd = self.sock.fileno()
             if not self.server.hangups.watch(self.fd, self._hung_up):
@@ -161,12 +163,12 @@ class ServerConnection:
 
     def _read(self) -> bool:
         """Reads what has arrived and parses it; False at the end of the connection."""
-        assert self.sock is not None
+        assert self._recv_into is not None
         reader = self._reader
         try:
-            frames = reader.read_direct(self.sock)
+            frames = reader.read_direct(self._recv_into)
             if frames is None:
-                n = tls_io.read_into(self._tls, self._buffer)
+                n = self._recv_into(self._buffer)
                 if not n:
                     if self.busy:
                         raise _HungUp("the caller closed the connection mid-request")
@@ -313,9 +315,9 @@ class ServerConnection:
     def _read_whole_body(self) -> None:
         direct = self._direct
         if direct is not None and not self._complete:
-            assert self.sock is not None
+            assert self._recv_into is not None
             try:
-                read = direct.read_rest(self.sock)
+                read = direct.read_rest(self._recv_into)
             except ConnectionResetError as exc:
                 raise _HungUp(str(exc)) from None
             self._body_size += read

@@ -9,10 +9,15 @@ and errors are the same: ssl.py's wrappers call the very same methods.
 
 from __future__ import annotations
 
+import functools
 import ssl
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["connection_of", "read_into"]
+__all__ = ["RecvInto", "connection_of", "read_into", "reader"]
+
+RecvInto = Callable[[bytearray | memoryview], int]
+"""Reads into a buffer and says how many bytes came, 0 at the end: a socket's ``recv_into``, or ``reader``'s."""
 
 
 def connection_of(sock: ssl.SSLSocket) -> Any:
@@ -37,3 +42,8 @@ def read_into(tls: Any, buffer: bytearray | memoryview) -> int:
         return tls.read(len(buffer), buffer)  # type: ignore[no-any-return]
     except ssl.SSLEOFError:
         return 0
+
+
+def reader(tls: Any) -> RecvInto:
+    """``read_into`` bound to ``tls``: every read of a connection, a large body's record by record included."""
+    return functools.partial(read_into, tls)

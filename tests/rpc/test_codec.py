@@ -93,7 +93,7 @@ def _receive(body: bytes, through_parser: int) -> DirectBody:
     with left, right:
         sender = threading.Thread(target=left.sendall, args=(body[through_parser:],))
         sender.start()
-        assert direct.read_rest(right) == len(body) - through_parser
+        assert direct.read_rest(right.recv_into) == len(body) - through_parser
         sender.join()
     return direct
 
@@ -133,4 +133,4 @@ def test_a_peer_that_closes_mid_body_is_a_reset() -> None:
         with left:
             left.sendall(body[:1000])
         with pytest.raises(ConnectionResetError, match=f"1000 bytes into a {len(body)}-byte body"):
-            direct.read_rest(right)
+            direct.read_rest(right.recv_into)
