@@ -1,11 +1,11 @@
 """Reads and writes on a blocking TLS socket's connection itself, past ``ssl.SSLSocket``'s Python wrappers.
 
-``sendall`` and ``recv_into`` cost five Python-level calls each (a closed-socket check twice,
-a memoryview cast): 5-10% of a small call's CPU in the driver, and paid again for every 16 KiB
-record of a large body. Both RPC ends use one
-connection from one thread, and check for a closed socket their own way, so they talk to
-the ``_ssl`` object under the socket (``SSLSocket._sslobj``) directly. Timeouts, blocking
-and errors are the same: ssl.py's wrappers call the very same methods.
+``sendall`` and ``recv_into`` cost four Python-level calls each (two closed-socket checks among
+them; ``sendall`` adds a memoryview cast): 5-10% of a small call's CPU in the driver, and paid
+again for every 16 KiB record of a large body. Both RPC ends use one connection from one
+thread, and check for a closed socket their own way, so they talk to the ``_ssl`` object under
+the socket (``SSLSocket._sslobj``) directly. Timeouts, blocking and errors are the same:
+ssl.py's wrappers call the very same methods.
 """
 
 from __future__ import annotations
