@@ -21,15 +21,16 @@ from .errors import (
     SerializationError,
     Unavailable,
 )
-from .machine import Machine
 from .params import Environ, Services
-from .session import B, start
+from .starting import start
 from .state import RUNNING, STARTING, STOPPED, UNSTARTED, State
 from .version import __version__ as __version__
 
 if TYPE_CHECKING:
     from . import systems
     from .executor import Executor
+    from .machine import Machine
+    from .session import B
 
 __all__ = [
     "B",
@@ -57,15 +58,18 @@ __all__ = [
 ]
 
 
+_LAZY = {"B": ".session", "Executor": ".executor", "Machine": ".machine"}  # name: the module defining it
+
+
 def __getattr__(name: str) -> Any:
-    """``systems`` and ``Executor`` load on first use: a machine process needs neither, and starts sooner."""
+    """The session's classes and ``systems`` load on first use. ``import bigmachine`` stays free of asyncio,
+    so ``start`` begins the machines' fork server before the driver's heavier imports."""
     if name == "systems":  # not ``from . import systems``: that asks this very function first
         return importlib.import_module(".systems", __name__)
-    if name == "Executor":
-        from .executor import Executor
-
-        globals()["Executor"] = Executor
-        return Executor
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

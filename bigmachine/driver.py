@@ -20,10 +20,13 @@ import signal
 import threading
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from .session import B
+from . import starting
 from .systems.base import System
+
+if TYPE_CHECKING:
+    from .session import B
 
 __all__ = ["SYSTEM_OPTIONS", "add_arguments", "make_system", "start"]
 
@@ -139,12 +142,14 @@ def _go_not(value: str) -> bool:
 
 def make_system(args: argparse.Namespace) -> System:
     """The system the parsed options name."""
-    from .systems import Local, Testing
-
     kind = args.bigm_system
     if kind == "local":
+        from .systems.local import Local
+
         return Local()
     if kind == "testing":
+        from .systems.testing import Testing
+
         return Testing()
     module = _system_options(kind)
     try:
@@ -169,7 +174,7 @@ def start(args: argparse.Namespace | None = None) -> B:
         system = make_system(args)
     except ValueError as exc:  # a bad --bigm.* value found only when the system is made
         raise SystemExit(f"bigmachine: error: {exc}") from None
-    b = B(system, name=args.bigm_name)
+    b = starting.start(system, name=args.bigm_name)
     _exit_on_sigterm()
     try:
         _serve_debug(b, args.bigm_debug, getattr(args, "bigm_debug_allow_host", []))

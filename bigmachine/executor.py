@@ -96,7 +96,7 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("Executor needs a session, machines, or n machines to start: e.g. bigmachine.Executor(n=4)")
         self._owns_session = b is None
         if b is None:
-            from .session import start
+            from .starting import start
 
             b = start(system, name="executor")
         self.session: B = b

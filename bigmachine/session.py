@@ -28,7 +28,8 @@ from .liveness import Liveness
 from .machine import Machine
 from .params import Param, merge_params
 from .rpc import wire
-from .rpc.client import DEFAULT_MAX_CONNECTIONS, IDLE_TIMEOUT
+from .rpc.client import IDLE_TIMEOUT
+from .rpc.limits import DEFAULT_MAX_CONNECTIONS
 from .rpc.handoff import Inbox, LoopQueue
 from .state import STOPPED
 
@@ -39,21 +40,12 @@ if TYPE_CHECKING:
 
     from .systems.base import Instance, System
 
-__all__ = ["B", "start"]
+__all__ = ["B"]
 
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_TIMEOUT = 30.0
 _EXECUTOR_GRACE = 5.0  # how long shutdown waits for the loop's executor threads to end
-
-
-def start(system: System | None = None, *, name: str | None = None) -> B:
-    """Starts a bigmachine session on ``system`` (default: ``Local()``)."""
-    if system is None:
-        from .systems.local import Local
-
-        system = Local()
-    return B(system, name=name)
 
 
 class B:

@@ -8,10 +8,12 @@ tests/reliability/, which are forked too.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -157,13 +159,88 @@ def test_the_fork_server_starts_with_the_session_before_any_machine() -> None:
     assert _gone(server.pid, 10), "the fork server outlived its session"
 
 
+def test_import_bigmachine_and_local_need_no_asyncio_so_the_server_boots_while_the_session_imports() -> None:
+    """``start`` starts the server before importing the session: the driver's heavy imports overlap its boot."""
+    script = """
+import json, sys, time
+import bigmachine
+from bigmachine import driver
+local = bigmachine.systems.Local()
+local.prepare()
+ahead = local._started.process.pid
+heavy = [m for m in ("asyncio", "ssl", "cloudpickle", "cryptography", "bigmachine.session") if m in sys.modules]
+with bigmachine.start(local) as b:
+    while b.loop not in local._launcher._forks:
+        time.sleep(0.01)
+    print(json.dumps({"heavy": heavy, "ahead": ahead, "server": local._launcher._forks[b.loop].process.pid}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True).stdout
+    seen = json.loads(out.splitlines()[-1])
+    assert seen["heavy"] == []
+    assert seen["server"] == seen["ahead"]
+    assert _gone(seen["ahead"], 10)
+
+
+def test_a_server_started_ahead_forks_the_sessions_machines_and_is_the_only_one() -> None:
+    local = Local()
+    local.prepare()
+    assert local._started is not None
+    ahead = local._started.process
+    with bigmachine.start(local) as b:  # which prepares again: the server ahead is the session's
+        assert _started_server(local, b) is ahead
+        (machine,) = _start(b, 1)
+        assert machine.call("Probe.ids")[0] == ahead.pid
+        assert [p.pid for p in psutil.Process().children() if "--fork-server" in p.cmdline()] == [ahead.pid]
+    assert _gone(ahead.pid, 10), "the fork server outlived its session"
+
+
+def test_a_server_started_ahead_of_a_change_to_the_environment_is_ended_and_another_started() -> None:
+    """Machines forked from it would not be what a fresh interpreter started now would be."""
+    local = Local()
+    local.prepare()
+    assert local._started is not None
+    ahead = local._started.process
+    os.environ["PYTHONBIGMACHINETEST"] = "changed"
+    try:
+        with bigmachine.start(local) as b:
+            server = _started_server(local, b)
+            assert server.pid != ahead.pid and ahead.returncode == -signal.SIGKILL
+            (machine,) = _start(b, 1)
+            assert machine.call("Probe.ids")[0] == server.pid
+    finally:
+        del os.environ["PYTHONBIGMACHINETEST"]
+
+
+def test_a_session_started_on_a_thread_that_ends_keeps_its_fork_server() -> None:
+    """The server dies with the thread that starts it (PR_SET_PDEATHSIG): not the caller's, there, but the loop's."""
+    local = Local()
+    started: list[tuple[bigmachine.B, bigmachine.Machine]] = []
+
+    def begin() -> None:
+        b = bigmachine.start(local)
+        (first,) = _start(b, 1)  # the server has booted, and armed its PR_SET_PDEATHSIG, before this thread ends
+        started.append((b, first))
+
+    starter = threading.Thread(target=begin)
+    starter.start()
+    starter.join()
+    ((b, first),) = started
+    with b:
+        server = _started_server(local, b)
+        (second,) = _start(b, 1)
+        assert first.call("Probe.ids")[0] == second.call("Probe.ids")[0] == server.pid
+        assert server.poll() is None
+
+
 def _started_server(local: Local, b: bigmachine.B) -> subprocess.Popen[bytes]:
     """The fork server ``local`` starts for session ``b`` (queued on its loop when the session starts)."""
     deadline = time.monotonic() + 10
-    while b.loop not in local._forks:
+    assert local._launcher is not None
+    forks = local._launcher._forks
+    while b.loop not in forks:
         assert time.monotonic() < deadline, "no fork server started with the session"
         time.sleep(0.01)
-    return local._forks[b.loop].process
+    return forks[b.loop].process
 
 
 def test_a_local_with_a_memory_limit_starts_no_fork_server() -> None:

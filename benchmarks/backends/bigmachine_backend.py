@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, BinaryIO, TypeVar
 
@@ -64,6 +63,8 @@ class BigmachineBackend(Backend):
         return [ASYNCIO_RUN]
 
     def run_async(self, variant: str, coro_fn: Callable[[], Awaitable[T]]) -> T:
+        import asyncio  # here: loading this backend imports what a program using bigmachine imports, no more
+
         if variant == ASYNCIO_RUN:
             return asyncio.run(_as_coroutine(coro_fn))
         if variant == SESSION_LOOP:

@@ -30,19 +30,19 @@ from .budget import ConnectionBudget
 from .chunked import MessageReader
 from .codec import DIRECT_BODY, DirectBody, Response, ResponseParser, TakeOver, require_chunked
 from .deadlines import remaining
+from .limits import DEFAULT_MAX_CONNECTIONS
 from .streams import send_streamed
 
 if TYPE_CHECKING:
     from .calls import Request
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "IDLE_TIMEOUT", "AsyncPool", "SyncPool"]
+__all__ = ["IDLE_TIMEOUT", "AsyncPool", "SyncPool"]
 
 logger = logging.getLogger(__name__)
 
 _READ_SIZE = 1 << 18
 _SYNC_READ_SIZE = 1 << 16  # a TLS record is at most 16 KiB: a blocking read never returns more than a few
 CONNECT_TIMEOUT = 10.0  # a connect or TLS handshake past this is tried afresh (a host that dropped our SYN)
-DEFAULT_MAX_CONNECTIONS = 64  # to one machine from one session; calls past it wait their turn
 IDLE_TIMEOUT = 60.0  # a connection unused this long is closed (the server keeps its side 5x longer)
 _STREAM_HIGH_WATER = 8 << 20  # pause reading a streamed reply past this many buffered bytes
 

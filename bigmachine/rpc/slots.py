@@ -10,9 +10,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-__all__ = ["DEFAULT_SERVICE_THREADS", "ServiceSlots"]
+__all__ = ["ServiceSlots"]
 
-DEFAULT_SERVICE_THREADS = 64
 _RECHECK = 0.1  # seconds between a waiter's looks at whether its caller is still there
 
 

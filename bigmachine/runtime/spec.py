@@ -11,7 +11,7 @@ import os
 import signal
 from dataclasses import asdict, dataclass, field, fields
 
-from ..rpc.slots import DEFAULT_SERVICE_THREADS
+from ..rpc.limits import DEFAULT_SERVICE_THREADS
 
 __all__ = ["ENVIRONMENT_VARIABLE", "EXIT_OUT_OF_MEMORY", "FORK_MESSAGE_MAX", "LaunchSpec", "describe_exit"]
 

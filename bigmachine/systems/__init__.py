@@ -3,16 +3,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Instance, System
 from .local import Local
-from .testing import Testing
+
+if TYPE_CHECKING:
+    from .bootstrap import BootstrapAuthority
+    from .ec2 import EC2
+    from .hosts import Hosts
+    from .slurm import Slurm
+    from .testing import Testing
 
 __all__ = ["EC2", "BootstrapAuthority", "Hosts", "Instance", "Local", "Slurm", "System", "Testing"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Testing":  # asyncio is imported by the session, after Local has started its fork server
+        from .testing import Testing
+
+        return Testing
     if name == "EC2":  # boto3 is imported only by who uses EC2
         from .ec2 import EC2
 

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Error
 from ..liveness import Liveness
-from ..rpc.client import DEFAULT_MAX_CONNECTIONS
-from ..rpc.slots import DEFAULT_SERVICE_THREADS
+from ..rpc.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVICE_THREADS
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -81,6 +80,10 @@ class System(abc.ABC):
     def initial_lease(self) -> float:
         """The lease a starting machine gets before its first keepalive: time to start, then a timeout."""
         return self.start_timeout + self.liveness.timeout
+
+    def prepare(self) -> None:
+        """Called by ``bigmachine.start`` before the session's modules are imported, for work that may
+        overlap that import (``Local`` starts its fork server); nothing by default. No asyncio here."""
 
     def init(self, session: B) -> None:
         """Called once when a driver session starts on this system."""

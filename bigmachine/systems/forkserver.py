@@ -17,28 +17,21 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 from ..runtime.spec import FORK_MESSAGE_MAX
+from .forkserver_spawn import ForkServerProcess
 from .janitor import kill_group, reap
 
-__all__ = ["ForkServer", "ForkServerError", "ForkedProcess", "start_key"]
+__all__ = ["ForkServer", "ForkServerError", "ForkedProcess"]
 
 logger = logging.getLogger(__name__)
 
-_STARTUP_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "GLIBC_")  # read once, when an interpreter starts
 _CLOSE_TIMEOUT = 5.0
 _REPLY_TIMEOUT = 30.0  # seconds for the server to fork a machine (it takes milliseconds); then the launch fails
 
 
 class ForkServerError(Exception):
     """The fork server could not fork a machine (or is gone): launch it as a fresh process instead."""
-
-
-def start_key(env: dict[str, str], cwd: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """What a new process takes from its start: machines forked from a server with another key would differ."""
-    return cwd, tuple(sorted((k, v) for k, v in env.items() if k.startswith(_STARTUP_PREFIXES)))
 
 
 class ForkedProcess:
@@ -68,23 +61,13 @@ class ForkedProcess:
 
 
 class ForkServer:
-    """A fork server process for one ``Local``, started with the driver's environment and directory."""
+    """A session's fork server, served by its loop: the process ``server`` started, for one ``Local``."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.key = start_key(env, os.getcwd())
+    def __init__(self, server: ForkServerProcess) -> None:
+        self.key = server.key
+        self.process = server.process
         self._loop = asyncio.get_running_loop()
-        self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            # Started on the session's loop thread, as machines are: its PR_SET_PDEATHSIG lasts as long.
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bigmachine.runtime", "--fork-server", str(theirs.fileno()), str(os.getpid())],
-                env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        except BaseException:
-            self._socket.close()
-            raise
-        finally:
-            theirs.close()
+        self._socket = server.socket
         self._socket.setblocking(False)
         self._requests: dict[int, asyncio.Future[ForkedProcess]] = {}
         self._children: dict[int, ForkedProcess] = {}

@@ -17,7 +17,6 @@ then acts when the last of them ends.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -126,6 +125,8 @@ class Janitor:
 
 async def reap(process: subprocess.Popen[bytes], timeout: float) -> None:
     """Waits, on the loop, for a child told to exit to do so; SIGKILLs it after ``timeout`` seconds."""
+    import asyncio  # here, not above: the janitor process and ``Local`` (before its session) import this file without it
+
     if process.poll() is not None:  # reaped already (Popen.kill polls first): no pidfd can be opened for it
         return
     loop = asyncio.get_running_loop()

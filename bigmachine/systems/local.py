@@ -1,38 +1,29 @@
-"""The local system: each machine is a new Python process on this host, mutual TLS on 127.0.0.1."""
+"""The local system: each machine is a new Python process on this host, mutual TLS on 127.0.0.1.
+
+``Local`` is importable without asyncio, so that ``bigmachine.start`` has it start its fork
+server before the session imports the rest: the server boots while the driver does. What it
+does for a session is local_processes.py's, imported with the first session.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import astuple
-from typing import TYPE_CHECKING, Any, Protocol
+import threading
+from typing import TYPE_CHECKING, Any
 
-from ..errors import MachineStopped, OutOfMemory
-from . import output
-from .base import Instance, System
-from .forkserver import ForkServer, ForkServerError, start_key
-from .janitor import Janitor, kill_group
-from ..runtime.spec import EXIT_OUT_OF_MEMORY, LaunchSpec, describe_exit
-from .memory import MemoryCgroup, kernel_oom_kill, parse_size
-from .output import Forwarder
+from .base import System
+from .forkserver_spawn import ForkServerProcess, server_environment
+from .memory import parse_size
 
 if TYPE_CHECKING:
     from ..machine import Machine
     from ..session import B
+    from .base import Instance
+    from .local_processes import Launcher
 
 __all__ = ["Local"]
 
 logger = logging.getLogger(__name__)
-
-_KILL_GRACE = 2.0
-_OUTPUT_GRACE = 1.0  # seconds shutdown waits for machines' last output to be written
 
 
 class Local(System):
@@ -49,303 +40,41 @@ class Local(System):
         super().__init__(keepalive_period=keepalive_period, keepalive_timeout=keepalive_timeout,
                          keepalive_rpc_timeout=keepalive_rpc_timeout, **options)
         self.memory_limit = parse_size(memory_limit) if memory_limit is not None else None
-        self._janitor: Janitor | None = None
-        # A fork server per session (its loop): it dies with the loop's thread, as what it forks must.
-        self._forks: dict[asyncio.AbstractEventLoop, ForkServer] = {}
+        self._lock = threading.Lock()  # sessions may start on several threads
+        self._started: ForkServerProcess | None = None  # by prepare, for the session about to start
+        self._launcher: Launcher | None = None  # made by the first session (it imports asyncio)
 
     def __repr__(self) -> str:
         return "Local()" if self.memory_limit is None else f"Local(memory_limit={self.memory_limit})"
 
-    def init(self, session: B) -> None:
-        """Starts the session's fork server now, on its loop, so that it boots while the session makes its
-        certificates and the program goes on to ``b.start``: most of a first start is that boot."""
-        if self.memory_limit is None:  # machines with a limit start as fresh processes: no server to warm
-            session.call_soon(self._warm_fork_server)
+    def prepare(self) -> None:
+        """Starts a fork server for the session about to start, before it imports its modules: most of a
+        first start is the server's boot, which now overlaps the driver's. Only on the main thread,
+        which lives as long as the process: the server dies with the thread that starts it."""
+        if self.memory_limit is not None or threading.current_thread() is not threading.main_thread():
+            return  # machines with a limit start as fresh processes; elsewhere the session's loop starts it
+        with self._lock:
+            if self._started is not None:
+                return
+            try:
+                self._started = ForkServerProcess(server_environment())
+            except Exception as exc:  # the session's loop tries again, and its first launch reports what stops it
+                logger.debug("the fork server did not start ahead of the session: %s", exc)
 
-    def _warm_fork_server(self) -> None:
-        try:
-            self._fork_server(_server_environment())
-        except Exception as exc:  # the first launch tries again, and reports what stops it
-            logger.debug("the fork server did not start ahead of the first launch: %s", exc)
+    def init(self, session: B) -> None:
+        """Hands the session the fork server ``prepare`` started, or has its loop start one now."""
+        with self._lock:
+            started, self._started = self._started, None
+            if self._launcher is None:
+                from .local_processes import Launcher  # asyncio's, which the session has imported by now
+
+                self._launcher = Launcher(self)
+        self._launcher.init(session, started)
 
     async def launch(self, session: B, machines: list[Machine], environ: dict[str, str]) -> list[Instance | BaseException]:
-        if self._janitor is None:
-            self._janitor = Janitor()
-        return list(await asyncio.gather(*(self._launch_one(session, m, environ, self._janitor) for m in machines),
-                                         return_exceptions=True))
+        assert self._launcher is not None, "launch before init"
+        return await self._launcher.launch(session, machines, environ)
 
     async def shutdown(self) -> None:
-        """Stops the session's fork server, the janitor once no machine is left, and lets forwarded output finish."""
-        forks = self._forks.pop(asyncio.get_running_loop(), None)  # its machines, this session's, are stopped
-        try:
-            if forks is not None:
-                await forks.aclose()
-        finally:  # whatever closing the server raised, the janitor ends too
-            janitor = self._janitor
-            if janitor is not None and not janitor.watching:
-                self._janitor = None
-                await janitor.aclose()
-        await output.drained(_OUTPUT_GRACE)
-
-    async def _launch_one(self, session: B, machine: Machine, environ: dict[str, str], janitor: Janitor) -> Instance:
-        tls_dir = session.authority.issue(["127.0.0.1", "localhost"], common_name=machine.name).write(
-            session.tmpdir / machine.name)
-        # The driver picks the address (issue 15): it is known when b.start returns, before the machine serves.
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        pipes = [os.pipe() for _ in range(3)]  # the machine's report pipe, stdout and stderr: (read, write) each
-        cgroup = None
-        try:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(1024)  # connections made before the machine serves wait in the backlog
-            address = f"https://127.0.0.1:{listener.getsockname()[1]}/"
-            spec = LaunchSpec(
-                session=session.name, tls_dir=str(tls_dir), listen_fd=listener.fileno(), lease=self.initial_lease(),
-                parent=os.getpid(), system=self.name, service_threads=self.service_threads,
-                keepalive=astuple(self.liveness), report_fd=pipes[0][1], path=sys.path, argv=sys.argv,
-            )
-            if self.memory_limit is not None:
-                cgroup = MemoryCgroup.create(f"{session.name}-{machine.name}", self.memory_limit)
-                spec.memory_limit = self.memory_limit
-                spec.cgroup_procs = cgroup.procs_file if cgroup else None
-            env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1"}
-            process = await self._start_process(spec, env, [fd for _, fd in pipes], listener.fileno())
-        except BaseException:
-            for read_fd, _ in pipes:
-                os.close(read_fd)
-            if cgroup is not None:
-                cgroup.remove()
-            raise
-        finally:
-            for _, write_fd in pipes:
-                os.close(write_fd)
-            listener.close()  # the machine's copy serves; ours would keep the port open after it ends
-        janitor.watch(process.pid, str(cgroup.path) if cgroup else None)
-        return LocalProcess(machine, process, [fd for fd, _ in pipes], cgroup, address=address, janitor=janitor)
-
-    async def _start_process(self, spec: LaunchSpec, env: dict[str, str], pipes: list[int],
-                             listen_fd: int) -> MachineProcess:
-        """Forks the machine from the fork server where that gives the very process a fresh one would be.
-
-        ``pipes``: the write ends of its report pipe, stdout and stderr.
-        """
-        forks = self._fork_server(env) if self.memory_limit is None else None  # limits apply from the start
-        if forks is not None:
-            spec.parent = forks.process.pid  # whose death the machine dies with: the server's, which dies with ours
-            try:
-                return await forks.spawn({**env, **spec.to_environment()}, [pipes[1], pipes[2], pipes[0], listen_fd])
-            except ForkServerError as exc:
-                logger.warning("%s; starting a fresh process instead", exc)
-                spec.parent = os.getpid()
-        # Popen and raw fds, not asyncio subprocess transports: closing a uvloop loop
-        # that had those sometimes hung for good in uv_run (seen in tests/test_local.py).
-        # Popen runs here, on the session's loop thread, which lives until every machine is
-        # stopped: the machine's PR_SET_PDEATHSIG fires when the *thread* that forked it ends.
-        # Each machine leads a process group of its own, which ends with it (start_new_session).
-        return SpawnedProcess(subprocess.Popen(
-            [sys.executable, "-m", "bigmachine.runtime"], env={**env, **spec.to_environment()},
-            pass_fds=(pipes[0], listen_fd), stdin=subprocess.DEVNULL, stdout=pipes[1], stderr=pipes[2],
-            start_new_session=True,
-        ))
-
-    def _fork_server(self, env: dict[str, str]) -> ForkServer | None:
-        """The session's fork server (started at its first launch), if machines with ``env`` can be forked from it."""
-        key = start_key(env, os.getcwd())
-        loop = asyncio.get_running_loop()
-        forks = self._forks.get(loop)
-        if forks is None:
-            server_env = _server_environment()
-            if start_key(server_env, os.getcwd()) != key:
-                return None
-            forks = self._forks[loop] = ForkServer(server_env)
-        return forks if forks.alive and forks.key == key else None
-
-
-def _server_environment() -> dict[str, str]:
-    """The environment of the fork server: the driver's, as it is when the server starts."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-class MachineProcess(Protocol):
-    """A machine's process, however it was started; ``returncode`` is None until it has ended, as Popen's."""
-
-    pid: int
-    returncode: int | None
-
-    def send_signal(self, sig: int) -> None: ...
-
-    async def wait(self) -> int: ...
-
-
-class SpawnedProcess:
-    """A machine started as a fresh process: the driver reaps it, killing its group first."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self.pid = process.pid
-        self.returncode: int | None = None
-        self._process = process
-        loop = asyncio.get_running_loop()
-        self._exit: asyncio.Future[int] = loop.create_future()
-        self._pidfd = os.pidfd_open(process.pid)
-        loop.add_reader(self._pidfd, self._on_exit)
-
-    def send_signal(self, sig: int) -> None:
-        self._process.send_signal(sig)
-
-    async def wait(self) -> int:
-        """The exit status (negative: the signal), once its group is killed and it is reaped."""
-        return await asyncio.shield(self._exit)
-
-    def _on_exit(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        kill_group(self.pid)  # before reaping: the pid can't be reused while it is a zombie
-        self.returncode = self._process.wait()
-        self._exit.set_result(self.returncode)
-
-
-class LocalProcess(Instance):
-    """A machine's process: its address is chosen up front, its output forwarded with a prefix.
-
-    The machine says on its report pipe when it serves; its process group (and cgroup) is
-    killed whenever it ends, so nothing its services started outlives it.
-    """
-
-    def __init__(self, machine: Machine, process: MachineProcess, pipes: list[int],
-                 cgroup: MemoryCgroup | None = None, *, address: str, janitor: Janitor) -> None:
-        """``pipes``: the read ends of the machine's report pipe, stdout and stderr (this object owns them)."""
-        self._machine = machine
-        self._cgroup = cgroup
-        self._janitor = janitor
-        self.process = process
-        self._addr = address
-        self._forwarder = Forwarder(address.removeprefix("https://").rstrip("/"))
-        self.output: collections.deque[tuple[float, str, str]] = self._forwarder.recent
-        self._loop = asyncio.get_running_loop()
-        self._address: asyncio.Future[str] = self._loop.create_future()
-        self._exited: asyncio.Future[MachineStopped] = self._loop.create_future()
-        self._cleaned: asyncio.Future[None] = self._loop.create_future()
-        self._reported = bytearray()
-        report, stdout, stderr = pipes
-        self._report = _PipeReader(self._loop, report, self._on_report)
-        self._outputs = [
-            _PipeReader(self._loop, stdout, lambda data: self._forwarder.feed("stdout", data)),
-            _PipeReader(self._loop, stderr, lambda data: self._forwarder.feed("stderr", data)),
-        ]
-        self._watching = self._loop.create_task(self._watch_exit())
-
-    @property
-    def prefix(self) -> str:
-        """What each forwarded line of this machine starts with: its ``host:port``."""
-        return self._forwarder.prefix
-
-    def describe(self) -> dict[str, Any]:
-        return {"pid": self.process.pid}
-
-    def address_nowait(self) -> str:
-        return self._addr
-
-    def _on_report(self, data: bytes | None) -> None:
-        """The machine reports its address once it serves (or the pipe ends with the process)."""
-        if self._address.done() or data is None:
-            return  # no address: the process is ending, and _on_exit will say how
-        self._reported += data
-        if b"\n" in self._reported:
-            self._address.set_result(self._reported.decode().strip())
-
-    async def _watch_exit(self) -> None:
-        """Once the process is gone (its group killed, reaped): the last output, then how it ended."""
-        code = await self.process.wait()
-        if self._cgroup is not None:
-            self._cgroup.kill()
-        for reader in (self._report, *self._outputs):
-            reader.drain_and_close()  # the last lines say why it ended
-        self._forwarder.close()
-        error = self._exit_error(code)  # while the cgroup, and its OOM count, exist
-        self._exited.set_result(error)
-        if not self._address.done():
-            self._address.set_exception(type(error)(
-                f"{error.args[0]} before serving; its output above says why", machine=""))
-        await self._clean_up()
-
-    async def _clean_up(self) -> None:
-        """Removes the machine's cgroup once its killed processes have left it; the janitor may forget it."""
-        try:
-            if self._cgroup is not None:
-                await asyncio.to_thread(self._cgroup.remove)
-            self._janitor.forget(self.process.pid)
-        finally:
-            self._cleaned.set_result(None)
-
-    async def address(self) -> str:
-        return await asyncio.shield(self._address)
-
-    async def wait_exit(self) -> BaseException:
-        return await asyncio.shield(self._exited)
-
-    def _exit_error(self, code: int) -> MachineStopped:
-        """How the process ended: OutOfMemory when memory ran out, with the figures known."""
-        pid, addr = self.process.pid, self._machine.addr
-        last = self.output[-1][2] if self.output else ""
-        if code == EXIT_OUT_OF_MEMORY or (code == 1 and last.startswith("MemoryError")):  # the latter: in Python's own start
-            said = next((text for _, _, text in reversed(self.output) if "out of memory: " in text), last)
-            detail = said.split("out of memory: ", 1)[-1].strip() or "MemoryError"
-            return OutOfMemory(f"machine process {pid} ran out of memory: {detail}",
-                               machine=addr)
-        if code == -signal.SIGKILL:
-            cgroup = self._cgroup
-            if cgroup is not None and cgroup.oom_kills():
-                peak = cgroup.peak()
-                figures = f"limit {cgroup.limit >> 20} MiB" + (f", peak {peak >> 20} MiB" if peak else "")
-                return OutOfMemory(f"machine process {pid} was killed by the kernel's OOM killer ({figures})",
-                                   machine=addr)
-            if (line := kernel_oom_kill(pid)) is not None:
-                return OutOfMemory(f"machine process {pid} was killed by the kernel's OOM killer: {line}",
-                                   machine=addr)
-        return MachineStopped(f"machine process {pid} {describe_exit(code)}", machine=addr)
-
-    async def kill(self) -> None:
-        if not self._exited.done():
-            try:
-                self.process.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(asyncio.shield(self._exited), _KILL_GRACE)
-            except TimeoutError:
-                self.process.send_signal(signal.SIGKILL)
-        await asyncio.shield(self._cleaned)
-
-
-class _PipeReader:
-    """Reads a pipe on the loop (no transports), handing each chunk to ``on_data`` and None at EOF; closes it then."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_data: Callable[[bytes | None], None]) -> None:
-        self._loop, self._fd, self._on_data = loop, fd, on_data
-        self._open = True
-        os.set_blocking(fd, False)
-        loop.add_reader(fd, self._read)
-
-    def _read(self) -> None:
-        if self._read_once() is False:
-            self.drain_and_close()
-
-    def _read_once(self) -> bool | None:
-        """Reads once: True if it got data, None if there is none now, False at EOF."""
-        try:
-            data = os.read(self._fd, 65536)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return False
-        if not data:
-            return False
-        self._on_data(data)
-        return True
-
-    def drain_and_close(self) -> None:
-        """Reads what is left, reports EOF, and stops watching the fd."""
-        if not self._open:
-            return
-        self._open = False
-        self._loop.remove_reader(self._fd)
-        while self._read_once():  # what the exited writer left (a grandchild may hold the pipe open)
-            pass
-        os.close(self._fd)
-        self._on_data(None)
+        if self._launcher is not None:
+            await self._launcher.shutdown()
