@@ -181,6 +181,19 @@ with bigmachine.start(local) as b:
     assert _gone(seen["ahead"], 10)
 
 
+def test_a_driver_killed_right_after_starting_the_server_ahead_leaves_no_server() -> None:
+    """Killed while the server still boots: it finds its parent gone (die_with_parent) or its socket closed."""
+    script = "import os, signal, bigmachine\nbigmachine.systems.Local().prepare()\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    driver = subprocess.Popen([sys.executable, "-c", script])
+    assert driver.wait(60) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while servers := [p for p in psutil.process_iter(["cmdline"])
+                      if p.info["cmdline"] and p.info["cmdline"][-3:-2] == ["--fork-server"]
+                      and p.info["cmdline"][-1] == str(driver.pid)]:
+        assert time.monotonic() < deadline, f"the fork server outlived its killed driver: {servers}"
+        time.sleep(0.05)
+
+
 def test_a_server_started_ahead_forks_the_sessions_machines_and_is_the_only_one() -> None:
     local = Local()
     local.prepare()

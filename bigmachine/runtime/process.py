@@ -50,9 +50,10 @@ def die_with_parent(parent: int | None) -> None:
     """Has the kernel SIGKILL this process the moment its parent ends, even while a thread holds the GIL.
 
     The supervisor's own parent check needs the interpreter; this needs nothing. The signal
-    comes when the parent *thread* that forked us ends: the driver forks machines (and the fork
-    server, whose forks die with it in turn) on its session loop thread, which lives until they
-    are all stopped (bigmachine/systems/local.py).
+    comes when the parent *thread* that forked us ends: the driver forks machines on its session
+    loop thread, which lives until they are all stopped, and the fork server (whose forks die with
+    it in turn) there or on its main thread, which lives as long as the process
+    (bigmachine/systems/local.py, local_processes.py).
     """
     if parent is None:
         return
