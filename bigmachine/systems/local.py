@@ -47,12 +47,18 @@ class Local(System):
     def __repr__(self) -> str:
         return "Local()" if self.memory_limit is None else f"Local(memory_limit={self.memory_limit})"
 
+    @property
+    def forks_machines(self) -> bool:
+        """Whether machines are forked from a fork server: not with a ``memory_limit``, which applies from a
+        machine's start, so those start as fresh processes."""
+        return self.memory_limit is None
+
     def prepare(self) -> None:
         """Starts a fork server for the session about to start, before it imports its modules: most of a
         first start is the server's boot, which now overlaps the driver's. Only on the main thread,
         which lives as long as the process: the server dies with the thread that starts it."""
-        if self.memory_limit is not None or threading.current_thread() is not threading.main_thread():
-            return  # machines with a limit start as fresh processes; elsewhere the session's loop starts it
+        if not self.forks_machines or threading.current_thread() is not threading.main_thread():
+            return  # elsewhere the session's loop starts it
         with self._lock:
             if self._started is not None:
                 return

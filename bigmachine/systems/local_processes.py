@@ -54,7 +54,7 @@ class Launcher:
         """Has the session's loop serve its fork server as soon as it can: ``started`` (by ``Local.prepare``),
         else one started there now, which boots while the session makes its certificates and the
         program goes on to ``b.start``. Most of a first start is that boot."""
-        if started is not None or self._local.memory_limit is None:  # machines with a limit start as fresh processes
+        if started is not None or self._local.forks_machines:
             session.call_soon(self._warm_fork_server, started)
 
     def _warm_fork_server(self, started: ForkServerProcess | None) -> None:
@@ -123,7 +123,7 @@ class Launcher:
 
         ``pipes``: the write ends of its report pipe, stdout and stderr.
         """
-        forks = self._fork_server(env) if self._local.memory_limit is None else None  # limits apply from the start
+        forks = self._fork_server(env) if self._local.forks_machines else None
         if forks is not None:
             spec.parent = forks.process.pid  # whose death the machine dies with: the server's, which dies with ours
             try:
