@@ -22,8 +22,7 @@ import bigmachine
 from bigmachine import RUNNING, STOPPED
 from bigmachine.systems import Local
 from bigmachine.systems import memory
-from bigmachine.systems.memory import MemoryCgroup
-from bigmachine.systems.memory import kernel_oom_kill, parse_size
+from bigmachine.systems.memory import MemoryCgroup, kernel_oom_kill, parse_size
 
 pytestmark = pytest.mark.timeout(120)
 
