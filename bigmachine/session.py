@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import secrets
 import shutil
@@ -155,10 +156,14 @@ class B:
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         """Runs a coroutine on the session's loop and waits for it (rare paths only)."""
+        return self._submit(coro).result(timeout)
+
+    def _submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        """Starts a coroutine on the session's loop from another thread; its future."""
         if self.on_loop_thread():
             coro.close()
             raise Error("this blocking call cannot run on the session's own event loop thread; use the async API")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Starts a background task on the loop, kept until it ends (loop thread only)."""
@@ -276,13 +281,25 @@ class B:
             close()
         atexit.unregister(self.shutdown)
         try:
-            self._run(self._ashutdown(), _SHUTDOWN_TIMEOUT)
+            self._wait_through_ctrl_c(self._submit(self._ashutdown()))
         except concurrent.futures.TimeoutError:
             logger.error("session %s: shutdown did not finish within %s s", self.name, _SHUTDOWN_TIMEOUT)
         finally:
             shutil.rmtree(self.tmpdir, ignore_errors=True)  # first: nothing below may keep the keys on disk
             self._stop_loop()
             self.callbacks.close()  # callbacks still running finish in their threads; idle ones end now
+
+    def _wait_through_ctrl_c(self, shutting_down: concurrent.futures.Future[None]) -> None:
+        """Waits for the shutdown; a Ctrl-C meanwhile is raised once it is done (a second one stops the wait):
+        cut short, it would leave machines running and the loop's tasks pending."""
+        try:
+            shutting_down.result(_SHUTDOWN_TIMEOUT)
+        except KeyboardInterrupt:
+            logger.warning("session %s: interrupted while shutting down; stopping its machines first "
+                           "(interrupt again to stop waiting)", self.name)
+            with contextlib.suppress(KeyboardInterrupt, concurrent.futures.TimeoutError):
+                shutting_down.result(_SHUTDOWN_TIMEOUT)
+            raise
 
     async def _ashutdown(self) -> None:
         if self._launching:  # b.start interrupted (Ctrl-C): what it launched must be known to be killed

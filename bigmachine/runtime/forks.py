@@ -59,7 +59,10 @@ def serve(control_fd: int, driver: int) -> NoReturn:
 
 def _serve_request(control: socket.socket, selector: selectors.BaseSelector, children: dict[int, int]) -> bool:
     """Forks the machine one request asks for; False once the driver has closed the socket."""
-    data, fds, flags, _ = socket.recv_fds(control, FORK_MESSAGE_MAX, _FDS_PER_MACHINE)
+    try:
+        data, fds, flags, _ = socket.recv_fds(control, FORK_MESSAGE_MAX, _FDS_PER_MACHINE)
+    except ConnectionResetError:  # the driver died with a request of ours unread: gone all the same
+        return False
     if not data:
         return False
     request: dict[str, object] = {}

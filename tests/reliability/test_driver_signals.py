@@ -146,6 +146,54 @@ START_16 = textwrap.dedent(
 )
 
 
+SHUTDOWN_WITH_CALLS_RUNNING = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import bigmachine
+    from services import Work
+
+    with bigmachine.start() as b:
+        print(b.tmpdir, flush=True)
+        machines = b.start(2, bigmachine.Services(Work=Work()))
+        for m in machines:
+            m.call("Work.pid", timeout=60)
+        calls = [m.submit("Work.sleep", 60) for m in machines]  # a stopping machine gives them a grace period
+        time.sleep(0.5)  # under way on the machines
+        print("shutting down", flush=True)
+    """
+)
+
+
+def test_ctrl_c_during_shutdown_finishes_it_then_raises(tmp_path: Path) -> None:
+    """Ctrl-C while ``b.shutdown()`` runs (here: while the machines give their running calls a grace
+    period) lets it finish, then raises KeyboardInterrupt: no machine, temp dir or pending task is
+    left (was: the shutdown was cut short, and 40-odd "Task was destroyed" lines printed)."""
+    script = tmp_path / "driver.py"
+    script.write_text(SHUTDOWN_WITH_CALLS_RUNNING.format(tests=str(Path(__file__).parent.parent)))
+    tag = f"ctrl-c-shutdown-{time.monotonic_ns()}"
+    env = {**__import__("os").environ, "BIGMACHINE_TEST_TAG": tag}
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        tmpdir = Path(driver.stdout.readline().strip())  # type: ignore[union-attr]
+        assert driver.stdout.readline().strip() == "shutting down"  # type: ignore[union-attr]
+        time.sleep(0.3)  # in the machines' grace period (runtime/server.py STOP_GRACE, 1 s)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+        assert "interrupted while shutting down" in err, err
+        assert "KeyboardInterrupt" in err, err
+        assert "Task was destroyed but it is pending" not in err, err
+        assert not tmpdir.exists(), "the driver's temp dir was left behind"
+        assert not [p for p in tagged_processes(tag) if p.pid != driver.pid], "machines outlived shutdown"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+        for process in tagged_processes(tag):
+            process.kill()
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.03, 0.2])
 def test_ctrl_c_during_start_leaves_no_machine_once_shutdown_returns(tmp_path: Path, delay: float) -> None:
     """Ctrl-C at any moment of ``b.start(16)``: ``shutdown`` waits for what is being launched and
