@@ -98,8 +98,8 @@ class Machine:
     def err(self) -> BaseException | None:
         return self._err
 
-    def _bind(self, addr: str) -> None:
-        """Sets the address once known, and the connection pools to it."""
+    def _bind(self, addr: str, unix_socket: str | None = None) -> None:
+        """Sets the address once known, and the connection pools to it (or to ``unix_socket``, on this host)."""
         parts = urlsplit(addr)
         if parts.scheme != "https" or not parts.hostname or not parts.port:
             raise ValueError(f"machine address must look like https://host:port/, not {addr!r}")
@@ -108,14 +108,14 @@ class Machine:
         self._host_header = parts.netloc.encode()
         self._target = blocking.Target(self, self.addr, self._host_header, self.rpc_stats, self._sync_error,
                                        self._call_streaming)
-        host, port, context = parts.hostname, parts.port, self._session.client_context
+        server = (parts.hostname, parts.port, self._session.client_context, parts.hostname)
         data = ConnectionBudget(self._session.max_connections)
-        self._sync = SyncPool(host, port, context, host, data)
-        self._pool = AsyncPool(host, port, context, host, data)
+        self._sync = SyncPool(*server, data, unix_socket=unix_socket)
+        self._pool = AsyncPool(*server, data, unix_socket=unix_socket)
         control = ConnectionBudget(CONTROL_CONNECTIONS)
-        self._sync_control = SyncPool(host, port, context, host, control)
-        self._control = AsyncPool(host, port, context, host, control)
-        self._lifeline = AsyncPool(host, port, context, host, ConnectionBudget(1))
+        self._sync_control = SyncPool(*server, control, unix_socket=unix_socket)
+        self._control = AsyncPool(*server, control, unix_socket=unix_socket)
+        self._lifeline = AsyncPool(*server, ConnectionBudget(1), unix_socket=unix_socket)
 
     def _pools(self) -> list[Any]:
         return [p for p in (self._sync, self._pool, self._sync_control, self._control, self._lifeline) if p is not None]
@@ -458,7 +458,7 @@ class Machine:
         deadline = calls.deadline_after(timeout)
         try:
             async with asyncio.timeout(timeout):
-                self.bind(await instance.address())  # also the sign that it serves, when the address was known before
+                self.bind(await instance.address(), instance.unix_socket())  # also the sign that it serves, when the address was known before
                 request = calls.encode_call(self._host_header, "Supervisor.register",
                                               (blobs, system.liveness.timeout), {})
                 info = await self._acall(request, deadline, timeout)
@@ -492,10 +492,11 @@ class Machine:
             logger.error("machine %s: %s", self.addr or self.name, err)
         self.stop(err)
 
-    def bind(self, addr: str) -> None:
-        """Sets the machine's address, once known (a system may know it at launch)."""
+    def bind(self, addr: str, unix_socket: str | None = None) -> None:
+        """Sets the machine's address, once known (a system may know it at launch), and the Unix socket this
+        driver's connections take instead, if the machine has one on this host."""
         if not self.addr:
-            self._bind(addr)
+            self._bind(addr, unix_socket)
 
     def starting(self) -> None:
         self._set_state(STARTING)

@@ -215,7 +215,7 @@ class B:
             self._instances[machine] = instance
             machine.on_stop.append(self._on_stop)
             if (addr := instance.address_nowait()) is not None:
-                machine.bind(addr)  # known at launch: m.addr is set when b.start returns, as in Go
+                machine.bind(addr, instance.unix_socket())  # known at launch: m.addr is set when b.start returns, as in Go
             self._spawn(machine.watch_exit(instance))
             self._spawn(machine.boot(instance, blobs, progress))
             started.append(machine)

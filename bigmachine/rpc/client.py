@@ -295,11 +295,12 @@ def _drop_unwanted(connecting: asyncio.Future[tuple[asyncio.BaseTransport, Async
 
 
 class AsyncPool(_Counted):
-    """Keep-alive connections to one server, for one event loop, within a ``ConnectionBudget``."""
+    """Keep-alive connections to one server, for one event loop, within a ``ConnectionBudget``; over
+    ``unix_socket`` if given (the server on this host), else TCP to ``host:port``."""
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str,
-                 budget: ConnectionBudget | None = None) -> None:
-        self.host, self.port = host, port
+                 budget: ConnectionBudget | None = None, *, unix_socket: str | None = None) -> None:
+        self.host, self.port, self.unix_socket = host, port, unix_socket
         self._context, self._server_hostname = context, server_hostname
         self._budget = budget if budget is not None else ConnectionBudget(DEFAULT_MAX_CONNECTIONS)
         self._budget.add_reclaimer(self._reclaim_idle)
@@ -365,10 +366,14 @@ class AsyncPool(_Counted):
 
     async def _open(self) -> tuple[asyncio.BaseTransport, AsyncConnection]:
         # A coroutine of its own: cancelled before it starts, nothing is left un-awaited.
-        return await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-            lambda: AsyncConnection(self), self.host, self.port,
-            ssl=self._context, server_hostname=self._server_hostname,
-        ), CONNECT_TIMEOUT)
+        loop, context, hostname = asyncio.get_running_loop(), self._context, self._server_hostname
+        if self.unix_socket is not None:
+            connecting = loop.create_unix_connection(lambda: AsyncConnection(self), self.unix_socket,
+                                                     ssl=context, server_hostname=hostname)
+        else:
+            connecting = loop.create_connection(lambda: AsyncConnection(self), self.host, self.port,
+                                                ssl=context, server_hostname=hostname)
+        return await asyncio.wait_for(connecting, CONNECT_TIMEOUT)
 
     async def call(self, request: Request, deadline: float) -> tuple[Response, AsyncConnection]:
         """Sends a call and waits, by ``deadline``, for its reply's head (and body, unless streamed: then read
@@ -454,7 +459,7 @@ class SyncConnection:
 
     def __init__(self, pool: SyncPool, deadline: float) -> None:
         self.pool = pool
-        sock = socket.create_connection((pool.host, pool.port), timeout=_connect_timeout(deadline))
+        sock = _connected(pool, _connect_timeout(deadline))
         try:
             _nodelay(sock)
             self.sock = pool.context.wrap_socket(sock, server_hostname=pool.server_hostname,
@@ -633,11 +638,12 @@ class SyncConnection:
 
 
 class SyncPool(_Counted):
-    """Blocking connections to one server, shared by threads (one at a time each), within a ``ConnectionBudget``."""
+    """Blocking connections to one server, shared by threads (one at a time each), within a ``ConnectionBudget``;
+    over ``unix_socket`` if given, as ``AsyncPool``."""
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str,
-                 budget: ConnectionBudget | None = None) -> None:
-        self.host, self.port = host, port
+                 budget: ConnectionBudget | None = None, *, unix_socket: str | None = None) -> None:
+        self.host, self.port, self.unix_socket = host, port, unix_socket
         self.context, self.server_hostname = context, server_hostname
         self._budget = budget if budget is not None else ConnectionBudget(DEFAULT_MAX_CONNECTIONS)
         self._budget.add_reclaimer(self._reclaim_idle)
@@ -779,6 +785,20 @@ def _shutdown(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _connected(pool: SyncPool, timeout: float) -> socket.socket:
+    """A blocking socket connected to the pool's server: its Unix socket if it has one, else TCP."""
+    if pool.unix_socket is None:
+        return socket.create_connection((pool.host, pool.port), timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(pool.unix_socket)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _connect_timeout(deadline: float) -> float:

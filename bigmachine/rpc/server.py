@@ -109,12 +109,12 @@ class RpcServer:
         self._on_memory_error = on_memory_error
         self._connections: set[ServerConnection] = set()
         self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
 
     def serve(self, listener: socket.socket) -> None:
-        """Starts accepting on a bound, listening socket (its loop watches it; call on the loop)."""
+        """Starts accepting on a bound, listening socket, TCP or Unix (its loop watches it; call on the loop)."""
         listener.setblocking(False)
-        self._listener = listener
+        self._listeners.append(listener)
         self.loop.add_reader(listener.fileno(), self._accept, listener)
 
     def _accept(self, listener: socket.socket) -> None:
@@ -128,7 +128,8 @@ class RpcServer:
                 logger.warning("accepting a connection failed: %s", exc)
                 return
             raw.setblocking(True)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if raw.family != socket.AF_UNIX:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = ServerConnection(self, raw)
             with self._lock:
                 self._connections.add(connection)
@@ -176,8 +177,8 @@ class RpcServer:
             connections = list(self._connections)
         if every:
             self.slots.close()
-        listener, self._listener = self._listener, None
-        if listener is not None:
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
             self.loop.remove_reader(listener.fileno())
             listener.close()
         for connection in connections:

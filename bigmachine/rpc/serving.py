@@ -566,6 +566,7 @@ def _block_with_bound(sock: socket.socket, seconds: float) -> None:
 
 def _peer(sock: socket.socket) -> str:
     try:
-        return "%s:%s" % sock.getpeername()[:2]
+        peer = sock.getpeername()
     except OSError:
         return "a closed socket"
+    return "%s:%s" % peer[:2] if isinstance(peer, tuple) else "a caller on the Unix socket"

@@ -7,9 +7,10 @@ from the files as they are when it starts.
 
 The driver talks over a ``SOCK_SEQPACKET`` Unix socket, one JSON message each way:
 
-- ``{"id", "env"}`` with the machine's stdout, stderr, report pipe and listening socket
-  passed as fds (``SCM_RIGHTS``): the server forks, and answers ``{"id", "pid"}`` with a
-  pidfd of the machine, so the driver signals it without a pid race;
+- ``{"id", "env"}`` with the machine's stdout, stderr, report pipe, listening socket and
+  (when the driver made one) Unix socket passed as fds (``SCM_RIGHTS``): the server forks,
+  and answers ``{"id", "pid"}`` with a pidfd of the machine, so the driver signals it
+  without a pid race;
 - when a machine ends, ``{"exit": pid, "code": code}``: its process group is killed first,
   before it is reaped (its pid, and so its group id, can't be reused while it is a zombie).
 
@@ -38,7 +39,7 @@ from .spec import FORK_MESSAGE_MAX, LaunchSpec
 
 __all__ = ["serve"]
 
-_FDS_PER_MACHINE = 4  # stdout, stderr, report pipe, listening socket
+_FDS_PER_MACHINE = 5  # stdout, stderr, report pipe, listening socket, and the Unix socket if there is one
 
 
 def serve(control_fd: int, driver: int) -> NoReturn:
@@ -67,7 +68,7 @@ def _serve_request(control: socket.socket, selector: selectors.BaseSelector, chi
         return False
     request: dict[str, object] = {}
     try:
-        if flags & socket.MSG_TRUNC or len(fds) != _FDS_PER_MACHINE:
+        if flags & socket.MSG_TRUNC or len(fds) not in (_FDS_PER_MACHINE - 1, _FDS_PER_MACHINE):
             raise ValueError(f"a malformed request ({len(data)} bytes, {len(fds)} fds)")
         request = json.loads(data)
         pid = os.fork()
@@ -106,17 +107,17 @@ def _machine(env: dict[str, str], fds: list[int]) -> None:
     """In the forked child: become the machine a fresh ``python -m bigmachine.runtime`` would be, then run it."""
     code = 1
     try:
-        stdout, stderr, report, listen = fds
+        stdout, stderr, report, listen, *unix = fds
         os.setsid()  # a process group of its own, as Popen(start_new_session=True) gives
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
-        for fd in (report, listen):
+        for fd in (report, listen, *unix):
             os.set_inheritable(fd, True)  # as Popen's pass_fds leaves them
-        _close_fds_but((0, 1, 2, report, listen))
+        _close_fds_but((0, 1, 2, report, listen, *unix))
         os.environ.clear()
         os.environ.update(env)
         spec = LaunchSpec.from_environment()
-        spec.report_fd, spec.listen_fd = report, listen
+        spec.report_fd, spec.listen_fd, spec.unix_fd = report, listen, (unix[0] if unix else None)
         code = _run_as_main(spec)
     finally:
         with contextlib.suppress(Exception):

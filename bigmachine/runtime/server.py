@@ -32,7 +32,8 @@ STOP_GRACE = 1.0  # seconds a stopping machine gives calls in progress to send t
 
 
 class MachineServer:
-    """A running machine: the RPC server with mutual TLS on one socket, and the supervisor."""
+    """A running machine: the RPC server with mutual TLS on its socket (and a Unix one for a driver on the same
+    host), and the supervisor."""
 
     def __init__(self, config: LaunchSpec, *, on_exit: Callable[[str, int], None]) -> None:
         self.config = config
@@ -66,6 +67,8 @@ class MachineServer:
                                 idle_timeout=SERVER_IDLE_TIMEOUT, on_memory_error=self._out_of_memory)
         self.session._attach(loop)
         self.server.serve(sock)
+        if self.config.unix_fd is not None:  # the same calls, past TCP, for a driver on this host
+            self.server.serve(socket.socket(fileno=self.config.unix_fd))
         host, port = sock.getsockname()[:2]
         self.addr = f"https://{'[' + host + ']' if ':' in host else host}:{port}/"
         self.supervisor.start_watchdog()

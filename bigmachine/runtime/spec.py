@@ -29,6 +29,7 @@ class LaunchSpec:
     host: str = "127.0.0.1"
     port: int = 0
     listen_fd: int | None = None  # a socket the system bound for the machine (its address known up front)
+    unix_fd: int | None = None  # a Unix socket bound for the driver's own calls, on the same host (Local)
     lease: float = 120.0
     maxprocs: int = 1
     parent: int | None = None  # the driver's pid, for a machine that must end with it

@@ -28,6 +28,11 @@ class Instance(abc.ABC):
         """The machine's ``https://host:port/`` if known before it serves (the system chose it), else None."""
         return None
 
+    def unix_socket(self) -> str | None:
+        """A Unix socket on the driver's host where the machine serves the same calls, else None. The driver's
+        own connections go there, past TCP; everyone else uses the address."""
+        return None
+
     @abc.abstractmethod
     async def address(self) -> str:
         """The machine's ``https://host:port/`` once it serves."""

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import astuple
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import MachineStopped, OutOfMemory
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 _KILL_GRACE = 2.0
 _OUTPUT_GRACE = 1.0  # seconds shutdown waits for machines' last output to be written
+_UNIX_SOCKET = "rpc.sock"  # in the machine's private directory (0700, the session's temp dir)
+_UNIX_PATH_MAX = 108  # bytes of sockaddr_un's path on Linux, its NUL included
 
 
 class Launcher:
@@ -87,14 +90,17 @@ class Launcher:
             session.tmpdir / machine.name)
         # The driver picks the address (issue 15): it is known when b.start returns, before the machine serves.
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        unix = None
         pipes = [os.pipe() for _ in range(3)]  # the machine's report pipe, stdout and stderr: (read, write) each
         cgroup = None
         try:
             listener.bind(("127.0.0.1", 0))
             listener.listen(1024)  # connections made before the machine serves wait in the backlog
             address = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+            unix = _unix_listener(tls_dir / _UNIX_SOCKET)
             spec = LaunchSpec(
-                session=session.name, tls_dir=str(tls_dir), listen_fd=listener.fileno(), lease=self._local.initial_lease(),
+                session=session.name, tls_dir=str(tls_dir), listen_fd=listener.fileno(),
+                unix_fd=unix.fileno() if unix else None, lease=self._local.initial_lease(),
                 parent=os.getpid(), system=self._local.name, service_threads=self._local.service_threads,
                 keepalive=astuple(self._local.liveness), report_fd=pipes[0][1], path=sys.path, argv=sys.argv,
             )
@@ -103,7 +109,8 @@ class Launcher:
                 spec.memory_limit = self._local.memory_limit
                 spec.cgroup_procs = cgroup.procs_file if cgroup else None
             env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1"}
-            process = await self._start_process(spec, env, [fd for _, fd in pipes], listener.fileno())
+            sockets = [listener.fileno()] + ([unix.fileno()] if unix else [])
+            process = await self._start_process(spec, env, [fd for _, fd in pipes], sockets)
         except BaseException:
             for read_fd, _ in pipes:
                 os.close(read_fd)
@@ -114,20 +121,24 @@ class Launcher:
             for _, write_fd in pipes:
                 os.close(write_fd)
             listener.close()  # the machine's copy serves; ours would keep the port open after it ends
+            if unix is not None:
+                unix.close()
         janitor.watch(process.pid, str(cgroup.path) if cgroup else None)
-        return LocalProcess(machine, process, [fd for fd, _ in pipes], cgroup, address=address, janitor=janitor)
+        return LocalProcess(machine, process, [fd for fd, _ in pipes], cgroup, address=address, janitor=janitor,
+                            unix_path=str(tls_dir / _UNIX_SOCKET) if unix else None)
 
     async def _start_process(self, spec: LaunchSpec, env: dict[str, str], pipes: list[int],
-                             listen_fd: int) -> MachineProcess:
+                             sockets: list[int]) -> MachineProcess:
         """Forks the machine from the fork server where that gives the very process a fresh one would be.
 
-        ``pipes``: the write ends of its report pipe, stdout and stderr.
+        ``pipes``: the write ends of its report pipe, stdout and stderr; ``sockets``: its listening
+        socket, and its Unix socket if it has one.
         """
         forks = self._fork_server(env) if self._local.forks_machines else None
         if forks is not None:
             spec.parent = forks.process.pid  # whose death the machine dies with: the server's, which dies with ours
             try:
-                return await forks.spawn({**env, **spec.to_environment()}, [pipes[1], pipes[2], pipes[0], listen_fd])
+                return await forks.spawn({**env, **spec.to_environment()}, [pipes[1], pipes[2], pipes[0], *sockets])
             except ForkServerError as exc:
                 logger.warning("%s; starting a fresh process instead", exc)
                 spec.parent = os.getpid()
@@ -138,7 +149,7 @@ class Launcher:
         # Each machine leads a process group of its own, which ends with it (start_new_session).
         return SpawnedProcess(subprocess.Popen(
             [sys.executable, "-m", "bigmachine.runtime"], env={**env, **spec.to_environment()},
-            pass_fds=(pipes[0], listen_fd), stdin=subprocess.DEVNULL, stdout=pipes[1], stderr=pipes[2],
+            pass_fds=(pipes[0], *sockets), stdin=subprocess.DEVNULL, stdout=pipes[1], stderr=pipes[2],
             start_new_session=True,
         ))
 
@@ -158,6 +169,27 @@ class Launcher:
                 started = ForkServerProcess(server_env)  # on the loop's thread: it lasts as long (PR_SET_PDEATHSIG)
             forks = self._forks[loop] = ForkServer(started)
         return forks if forks.alive and forks.key == key else None
+
+
+def _unix_listener(path: Path) -> socket.socket | None:
+    """A listening Unix socket at ``path`` for the driver's own calls to a machine, or None where the path is too
+    long for one: those calls then go over TCP, as everyone else's do.
+
+    On one host a Unix socket costs less than TCP's loopback per call, on both sides
+    (benchmarks/RESULTS.md); the calls on it are mutual TLS all the same, and its directory is
+    the driver's alone.
+    """
+    if len(os.fsencode(path)) >= _UNIX_PATH_MAX:
+        logger.debug("%s is too long for a Unix socket: the driver calls the machine over TCP", path)
+        return None
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        listener.listen(1024)  # as the TCP one: connections made before the machine serves wait
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 class MachineProcess(Protocol):
@@ -206,8 +238,9 @@ class LocalProcess(Instance):
     """
 
     def __init__(self, machine: Machine, process: MachineProcess, pipes: list[int],
-                 cgroup: MemoryCgroup | None = None, *, address: str, janitor: Janitor) -> None:
+                 cgroup: MemoryCgroup | None = None, *, address: str, janitor: Janitor, unix_path: str | None = None) -> None:
         """``pipes``: the read ends of the machine's report pipe, stdout and stderr (this object owns them)."""
+        self._unix_path = unix_path
         self._machine = machine
         self._cgroup = cgroup
         self._janitor = janitor
@@ -238,6 +271,9 @@ class LocalProcess(Instance):
 
     def address_nowait(self) -> str:
         return self._addr
+
+    def unix_socket(self) -> str | None:
+        return self._unix_path
 
     def _on_report(self, data: bytes | None) -> None:
         """The machine reports its address once it serves (or the pipe ends with the process)."""
