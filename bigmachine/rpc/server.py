@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import NotFound
+from . import sockets
 from .hangups import HangupWatch
 from .serving import ServerConnection
 from .slots import ServiceSlots
@@ -128,8 +129,7 @@ class RpcServer:
                 logger.warning("accepting a connection failed: %s", exc)
                 return
             raw.setblocking(True)
-            if raw.family != socket.AF_UNIX:
-                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sockets.tune(raw)
             connection = ServerConnection(self, raw)
             with self._lock:
                 self._connections.add(connection)
