@@ -1,9 +1,9 @@
 """The call_ceiling scenario: what bigmachine's way of carrying calls costs, with none of bigmachine's code.
 
 The floor the throughput target is held against, as tls_ceiling is for bulk. Two spawned
-servers serve each connection on a thread of its own that reads a request and writes its
-reply, as a machine does (`bigmachine/rpc/serving.py`), scheduled as batch work as a
-machine's threads are. This process keeps cfg.inflight connections busy from one uvloop
+servers listen on Unix sockets, as a Local machine does for its driver, and serve each
+connection on a thread of its own that reads a request and writes its reply, as a machine
+does (`bigmachine/rpc/serving.py`), scheduled as batch work as a machine's threads are. This process keeps cfg.inflight connections busy from one uvloop
 loop, as the driver's `acall` on `b.loop` does, alternating servers. The bytes are those
 of bigmachine's `echo(1)`: its HTTP request and reply, encoded by bigmachine's codec, but
 nothing parses, pickles or dispatches them. Certificates are ECDSA P-256 from
@@ -32,12 +32,12 @@ from collections.abc import Iterator
 
 import uvloop
 
-from bigmachine.rpc import calls, codec, wire
+from bigmachine.rpc import calls, codec, sockets, wire
 from bigmachine.tls import client_context, server_context
 
 from .harness import Config, measurement
 from .measure import Measurement
-from .tls_ceiling import HOST, certificates
+from .tls_ceiling import HOST, certificates, unix_listener
 
 __all__ = ["call_ceiling"]
 
@@ -74,17 +74,17 @@ def _run(certs: str, servers: list[tuple[int, multiprocessing.connection.Connect
     return {"rate": ncalls / wall, "client_us": client_cpu / ncalls * 1e6, "server_us": server_cpu / ncalls * 1e6}
 
 
-async def _drive(certs: str, servers: list[tuple[int, multiprocessing.connection.Connection]], inflight: int,
+async def _drive(certs: str, servers: list[tuple[str, multiprocessing.connection.Connection]], inflight: int,
                  batch: int, rounds: int) -> tuple[float, float, float, int]:
     """Connects inflight / batch lanes, warms them, then times `rounds` rounds of batch calls on each:
     the seconds, this process's CPU seconds, the servers' and the number of calls."""
-    ports = [port for port, _ in servers]
+    paths = [path for path, _ in servers]
     loop = asyncio.get_running_loop()
     context = client_context(certs)
     lanes = []
     for i in range(inflight // batch):
-        _, lane = await asyncio.wait_for(loop.create_connection(
-            lambda: _Lane(REQUEST * batch, len(REPLY) * batch), HOST, ports[i % len(ports)],
+        _, lane = await asyncio.wait_for(loop.create_unix_connection(
+            lambda: _Lane(REQUEST * batch, len(REPLY) * batch), paths[i % len(paths)],
             ssl=context, server_hostname=HOST), _DEADLINE)
         lanes.append(lane)
     try:
@@ -111,7 +111,7 @@ class _Lane(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sockets.tune(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
@@ -132,20 +132,20 @@ class _Lane(asyncio.Protocol):
 
 
 @contextlib.contextmanager
-def _servers(certs: str, n: int) -> Iterator[list[tuple[int, multiprocessing.connection.Connection]]]:
-    """n spawned servers, each as (its port, the pipe it reports its CPU time on); closing the pipe ends it."""
+def _servers(certs: str, n: int) -> Iterator[list[tuple[str, multiprocessing.connection.Connection]]]:
+    """n spawned servers, each as (its socket's path, the pipe it reports its CPU time on); closing the pipe ends it."""
     ctx = multiprocessing.get_context("spawn")
     started = []
     try:
-        for _ in range(n):
+        for i in range(n):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(certs, theirs), daemon=True)
+            proc = ctx.Process(target=_serve, args=(certs, os.path.join(certs, f"calls-{i}.sock"), theirs), daemon=True)
             proc.start()
             theirs.close()
             started.append((proc, ours))
             if not ours.poll(_DEADLINE):
                 raise TimeoutError(f"a call server did not listen within {_DEADLINE:g} s")
-        yield [(int(control.recv()), control) for _, control in started]
+        yield [(str(control.recv()), control) for _, control in started]
     finally:
         for proc, control in started:
             control.close()
@@ -162,12 +162,12 @@ def _server_cpu(control: multiprocessing.connection.Connection) -> float:
     return float(control.recv())
 
 
-def _serve(certs: str, parent: multiprocessing.connection.Connection) -> None:
+def _serve(certs: str, path: str, parent: multiprocessing.connection.Connection) -> None:
     """A server: a thread per accepted connection; answers CPU-time queries on parent, ends when it closes."""
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # as bigmachine.runtime.process does
     context = server_context(certs)
-    listener = socket.create_server((HOST, 0))
-    parent.send(listener.getsockname()[1])
+    listener = unix_listener(path)
+    parent.send(path)
     threading.Thread(target=_report_cpu, args=(parent,), daemon=True).start()
     while True:
         raw, _ = listener.accept()
@@ -185,7 +185,7 @@ def _report_cpu(parent: multiprocessing.connection.Connection) -> None:
 
 def _answer(context: ssl.SSLContext, raw: socket.socket) -> None:
     """Reads requests as they come and writes one reply per whole request, together if they came together."""
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sockets.tune(raw)
     with context.wrap_socket(raw, server_side=True) as tls:
         buffer = bytearray(64 * 1024)
         pending = 0

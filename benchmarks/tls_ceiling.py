@@ -1,9 +1,11 @@
-"""The tls_ceiling scenario: how fast Python's `ssl` moves bytes one way over loopback.
+"""The tls_ceiling scenario: how fast Python's `ssl` moves bytes one way between two processes on one host.
 
 The floor bulk transfers are held against (issue 12): this process, a TLS 1.3
 client, sends each of `cfg.bulk_sizes` from one buffer over one mutual-TLS
-connection to a spawned receiver, which `recv_into`s a preallocated, already
-touched buffer and acknowledges with one byte. Certificates are ECDSA P-256 from
+connection to a spawned receiver, on a Unix socket tuned as bigmachine's are
+(`bigmachine.rpc.sockets`): the transport a Local machine's driver uses. The
+receiver `recv_into`s a preallocated, already touched buffer and acknowledges
+with one byte. Certificates are ECDSA P-256 from
 `bigmachine.tls`, as a session's are. Backend-independent: it runs once per run,
 and its figure stands for both directions.
 
@@ -19,19 +21,21 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import socket
 import ssl
 import struct
 import tempfile
 from collections.abc import Iterator
 
+from bigmachine.rpc import sockets
 from bigmachine.rpc.buffers import fresh_bytes
 from bigmachine.tls import Authority, client_context, server_context
 
 from .harness import MB, Config, measurement, size_label, timed
 from .measure import MIB, Measurement
 
-__all__ = ["HOST", "TLS_FLOOR", "certificates", "tls_ceiling"]
+__all__ = ["HOST", "TLS_FLOOR", "certificates", "tls_ceiling", "unix_connection", "unix_listener"]
 
 #: The backend label of its rows.
 TLS_FLOOR = "tls (floor)"
@@ -43,11 +47,11 @@ _DEADLINE = 120.0  # seconds any one wait may take
 def tls_ceiling(name: str, cfg: Config) -> list[Measurement]:
     """MB/s one way for each payload size, the median over cfg.repeat after a warm-up."""
     out = []
-    with certificates() as certs, _receiver(certs) as port, _connect(certs, port) as tls:
+    with certificates() as certs, _receiver(certs) as path, _connect(certs, path) as tls:
         for size in cfg.bulk_sizes:
             payload = memoryview(b"\xa5" * size)
             _send(tls, payload, False)  # warm-up: the receiver touches its buffer
-            for metric, fresh, note in (("rate", False, "one way, TLS 1.3, the ceiling for up and down"),
+            for metric, fresh, note in (("rate", False, "one way, TLS 1.3 on a Unix socket, the ceiling for up and down"),
                                         ("rate into fresh memory", True, "received into a new buffer each time")):
                 rates = [size / MB / timed(_send, tls, payload, fresh) for _ in range(cfg.repeat)]
                 out.append(measurement(name, "tls_ceiling", metric, "MB/s", better="higher",
@@ -72,9 +76,26 @@ def certificates() -> Iterator[str]:
         yield directory
 
 
+def unix_listener(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, as a Local machine's."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    return listener
+
+
+def unix_connection(path: str) -> socket.socket:
+    """A blocking socket connected to ``path`` and tuned as the driver's are."""
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(_DEADLINE)
+    raw.connect(path)
+    sockets.tune(raw)
+    return raw
+
+
 @contextlib.contextmanager
-def _receiver(certs: str) -> Iterator[int]:
-    """A spawned receiving process; yields the port it listens on."""
+def _receiver(certs: str) -> Iterator[str]:
+    """A spawned receiving process; yields the path of the Unix socket it listens on."""
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
     proc = ctx.Process(target=_receive, args=(certs, theirs), daemon=True)
@@ -83,7 +104,7 @@ def _receiver(certs: str) -> Iterator[int]:
     try:
         if not ours.poll(_DEADLINE):
             raise TimeoutError(f"the TLS receiver did not listen within {_DEADLINE:g} s")
-        yield int(ours.recv())
+        yield str(ours.recv())
     finally:
         proc.join(_DEADLINE)
         if proc.is_alive():
@@ -92,21 +113,19 @@ def _receiver(certs: str) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _connect(certs: str, port: int) -> Iterator[ssl.SSLSocket]:
-    raw = socket.create_connection((HOST, port), timeout=_DEADLINE)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    with client_context(certs).wrap_socket(raw, server_hostname=HOST) as tls:
+def _connect(certs: str, path: str) -> Iterator[ssl.SSLSocket]:
+    with client_context(certs).wrap_socket(unix_connection(path), server_hostname=HOST) as tls:
         yield tls
 
 
 def _receive(certs: str, parent: multiprocessing.connection.Connection) -> None:
     """The receiver: accepts one connection, then reads payloads into one reused buffer until told to stop."""
-    with socket.create_server((HOST, 0)) as listener:
-        parent.send(listener.getsockname()[1])
+    with unix_listener(os.path.join(certs, "ceiling.sock")) as listener:
+        parent.send(listener.getsockname())
         listener.settimeout(_DEADLINE)
         raw, _ = listener.accept()
     raw.settimeout(_DEADLINE)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sockets.tune(raw)
     buffer = memoryview(bytearray())
     with server_context(certs).wrap_socket(raw, server_side=True) as tls:
         while True:
