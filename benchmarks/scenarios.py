@@ -341,9 +341,9 @@ SCENARIOS = {
         Scenario("cpu_per_call", "3. CPU per small sync call, driver and machine, from process CPU times",
                  cpu_per_call),
         Scenario("throughput", "4. Call throughput: 64 calls in flight across 2 workers", throughput),
-        Scenario("call_ceiling", "5. Call ceiling: echo(1)'s bytes over loopback TLS, 64 in flight on 2 servers, "
+        Scenario("call_ceiling", "5. Call ceiling: echo(1)'s bytes over TLS on Unix sockets, 64 in flight on 2 servers, "
                  "a thread per connection, no parsing", call_ceiling, once_as=TLS_FLOOR),
-        Scenario("tls_ceiling", "6. TLS ceiling: one way over loopback TLS 1.3, recv_into a preallocated buffer",
+        Scenario("tls_ceiling", "6. TLS ceiling: one way over TLS 1.3 on a Unix socket, recv_into a preallocated buffer",
                  tls_ceiling, once_as=TLS_FLOOR),
         Scenario("bulk", "7. Bulk transfer: an argument up and a reply down, 64 and 256 MiB, one worker", bulk),
         Scenario("bigpi", "8. bigpi: parallel efficiency on 2 workers", bigpi),
