@@ -37,7 +37,7 @@ from bigmachine.tls import client_context, server_context
 
 from .harness import Config, measurement
 from .measure import Measurement
-from .tls_ceiling import HOST, certificates, unix_listener
+from .tls_ceiling import HOST, certificates
 
 __all__ = ["call_ceiling"]
 
@@ -166,7 +166,7 @@ def _serve(certs: str, path: str, parent: multiprocessing.connection.Connection)
     """A server: a thread per accepted connection; answers CPU-time queries on parent, ends when it closes."""
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # as bigmachine.runtime.process does
     context = server_context(certs)
-    listener = unix_listener(path)
+    listener = sockets.listen_unix(path)
     parent.send(path)
     threading.Thread(target=_report_cpu, args=(parent,), daemon=True).start()
     while True:

@@ -22,7 +22,6 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
-import socket
 import ssl
 import struct
 import tempfile
@@ -35,7 +34,7 @@ from bigmachine.tls import Authority, client_context, server_context
 from .harness import MB, Config, measurement, size_label, timed
 from .measure import MIB, Measurement
 
-__all__ = ["HOST", "TLS_FLOOR", "certificates", "tls_ceiling", "unix_connection", "unix_listener"]
+__all__ = ["HOST", "TLS_FLOOR", "certificates", "tls_ceiling"]
 
 #: The backend label of its rows.
 TLS_FLOOR = "tls (floor)"
@@ -76,23 +75,6 @@ def certificates() -> Iterator[str]:
         yield directory
 
 
-def unix_listener(path: str) -> socket.socket:
-    """A listening Unix socket at ``path``, as a Local machine's."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen()
-    return listener
-
-
-def unix_connection(path: str) -> socket.socket:
-    """A blocking socket connected to ``path`` and tuned as the driver's are."""
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    raw.settimeout(_DEADLINE)
-    raw.connect(path)
-    sockets.tune(raw)
-    return raw
-
-
 @contextlib.contextmanager
 def _receiver(certs: str) -> Iterator[str]:
     """A spawned receiving process; yields the path of the Unix socket it listens on."""
@@ -114,13 +96,15 @@ def _receiver(certs: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _connect(certs: str, path: str) -> Iterator[ssl.SSLSocket]:
-    with client_context(certs).wrap_socket(unix_connection(path), server_hostname=HOST) as tls:
+    raw = sockets.connect_unix(path, _DEADLINE)
+    sockets.tune(raw)
+    with client_context(certs).wrap_socket(raw, server_hostname=HOST) as tls:
         yield tls
 
 
 def _receive(certs: str, parent: multiprocessing.connection.Connection) -> None:
     """The receiver: accepts one connection, then reads payloads into one reused buffer until told to stop."""
-    with unix_listener(os.path.join(certs, "ceiling.sock")) as listener:
+    with sockets.listen_unix(os.path.join(certs, "ceiling.sock")) as listener:
         parent.send(listener.getsockname())
         listener.settimeout(_DEADLINE)
         raw, _ = listener.accept()

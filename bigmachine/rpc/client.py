@@ -785,17 +785,10 @@ def _connected(pool: SyncPool, timeout: float) -> socket.socket:
     """A blocking socket connected to the pool's server: its Unix socket if it has one, else TCP."""
     if pool.unix_socket is None:
         return socket.create_connection((pool.host, pool.port), timeout=timeout)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(pool.unix_socket)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return sockets.connect_unix(pool.unix_socket, timeout)
 
 
 def _connect_timeout(deadline: float) -> float:
-    """A TCP connect waits for the deadline, but never longer than CONNECT_TIMEOUT."""
+    """A connect waits for the deadline, but never longer than CONNECT_TIMEOUT."""
     left = remaining(deadline)
     return CONNECT_TIMEOUT if left is None else min(left, CONNECT_TIMEOUT)

@@ -1,11 +1,12 @@
-"""Socket options every RPC connection gets, at both ends: TCP's or a Unix socket's, as it is."""
+"""RPC's sockets: the options every connection gets at both ends (TCP's or a Unix socket's, as it is), and
+a Unix socket's two ends, which a Local machine and its driver use on one host."""
 
 from __future__ import annotations
 
 import socket
 from typing import Any
 
-__all__ = ["tune"]
+__all__ = ["connect_unix", "listen_unix", "tune"]
 
 UNIX_SEND_BUFFER = 4 << 20  # bytes; the kernel caps it at net.core.wmem_max
 
@@ -20,3 +21,27 @@ def tune(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     elif sock.family == socket.AF_UNIX:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)
+
+
+def listen_unix(path: str) -> socket.socket:
+    """A Unix socket listening at ``path`` (connections made before its server serves wait in the backlog)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        listener.listen(1024)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def connect_unix(path: str, timeout: float | None) -> socket.socket:
+    """A blocking socket connected to the Unix socket at ``path`` within ``timeout`` seconds."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import MachineStopped, OutOfMemory
+from ..rpc import sockets
 from ..runtime.spec import EXIT_OUT_OF_MEMORY, LaunchSpec, describe_exit
 from . import output
 from .base import Instance
@@ -182,14 +183,7 @@ def _unix_listener(path: Path) -> socket.socket | None:
     if len(os.fsencode(path)) >= _UNIX_PATH_MAX:
         logger.debug("%s is too long for a Unix socket: the driver calls the machine over TCP", path)
         return None
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(str(path))
-        listener.listen(1024)  # as the TCP one: connections made before the machine serves wait
-    except BaseException:
-        listener.close()
-        raise
-    return listener
+    return sockets.listen_unix(str(path))
 
 
 class MachineProcess(Protocol):
