@@ -7,13 +7,16 @@ parent check is asserted, side by side with the clean shutdowns.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -169,13 +172,7 @@ def test_ctrl_c_during_shutdown_finishes_it_then_raises(tmp_path: Path) -> None:
     """Ctrl-C while ``b.shutdown()`` runs (here: while the machines give their running calls a grace
     period) lets it finish, then raises KeyboardInterrupt: no machine, temp dir or pending task is
     left (was: the shutdown was cut short, and 40-odd "Task was destroyed" lines printed)."""
-    script = tmp_path / "driver.py"
-    script.write_text(SHUTDOWN_WITH_CALLS_RUNNING.format(tests=str(Path(__file__).parent.parent)))
-    tag = f"ctrl-c-shutdown-{time.monotonic_ns()}"
-    env = {**__import__("os").environ, "BIGMACHINE_TEST_TAG": tag}
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env)
-    try:
+    with _tagged_driver(tmp_path, SHUTDOWN_WITH_CALLS_RUNNING, "ctrl-c-shutdown") as (driver, tag):
         tmpdir = Path(driver.stdout.readline().strip())  # type: ignore[union-attr]
         assert driver.stdout.readline().strip() == "shutting down"  # type: ignore[union-attr]
         time.sleep(0.3)  # in the machines' grace period (runtime/server.py STOP_GRACE, 1 s)
@@ -183,39 +180,43 @@ def test_ctrl_c_during_shutdown_finishes_it_then_raises(tmp_path: Path) -> None:
         out, err = driver.communicate(timeout=60)
         assert "interrupted while shutting down" in err, err
         assert "KeyboardInterrupt" in err, err
-        assert "Task was destroyed but it is pending" not in err, err
-        assert not tmpdir.exists(), "the driver's temp dir was left behind"
-        assert not [p for p in tagged_processes(tag) if p.pid != driver.pid], "machines outlived shutdown"
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.communicate()
-        for process in tagged_processes(tag):
-            process.kill()
+        _assert_nothing_left(driver, err, tmpdir, tag)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.03, 0.2])
 def test_ctrl_c_during_start_leaves_no_machine_once_shutdown_returns(tmp_path: Path, delay: float) -> None:
     """Ctrl-C at any moment of ``b.start(16)``: ``shutdown`` waits for what is being launched and
     stops it, so no machine process outlives the driver, and no task is left pending."""
-    script = tmp_path / "driver.py"
-    script.write_text(START_16.format(tests=str(Path(__file__).parent.parent)))
-    tag = f"ctrl-c-{time.monotonic_ns()}"
-    env = {**__import__("os").environ, "BIGMACHINE_TEST_TAG": tag}
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env)
-    try:
+    with _tagged_driver(tmp_path, START_16, "ctrl-c") as (driver, tag):
         tmpdir = Path(driver.stdout.readline().strip())  # type: ignore[union-attr]
         time.sleep(delay)
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=60)
         assert "KeyboardInterrupt" in err or "started" in out, err
-        assert "Task was destroyed but it is pending" not in err, err
-        assert not tmpdir.exists(), "the driver's temp dir was left behind"
-        assert not [p for p in tagged_processes(tag) if p.pid != driver.pid], "machines outlived shutdown"
+        _assert_nothing_left(driver, err, tmpdir, tag)
+
+
+@contextlib.contextmanager
+def _tagged_driver(tmp_path: Path, source: str, name: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Runs ``source`` (given the tests' directory) as a driver whose processes carry a tag made from ``name``;
+    whatever is left of them is killed after."""
+    script = tmp_path / "driver.py"
+    script.write_text(source.format(tests=str(Path(__file__).parent.parent)))
+    tag = f"{name}-{time.monotonic_ns()}"
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "BIGMACHINE_TEST_TAG": tag})
+    try:
+        yield driver, tag
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.communicate()
         for process in tagged_processes(tag):
             process.kill()
+
+
+def _assert_nothing_left(driver: subprocess.Popen[str], err: str, tmpdir: Path, tag: str) -> None:
+    """After an interrupted driver: no pending task was destroyed, its temp dir is gone, no machine outlived it."""
+    assert "Task was destroyed but it is pending" not in err, err
+    assert not tmpdir.exists(), "the driver's temp dir was left behind"
+    assert not [p for p in tagged_processes(tag) if p.pid != driver.pid], "machines outlived shutdown"
