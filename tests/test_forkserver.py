@@ -147,6 +147,10 @@ def test_a_local_shared_by_two_sessions_forks_each_sessions_machines_from_its_ow
             assert early.call("Probe.ids")[0] != late.call("Probe.ids")[0]
         time.sleep(0.5)  # what ended with the first session has ended by now
         assert late.state == RUNNING and late.call("Probe.pid", timeout=10) > 0
+        assert second.tmpdir.is_dir()  # the janitor they share removes only a killed driver's temp dirs
+        late.cancel()
+        (later,) = _start(second, 1)  # a machine of the second session when the first has none left
+        assert later.call("Probe.pid", timeout=10) > 0
 
 
 def test_the_fork_server_starts_with_the_session_before_any_machine() -> None:

@@ -89,10 +89,13 @@ def test_killed_driver_leaves_no_machine_behind(tmp_path: Path, sig: signal.Sign
         gone, alive = psutil.wait_procs([psutil.Process(p) for p in machine_pids if psutil.pid_exists(p)], timeout=30)
         assert not alive, f"machines still running 30 s after the driver was killed: {alive}"
         assert time.monotonic() - begun < 30
+        while Path(tmpdir).exists() and time.monotonic() - begun < 30:
+            time.sleep(0.01)
+        assert not Path(tmpdir).exists(), "the killed driver's temp dir (its keys) was left behind"
     finally:
         driver.kill()
         driver.wait()
         driver.stdout.close()  # type: ignore[union-attr]
         import shutil
 
-        shutil.rmtree(tmpdir, ignore_errors=True)  # a SIGKILLed driver can't clean its own temp dir
+        shutil.rmtree(tmpdir, ignore_errors=True)  # in case the janitor did not

@@ -4,10 +4,11 @@ A machine dies with its driver by itself (``PR_SET_PDEATHSIG``, bigmachine/runti
 what its services started would live on: the kernel signals no grandchild. So the driver
 starts a janitor (this file, run as a script with ``-I -S``: the standard library only) and
 keeps the only write end of a pipe that is the janitor's stdin. The driver tells it of each
-machine's process group (each machine leads one) and cgroup, if it has one, and when one
-is cleaned up already. At end of file, which comes when the driver closes the pipe at
-shutdown or when the kernel does so for a killed driver, the janitor kills every group and
-cgroup it still watches, removes the cgroups, and exits.
+machine's process group (each machine leads one) and cgroup, if it has one, and of each
+session's temp dir (its keys and certificates), and when one is cleaned up already. At end
+of file, which comes when the driver closes the pipe at shutdown or when the kernel does so
+for a killed driver, the janitor kills every group and cgroup it still watches, removes the
+cgroups and the temp dirs, and exits.
 
 A process that leaves its machine's process group (``setsid``) is only caught where the
 machine has a cgroup (``Local(memory_limit=...)`` on a host that lets us make one). A child
@@ -21,6 +22,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +96,7 @@ class Janitor:
             os.close(read_fd)
         os.set_blocking(self._fd, False)
         self.watching: set[int] = set()
+        self.dirs: set[str] = set()
 
     def watch(self, pgid: int, cgroup: str | None) -> None:
         """The group ``pgid`` (and ``cgroup``) is to be killed if the driver dies."""
@@ -104,6 +107,16 @@ class Janitor:
         """The group ``pgid`` was cleaned up by the driver: the janitor must not kill it later."""
         self.watching.discard(pgid)
         self._say(f"- {pgid}")
+
+    def watch_dir(self, path: str) -> None:
+        """``path`` (a session's temp dir) is to be removed if the driver dies before the session ends."""
+        self.dirs.add(path)
+        self._say(f"d {os.fsencode(path).hex()}")  # any byte of a path, a newline included, goes as hex
+
+    def forget_dir(self, path: str) -> None:
+        """The session of ``path`` is ending, and removes it itself."""
+        self.dirs.discard(path)
+        self._say(f"u {os.fsencode(path).hex()}")
 
     def _say(self, message: str) -> None:
         try:
@@ -147,18 +160,25 @@ def main() -> None:
     """The janitor process: watches what stdin says until end of file, then kills what is left."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     watched: dict[int, str] = {}
+    dirs: set[bytes] = set()
     for line in sys.stdin.buffer:
         op, pgid, cgroup = (line.decode().rstrip("\n").split(" ", 2) + [""])[:3]
         if op == "+":
             watched[int(pgid)] = cgroup
-        else:
+        elif op == "-":
             watched.pop(int(pgid), None)
+        elif op == "d":
+            dirs.add(bytes.fromhex(pgid))
+        elif op == "u":
+            dirs.discard(bytes.fromhex(pgid))
     for pgid, cgroup in watched.items():
         kill_group(pgid)
         if cgroup:
             kill_cgroup(cgroup)
     for cgroup in filter(None, watched.values()):
         remove_cgroup(cgroup)
+    for path in dirs:  # a killed driver's: its keys must not outlive it
+        shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":
