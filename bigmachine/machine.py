@@ -458,7 +458,8 @@ class Machine:
         deadline = calls.deadline_after(timeout)
         try:
             async with asyncio.timeout(timeout):
-                self.bind(await instance.address(), instance.unix_socket())  # also the sign that it serves, when the address was known before
+                # Also the sign that it serves, when the address was known before.
+                self.bind(await instance.address(), instance.unix_socket())
                 request = calls.encode_call(self._host_header, "Supervisor.register",
                                               (blobs, system.liveness.timeout), {})
                 info = await self._acall(request, deadline, timeout)

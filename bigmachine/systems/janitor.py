@@ -162,15 +162,15 @@ def main() -> None:
     watched: dict[int, str] = {}
     dirs: set[bytes] = set()
     for line in sys.stdin.buffer:
-        op, pgid, cgroup = (line.decode().rstrip("\n").split(" ", 2) + [""])[:3]
+        op, subject, cgroup = (line.decode().rstrip("\n").split(" ", 2) + [""])[:3]  # subject: a group, or a dir's hex
         if op == "+":
-            watched[int(pgid)] = cgroup
+            watched[int(subject)] = cgroup
         elif op == "-":
-            watched.pop(int(pgid), None)
+            watched.pop(int(subject), None)
         elif op == "d":
-            dirs.add(bytes.fromhex(pgid))
+            dirs.add(bytes.fromhex(subject))
         elif op == "u":
-            dirs.discard(bytes.fromhex(pgid))
+            dirs.discard(bytes.fromhex(subject))
     for pgid, cgroup in watched.items():
         kill_group(pgid)
         if cgroup:
