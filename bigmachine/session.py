@@ -14,12 +14,13 @@ import contextlib
 import logging
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import weakref
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import tls
@@ -156,14 +157,10 @@ class B:
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         """Runs a coroutine on the session's loop and waits for it (rare paths only)."""
-        return self._submit(coro).result(timeout)
-
-    def _submit(self, coro: Any) -> concurrent.futures.Future[Any]:
-        """Starts a coroutine on the session's loop from another thread; its future."""
         if self.on_loop_thread():
             coro.close()
             raise Error("this blocking call cannot run on the session's own event loop thread; use the async API")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Starts a background task on the loop, kept until it ends (loop thread only)."""
@@ -280,26 +277,15 @@ class B:
         for close in reversed(self._closers):
             close()
         atexit.unregister(self.shutdown)
-        try:
-            self._wait_through_ctrl_c(self._submit(self._ashutdown()))
-        except concurrent.futures.TimeoutError:
-            logger.error("session %s: shutdown did not finish within %s s", self.name, _SHUTDOWN_TIMEOUT)
-        finally:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)  # first: nothing below may keep the keys on disk
-            self._stop_loop()
-            self.callbacks.close()  # callbacks still running finish in their threads; idle ones end now
-
-    def _wait_through_ctrl_c(self, shutting_down: concurrent.futures.Future[None]) -> None:
-        """Waits for the shutdown; a Ctrl-C meanwhile is raised once it is done (a second one stops the wait):
-        cut short, it would leave machines running and the loop's tasks pending."""
-        try:
-            shutting_down.result(_SHUTDOWN_TIMEOUT)
-        except KeyboardInterrupt:
-            logger.warning("session %s: interrupted while shutting down; stopping its machines first "
-                           "(interrupt again to stop waiting)", self.name)
-            with contextlib.suppress(KeyboardInterrupt, concurrent.futures.TimeoutError):
-                shutting_down.result(_SHUTDOWN_TIMEOUT)
-            raise
+        with _ctrl_c_held_back(self.name):
+            try:
+                self._run(self._ashutdown(), _SHUTDOWN_TIMEOUT)
+            except concurrent.futures.TimeoutError:
+                logger.error("session %s: shutdown did not finish within %s s", self.name, _SHUTDOWN_TIMEOUT)
+            finally:
+                shutil.rmtree(self.tmpdir, ignore_errors=True)  # first: nothing below may keep the keys on disk
+                self._stop_loop()
+                self.callbacks.close()  # callbacks still running finish in their threads; idle ones end now
 
     async def _ashutdown(self) -> None:
         if self._launching:  # b.start interrupted (Ctrl-C): what it launched must be known to be killed
@@ -399,3 +385,30 @@ class _Progress:
 
 
 B.__module__ = "bigmachine"
+
+
+@contextlib.contextmanager
+def _ctrl_c_held_back(session: str) -> Iterator[None]:
+    """Holds a Ctrl-C back until the block is done, then raises it: cut short, a shutdown would leave machines
+    stopping, the loop's tasks pending and the temp dir half removed. A second Ctrl-C raises at once. Only
+    where Python's own handler is in place, on the main thread: any other is the program's business."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    interrupts: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        interrupts.append(signum)
+        if len(interrupts) > 1:
+            raise KeyboardInterrupt
+        logger.warning("session %s: interrupted while shutting down; stopping its machines first "
+                       "(interrupt again to stop waiting)", session)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupts:
+        raise KeyboardInterrupt
