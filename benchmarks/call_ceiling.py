@@ -3,8 +3,9 @@
 The floor the throughput target is held against, as tls_ceiling is for bulk. Two spawned
 servers listen on Unix sockets, as a Local machine does for its driver, and serve each
 connection on a thread of its own that reads a request and writes its reply, as a machine
-does (`bigmachine/rpc/serving.py`), scheduled as batch work as a machine's threads are. This process keeps cfg.inflight connections busy from one uvloop
-loop, as the driver's `acall` on `b.loop` does, alternating servers. The bytes are those
+does (`bigmachine/rpc/serving.py`), scheduled as batch work as a machine's threads are.
+This process keeps cfg.inflight connections busy from one uvloop loop, as the driver's
+`acall` on `b.loop` does, alternating servers. The bytes are those
 of bigmachine's `echo(1)`: its HTTP request and reply, encoded by bigmachine's codec, but
 nothing parses, pickles or dispatches them. Certificates are ECDSA P-256 from
 `bigmachine.tls`, as a session's are.

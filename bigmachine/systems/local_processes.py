@@ -108,7 +108,8 @@ class Launcher:
             listener.bind(("127.0.0.1", 0))
             listener.listen(1024)  # connections made before the machine serves wait in the backlog
             address = f"https://127.0.0.1:{listener.getsockname()[1]}/"
-            unix = _unix_listener(tls_dir / _UNIX_SOCKET)
+            unix_path = tls_dir / _UNIX_SOCKET
+            unix = _unix_listener(unix_path)
             spec = LaunchSpec(
                 session=session.name, tls_dir=str(tls_dir), listen_fd=listener.fileno(),
                 unix_fd=unix.fileno() if unix else None, lease=self._local.initial_lease(),
@@ -120,8 +121,8 @@ class Launcher:
                 spec.memory_limit = self._local.memory_limit
                 spec.cgroup_procs = cgroup.procs_file if cgroup else None
             env = {**os.environ, **environ, "PYTHONUNBUFFERED": "1"}
-            sockets = [listener.fileno()] + ([unix.fileno()] if unix else [])
-            process = await self._start_process(spec, env, [fd for _, fd in pipes], sockets)
+            listening = [listener.fileno()] + ([unix.fileno()] if unix else [])
+            process = await self._start_process(spec, env, [fd for _, fd in pipes], listening)
         except BaseException:
             for read_fd, _ in pipes:
                 os.close(read_fd)
@@ -136,20 +137,20 @@ class Launcher:
                 unix.close()
         janitor.watch(process.pid, str(cgroup.path) if cgroup else None)
         return LocalProcess(machine, process, [fd for fd, _ in pipes], cgroup, address=address, janitor=janitor,
-                            unix_path=str(tls_dir / _UNIX_SOCKET) if unix else None)
+                            unix_path=str(unix_path) if unix else None)
 
     async def _start_process(self, spec: LaunchSpec, env: dict[str, str], pipes: list[int],
-                             sockets: list[int]) -> MachineProcess:
+                             listening: list[int]) -> MachineProcess:
         """Forks the machine from the fork server where that gives the very process a fresh one would be.
 
-        ``pipes``: the write ends of its report pipe, stdout and stderr; ``sockets``: its listening
+        ``pipes``: the write ends of its report pipe, stdout and stderr; ``listening``: its listening
         socket, and its Unix socket if it has one.
         """
         forks = self._fork_server(env) if self._local.forks_machines else None
         if forks is not None:
             spec.parent = forks.process.pid  # whose death the machine dies with: the server's, which dies with ours
             try:
-                return await forks.spawn({**env, **spec.to_environment()}, [pipes[1], pipes[2], pipes[0], *sockets])
+                return await forks.spawn({**env, **spec.to_environment()}, [pipes[1], pipes[2], pipes[0], *listening])
             except ForkServerError as exc:
                 logger.warning("%s; starting a fresh process instead", exc)
                 spec.parent = os.getpid()
@@ -160,7 +161,7 @@ class Launcher:
         # Each machine leads a process group of its own, which ends with it (start_new_session).
         return SpawnedProcess(subprocess.Popen(
             [sys.executable, "-m", "bigmachine.runtime"], env={**env, **spec.to_environment()},
-            pass_fds=(pipes[0], *sockets), stdin=subprocess.DEVNULL, stdout=pipes[1], stderr=pipes[2],
+            pass_fds=(pipes[0], *listening), stdin=subprocess.DEVNULL, stdout=pipes[1], stderr=pipes[2],
             start_new_session=True,
         ))
 
