@@ -69,6 +69,21 @@ class Echo:
         return 1
 
 
+class Mixed:
+    """Replies whole or streamed, at once or after a while, or fails, as each call asks: the cases a
+    pipelined connection meets."""
+
+    def reply(self, value: Any, seconds: float = 0.0, chunks: int = 0) -> Any:
+        if seconds:
+            time.sleep(seconds)
+        if chunks:
+            return (b"%s:%d;" % (str(value).encode(), i) for i in range(chunks))
+        return value
+
+    def fail(self, value: Any) -> None:
+        raise ValueError(f"failed for {value!r}")
+
+
 class Failing:
     """Raises in the ways the error tests need."""
 

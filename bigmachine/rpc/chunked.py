@@ -45,9 +45,10 @@ def head_end(before: bytes, piece: bytes | memoryview) -> int:
 
 class ChunkedBody:
     """A chunked body's frames, as the bytes after its head are fed (``feed``) or read into ``target()``
-    (then ``filled``). ``received`` counts its data bytes, ``done`` says the body ended."""
+    (then ``filled``). ``received`` counts its data bytes, ``done`` says the body ended, and ``rest``
+    holds what was fed past its end (the next message's, on a pipelined connection)."""
 
-    __slots__ = ("_frames", "_state", "_left", "_line", "received")
+    __slots__ = ("_frames", "_state", "_left", "_line", "received", "rest")
 
     def __init__(self) -> None:
         self._frames = wire.FrameReader()
@@ -55,6 +56,7 @@ class ChunkedBody:
         self._left = 0  # bytes of the current chunk's data still to come
         self._line = bytearray()  # a chunk-size, chunk-end or trailer line so far
         self.received = 0
+        self.rest = b""
 
     @property
     def done(self) -> bool:
@@ -73,7 +75,8 @@ class ChunkedBody:
                 data = data[n:]
                 continue
             if state == _DONE:
-                raise ProtocolError("bytes arrived after the end of a chunked body: the connection is out of step")
+                self.rest = bytes(data)
+                break
             piece = bytes(data[:_MAX_LINE + 1 - len(self._line)])
             end = piece.find(b"\n")
             if end < 0:
@@ -139,14 +142,19 @@ P = TypeVar("P", bound=_Parser)
 
 class MessageReader(Generic[P]):
     """Feeds a connection's reads to its parser (``parser``: heads, whole bodies) and, once a head asks for it
-    (``codec.TakeOver``), decodes the streamed body past it (``body``), from the head's end on."""
+    (``codec.TakeOver``), decodes the streamed body past it (``body``), from the head's end on.
 
-    __slots__ = ("parser", "body", "_before")
+    Bytes past the end of a streamed body belong to the next message: a ``pipelined`` reader leaves them
+    in ``body.rest`` for its owner to feed once it has finished with the body; any other refuses them.
+    """
 
-    def __init__(self, parser: P) -> None:
+    __slots__ = ("parser", "body", "_before", "_pipelined")
+
+    def __init__(self, parser: P, *, pipelined: bool = False) -> None:
         self.parser = parser
         self.body: ChunkedBody | None = None
         self._before = b""  # the last bytes of a head that has not ended yet
+        self._pipelined = pipelined
 
     def start(self) -> None:
         """A new message is next."""
@@ -175,17 +183,22 @@ class MessageReader(Generic[P]):
         or None if it went to the parser."""
         body = self.body
         if body is not None:
-            return body.feed(piece)
+            return self._past_end(body, body.feed(piece))
         parser = self.parser
         try:
             parser.feed(piece)
         except codec.TakeOver:
             self.renew_parser()
             body = self.body = ChunkedBody()
-            return body.feed(memoryview(piece)[head_end(self._before, piece):])
+            return self._past_end(body, body.feed(memoryview(piece)[head_end(self._before, piece):]))
         if parser.in_head:
             self._before = (self._before + bytes(piece[-3:]))[-3:]
         return None
+
+    def _past_end(self, body: ChunkedBody, frames: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        if body.rest and not self._pipelined:
+            raise ProtocolError("bytes arrived after the end of a chunked body: the connection is out of step")
+        return frames
 
     def renew_parser(self) -> None:
         """A new parser for the next message, the old one having seen only this one's head."""

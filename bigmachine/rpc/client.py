@@ -1,6 +1,8 @@
 """Client side of RPC: the shared codec driven by two thin I/O layers.
 
 - ``AsyncPool``: keep-alive ``asyncio.Protocol`` connections to one server, on one loop.
+  Calls of quick methods are pipelined: up to ``wire.PIPELINED_CALLS`` share a connection
+  and are answered in order, so a burst of calls costs one read and one write each way.
 - ``SyncPool``: a keep-alive blocking TLS socket per (thread, server), so a sync call
   needs no hop to the event loop. ``close()`` shuts every socket down, which wakes
   callers blocked in ``recv`` at once.
@@ -55,14 +57,19 @@ class _Closed(ConnectionResetError):
 
 
 class AsyncConnection(asyncio.Protocol):
-    """One keep-alive connection; one request at a time."""
+    """One keep-alive connection: one request at a time, or pipelined whole calls, answered in order."""
 
     def __init__(self, pool: AsyncPool) -> None:
         self._pool = pool
-        self._reader = MessageReader(ResponseParser(self))
+        self._reader = MessageReader(ResponseParser(self), pipelined=True)
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()  # once: asking per request costs a getpid system call
-        self._waiter: asyncio.Future[Response] | None = None
+        self._waiter: asyncio.Future[Response] | None = None  # the oldest request's response
+        self._behind: collections.deque[asyncio.Future[Response]] = collections.deque()  # pipelined after it
+        self.in_flight = 0  # requests sent whose responses have not ended
+        self.pipelined = False  # carries pipelined calls: more may join while it has room (AsyncPool)
+        self.retiring = False  # a pipelined call was abandoned: closed once the others are answered
+        self.streaming = False  # a streamed reply's frames are being read by its caller
         self._stream: AsyncReplyStream | None = None
         self.reply_stream: AsyncReplyStream | None = None
         self._response: Response | None = None
@@ -81,17 +88,21 @@ class AsyncConnection(asyncio.Protocol):
         try:
             frames = self._reader.feed(data)
             if frames is not None:  # a streamed reply's
-                assert self._stream is not None and self._reader.body is not None
+                body = self._reader.body
+                assert self._stream is not None and body is not None
                 self._stream.add(frames)
-                if self._reader.body.done:
+                if body.done:
+                    self._reader.start()  # what follows is the next pipelined response, for the parser
                     self.response_complete()
+                    if body.rest:
+                        self.data_received(body.rest)
         except ProtocolError as exc:  # malformed, or out of step: never pooled again
             self.lost = exc
             self._fail(exc)
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc or _Closed("the machine closed the connection")
+        self.lost = self.lost or exc or _Closed("the machine closed the connection")
         self._pool._forget(self)
         self._fail(self.lost)
         if self._drain is not None and not self._drain.done():
@@ -114,6 +125,8 @@ class AsyncConnection(asyncio.Protocol):
         if response.content_type == wire.STREAM:
             require_chunked(response, "a streamed reply")
             self._stream = self.reply_stream = AsyncReplyStream(self)
+            self.streaming = True
+            self._pool.unshare(self)  # no call joins one whose reply streams for as long as its caller reads
             self._resolve(response)
             raise TakeOver()
 
@@ -124,37 +137,69 @@ class AsyncConnection(asyncio.Protocol):
     def response_complete(self) -> None:
         response, stream = self._response, self._stream
         self._response = self._stream = None
+        self.in_flight -= 1
         if stream is not None:
             stream.complete()
         else:
             assert response is not None
             self._resolve(response)
+        self._waiter = self._behind.popleft() if self._behind else None
         if response is not None and not response.keep_alive:
             self.abort()
         elif stream is None:
-            self.finished()
-        # A streamed reply's connection goes back to the pool when its reader is done.
+            self._settle()
+        # A streamed reply's connection goes back to the pool when its reader is done (finished).
 
     def finished(self) -> None:
-        """The reply was read to its end: back to the pool, or closed if its request was cut short."""
-        if self._request_done:
+        """A streamed reply was read to its end by its caller."""
+        self.streaming = False
+        self._settle()
+
+    def _settle(self) -> None:
+        """A reply is done with: room for another pipelined call, else (none left) back to the pool; closed if
+        a request was cut short or abandoned."""
+        if self.in_flight or self.streaming:
+            if self.pipelined and not self.retiring:
+                self._pool.has_room(self)
+            return
+        self._pool.unshare(self)
+        if self._request_done and not self.retiring:
             self._pool.release(self)
-        else:  # the machine answered before reading the whole streamed argument (an error): unusable
+        else:  # the machine answered before reading the whole streamed argument (an error), or a call was abandoned
             self.abort()
+
+    def abandon(self, response: asyncio.Future[Response]) -> None:
+        """A caller gave up on its request (cancelled, timed out): closed at once, unless calls pipelined with it
+        wait for their replies: then it takes no more, and closes once they have them. A reply already in
+        leaves the connection as it is: it has moved on (to the pool, or the next reply)."""
+        if response.done() and not response.cancelled():
+            return
+        if self.in_flight <= 1:
+            self.abort()  # its reply would confuse the next caller; closing tells the machine to give up too
+            return
+        response.cancel()  # its reply, in its turn, is read and dropped
+        self.retiring = True
+        self._pool.unshare(self)
 
     # requests
     def send(self, data: bytes | tuple[bytes, ...], *, complete: bool = True) -> asyncio.Future[Response]:
-        """Writes a request (or, ``complete=False``, the start of one); the future is its response."""
+        """Writes a request (or, ``complete=False``, the start of one), behind those in flight if any
+        (pipelined); the future is its response."""
         assert self.transport is not None
-        self._waiter = self._loop.create_future()
+        response = self._loop.create_future()
         self._reader.parser.expect()
-        self._reader.start()
+        if self.in_flight:
+            self._behind.append(response)
+        else:
+            self._waiter = response
+            self._reader.start()
+        self.in_flight += 1
         self._request_done = complete
         if isinstance(data, tuple):
             self.transport.writelines(data)
         else:
             self.transport.write(data)
-        return self._waiter
+        return response
 
     async def write(self, pieces: tuple[bytes | memoryview, ...]) -> None:
         """Writes part of a streamed request, waiting while the transport is paused."""
@@ -178,7 +223,11 @@ class AsyncConnection(asyncio.Protocol):
         self._fail(exc)
         self.abort()
 
-    def abort(self) -> None:
+    def abort(self, reason: BaseException | None = None) -> None:
+        """Closes the connection at once; calls still in flight on it fail with ``reason`` if given."""
+        if reason is not None and self.lost is None:
+            self.lost = reason
+        self._pool.unshare(self)  # nothing more is sent on it
         if self.transport is not None:
             self.transport.abort()
 
@@ -188,12 +237,13 @@ class AsyncConnection(asyncio.Protocol):
             waiter.set_result(response)
 
     def _fail(self, exc: BaseException) -> None:
-        waiter, stream = self._waiter, self._stream
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-            waiter.exception()  # its caller may be gone (timed out): no "never retrieved" noise; await still raises
-        if stream is not None:
-            stream.fail(exc)
+        for waiter in (self._waiter, *self._behind):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+                waiter.exception()  # its caller may be gone (timed out): no "never retrieved" noise; await still raises
+        self._behind.clear()
+        if self._stream is not None:
+            self._stream.fail(exc)
 
 
 class AsyncReplyStream:
@@ -250,7 +300,9 @@ class AsyncReplyStream:
             while not self._done:  # the rest of the HTTP message, so the connection stays clean
                 await self._wait(deadline)
         except BaseException:
-            self._conn.abort()  # abandoned or broken mid-stream: the connection can't be reused
+            # Abandoned or broken mid-stream: the connection can't be reused, nor the calls behind it answered.
+            self._conn.abort(ConnectionAbortedError("a streamed reply ahead of this call on its connection was "
+                                                    "abandoned by its reader, which closed the connection"))
             raise
         if kind == wire.FAIL:  # the machine may close it after a failure (an argument left unread)
             self._conn.abort()
@@ -263,6 +315,13 @@ class AsyncReplyStream:
             raise self._error
         self._waiter = asyncio.get_running_loop().create_future()
         await asyncio.wait_for(self._waiter, remaining(deadline))
+
+
+_QUICK_STREAK = 4  # whole, fast replies in a row that make a method's calls pipelined
+
+
+def _size(data: bytes | tuple[bytes, ...]) -> int:
+    return len(data) if isinstance(data, bytes) else sum(map(len, data))
 
 
 class _Counted:
@@ -303,6 +362,8 @@ class AsyncPool(_Counted):
         self._all: set[AsyncConnection] = set()
         self._connecting: set[asyncio.Future[Any]] = set()
         self._closed: BaseException | None = None
+        self._room: set[AsyncConnection] = set()  # pipelined connections that take another call
+        self._quick: dict[str, int] = {}  # method: its replies in a row that came whole and fast
 
     async def acquire(self) -> AsyncConnection:
         """An idle connection, or a new one once the budget allows (waiting meanwhile)."""
@@ -379,18 +440,46 @@ class AsyncPool(_Counted):
 
     async def _send(self, request: Request) -> tuple[Response, AsyncConnection]:
         if request.stream is None:
-            return await self.request(request.data)
+            return await self.request(request.data, request.method)
         conn = await self.acquire()
         return await send_streamed(conn, request), conn
 
-    async def request(self, data: bytes | tuple[bytes, ...]) -> tuple[Response, AsyncConnection]:
-        """Sends a whole request and waits for the response head (and body, unless streamed)."""
-        conn = await self.acquire()
+    async def request(self, data: bytes | tuple[bytes, ...], method: str = "") -> tuple[Response, AsyncConnection]:
+        """Sends a whole request and waits for the response head (and body, unless streamed).
+
+        The call of a quick ``method`` (its last ``_QUICK_STREAK`` replies came whole, each saying its call
+        held the connection under ``codec.SLOW_CALL``) goes behind other such calls on a connection with
+        room, if one has: pipelined. Any other, and any request sent without its method's name (the
+        lifeline's), takes a connection of its own.
+        """
+        quick = bool(method) and self._quick.get(method, 0) >= _QUICK_STREAK and _size(data) <= wire.PIPELINED_MAX
+        conn = next(iter(self._room)) if quick and self._room else await self.acquire()
+        response = conn.send(data)
+        if quick:
+            conn.pipelined = True
+            self.has_room(conn)
         try:
-            return await conn.send(data), conn
+            reply = await response
         except BaseException:
-            conn.abort()  # cancelled or timed out mid-call: its reply would confuse the next caller
+            conn.abandon(response)  # cancelled or timed out mid-call
             raise
+        if reply.slow or reply.content_type == wire.STREAM:
+            self._quick[method] = 0
+        elif not quick and method:
+            self._quick[method] = self._quick.get(method, 0) + 1
+        return reply, conn
+
+    def has_room(self, conn: AsyncConnection) -> None:
+        """Notes whether a pipelined connection takes another call."""
+        if conn.in_flight < wire.PIPELINED_CALLS and conn.lost is None:
+            self._room.add(conn)
+        else:
+            self._room.discard(conn)
+
+    def unshare(self, conn: AsyncConnection) -> None:
+        """A connection takes no more pipelined calls (for now: back in the pool, it is anyone's again)."""
+        conn.pipelined = False
+        self._room.discard(conn)
 
     def release(self, conn: AsyncConnection) -> None:
         """Takes back a connection whose call is done: to the first waiter, else kept idle (on the loop)."""
@@ -406,6 +495,7 @@ class AsyncPool(_Counted):
 
     def _forget(self, conn: AsyncConnection) -> None:
         """A connection ended (connection_lost): its slot of the budget is free again."""
+        self._room.discard(conn)
         if conn in self._all:
             self._all.remove(conn)
             self._budget.give_back()
@@ -437,6 +527,7 @@ class AsyncPool(_Counted):
         """Aborts every connection: pending requests fail at once with ``reason``."""
         self._closed = reason
         self._idle.clear()
+        self._room.clear()
         self._budget.close()
         for connecting in list(self._connecting):
             connecting.cancel()

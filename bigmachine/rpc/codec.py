@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .tls_io import RecvInto
 
 __all__ = ["DIRECT_BODY", "JOIN_LIMIT", "DirectBody", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
-           "ResponseParser", "TakeOver", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
+           "SLOW_CALL",            "ResponseParser", "TakeOver", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
            "encode_stream_head", "require_chunked"]
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -42,21 +42,29 @@ def encode_request(host: bytes, path: bytes, content_type: bytes, body: bytes | 
     return encode_head(host, path, content_type, len(body)) + body
 
 
-def encode_response(status: int, content_type: bytes, body: bytes, *, keep_alive: bool = True) -> bytes:
+def encode_response(status: int, content_type: bytes, body: bytes, *, keep_alive: bool = True, slow: bool = False) -> bytes:
     """A whole response, head and body in one buffer (a big body is better sent apart: ``encode_response_head``)."""
-    return encode_response_head(status, content_type, len(body), keep_alive=keep_alive) + body
+    return encode_response_head(status, content_type, len(body), keep_alive=keep_alive, slow=slow) + body
 
 
-def encode_response_head(status: int, content_type: bytes, length: int, *, keep_alive: bool = True) -> bytes:
-    """A response's head; ``keep_alive=False`` tells the client the connection closes after it."""
-    return b"HTTP/1.1 %d %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n%b\r\n" % (
-        status, _REASONS.get(status, b"Status"), content_type, length, b"" if keep_alive else b"Connection: close\r\n")
+def encode_response_head(status: int, content_type: bytes, length: int, *, keep_alive: bool = True,
+                         slow: bool = False) -> bytes:
+    """A response's head; ``keep_alive=False`` tells the client the connection closes after it, ``slow`` that
+    the call held its connection long enough (``SLOW_CALL``) that no call should queue behind its method's."""
+    return b"HTTP/1.1 %d %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n%b%b\r\n" % (
+        status, _REASONS.get(status, b"Status"), content_type, length, b"" if keep_alive else b"Connection: close\r\n",
+        _SLOW_HEADER if slow else b"")
 
 
 def encode_stream_head(content_type: bytes) -> bytes:
     """The head of a 200 response whose body follows in chunks (``encode_chunk``, then ``LAST_CHUNK``)."""
     return b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\nTransfer-Encoding: chunked\r\n\r\n" % content_type
 
+
+#: A call that holds its connection this long (seconds) is slow: its reply says so (``Response.slow``), and
+#: the client stops queueing calls behind its method's (``client.AsyncPool``, pipelining).
+SLOW_CALL = 0.001
+_SLOW_HEADER = b"Bm-Slow: 1\r\n"
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
             413: b"Content Too Large", 500: b"Internal Server Error"}
@@ -81,7 +89,7 @@ def require_chunked(head: Request | Response, what: str) -> None:
 class Response:
     """The head of a response, and its body when it was not streamed."""
 
-    __slots__ = ("status", "content_type", "content_length", "chunked", "chunks", "keep_alive")
+    __slots__ = ("status", "content_type", "content_length", "chunked", "chunks", "keep_alive", "slow")
 
     def __init__(self) -> None:
         self.status = 0
@@ -90,6 +98,7 @@ class Response:
         self.chunked = False
         self.chunks: list[bytes] = []
         self.keep_alive = True
+        self.slow = False  # the call held its connection SLOW_CALL or longer
 
     @property
     def body(self) -> bytes:
@@ -123,25 +132,27 @@ class ResponseParser:
     def __init__(self, listener: ResponseListener) -> None:
         self._listener = listener
         self._parser = httptools.HttpResponseParser(self)
-        self._outstanding = False
+        self._outstanding = 0  # requests sent whose responses have not begun to complete
         self.response: Response | None = None
         self.in_head = False  # a head began and has not ended
 
     def expect(self) -> None:
-        """Notes that a request was sent: exactly one response may now begin."""
-        self._outstanding = True
+        """Notes that a request was sent: one more response may now begin (several, for pipelined requests)."""
+        self._outstanding += 1
 
     def renew(self) -> ResponseParser:
         """A parser for the next response, this one having seen only the current one's head (its body
-        was read past it: ``DirectBody``, ``chunked``)."""
+        was read past it: ``DirectBody``, ``chunked``); the responses still to come are the new one's."""
         self.response = None  # it holds the reply in a cycle (with httptools' parser) that only gc breaks
-        return ResponseParser(self._listener)
+        fresh = ResponseParser(self._listener)
+        fresh._outstanding = max(self._outstanding - 1, 0)
+        return fresh
 
     def feed(self, data: bytes | memoryview) -> None:
         """Parses ``data``; raises ProtocolError on a malformed response or one nobody asked for.
 
-        A response with no request outstanding (a second response, bytes after a complete
-        one) means the connection is out of step: its owner must close it, never reuse it.
+        A response with no request outstanding (one more than were asked for, bytes after the
+        last) means the connection is out of step: its owner must close it, never reuse it.
         """
         try:
             self._parser.feed_data(data)
@@ -161,7 +172,10 @@ class ResponseParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
-        _take_header(self.response, name, value)
+        if name == b"Bm-Slow":  # only our servers send it, spelled so
+            self.response.slow = True
+        else:
+            _take_header(self.response, name, value)
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -175,7 +189,7 @@ class ResponseParser:
         self._listener.response_body(body)
 
     def on_message_complete(self) -> None:
-        self._outstanding = False
+        self._outstanding -= 1
         self.response = None  # the listener has it: the parser keeps no reply (its body) alive
         self._listener.response_complete()
 

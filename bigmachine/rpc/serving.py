@@ -10,6 +10,12 @@ written as the method consumes and produces them.
 A caller that hangs up (``HangupWatch``) cancels its call: an ``async def`` method gets
 ``CancelledError``, a plain method's result is dropped, and the call is counted cancelled
 at once.
+
+Requests may be pipelined (HTTP/1.1): a small whole call can arrive before the one ahead of
+it is answered. It waits in ``_queue``, parsed, and is answered after it, in order; replies
+made while more calls wait are held back and go out together (``_outbox``), so a burst of
+calls costs one read and one write. Only the client decides what to pipeline: calls of
+methods that keep to ``codec.SLOW_CALL``, which each reply tells it (client.AsyncPool).
 """
 
 from __future__ import annotations
@@ -119,6 +125,9 @@ class ServerConnection:
         self._direct: codec.DirectBody | None = None
         self._complete = False
         self.argument_ended = False
+        self._queue: collections.deque[tuple[codec.Request, list[bytes]]] = collections.deque()  # pipelined calls
+        self._queued: tuple[codec.Request, list[bytes]] | None = None  # the pipelined call being parsed
+        self._outbox: list[bytes] = []  # replies held back while pipelined calls wait
 
     # ------------------------------------------------------------------ the thread
 
@@ -138,6 +147,8 @@ class ServerConnection:
                 return  # the server ended while we shook hands
             while not self.server.closing and self._serve_next():
                 pass
+            if self._outbox:
+                self._flush()  # answered calls of a queue cut short by the server's end
         except (OSError, ssl.SSLError, ProtocolError, _HungUp) as exc:
             logger.debug("connection from %s ended: %r", _peer(self.raw), exc)
         finally:
@@ -149,12 +160,21 @@ class ServerConnection:
             call.hang_up()
 
     def _serve_next(self) -> bool:
-        """Reads and answers one request; False when the connection should close."""
+        """Reads and answers one request (the next pipelined one, if any waits); False when the connection should close."""
         self._request, self._complete = None, False
-        self._reader.start()
-        while self._request is None:
-            if not self._read():
-                return False  # closed (or idle too long) between requests: the normal end
+        if not self._queue:
+            if self._outbox:
+                self._flush()  # before waiting for more: nothing is held back while the caller waits
+            if not self._reader.parser.in_head:  # mid-head, the next request's first bytes are in hand
+                self._reader.start()
+            while self._request is None and not self._queue:
+                if not self._read():
+                    return False  # closed (or idle too long) between requests: the normal end
+        if self._request is None:
+            self._request, self._body = self._queue.popleft()
+            self._body_size = sum(map(len, self._body))
+            self._complete, self.argument_ended = True, False
+            self._direct = self._frames = None
         self.busy = True
         try:
             return self._answer(self._request) and self._request.keep_alive
@@ -198,7 +218,8 @@ class ServerConnection:
 
     def request_head(self, request: codec.Request) -> None:
         if self._request is not None:
-            raise ProtocolError("a request arrived before the previous one was answered: requests are not pipelined")
+            self._queue_pipelined(request)
+            return
         self._request = request
         self._body, self._body_size = [], 0
         self.argument_ended = False
@@ -211,6 +232,9 @@ class ServerConnection:
             self._direct = codec.DirectBody(request.content_length)
 
     def request_body(self, data: bytes) -> None:
+        if self._queued is not None:
+            self._queued[1].append(data)
+            return
         self._body_size += len(data)
         if self.call is not None:
             self.call.received += len(data)
@@ -220,7 +244,20 @@ class ServerConnection:
             self._body.append(data)
 
     def request_complete(self) -> None:
+        if self._queued is not None:
+            self._queue.append(self._queued)
+            self._queued = None
+            return
         self._complete = True
+
+    def _queue_pipelined(self, request: codec.Request) -> None:
+        """A request that came before the one ahead of it was answered: parsed now, answered after it."""
+        if request.content_type != wire.CALL or not 0 <= request.content_length <= wire.PIPELINED_MAX:
+            raise ProtocolError(f"a pipelined request must be a whole call of at most {wire.PIPELINED_MAX} bytes; "
+                                f"send {request.path[:80]!r} on a connection of its own")
+        if len(self._queue) >= wire.PIPELINED_CALLS - 1:  # the call ahead is one of them
+            raise ProtocolError(f"over {wire.PIPELINED_CALLS} calls were pipelined on one connection")
+        self._queued = (request, [])
 
     # ------------------------------------------------------------------ answering
 
@@ -427,16 +464,20 @@ class ServerConnection:
         return self._send_body(call, status, wire.ERROR, [body])
 
     def _send_body(self, call: _Call, status: int, content_type: bytes, pieces: list[bytes]) -> bool:
-        """Sends a whole reply; returns whether the connection takes another request (the reply says so)."""
+        """Sends a whole reply (held back while pipelined calls wait, if small); returns whether the connection
+        takes another request (the reply says so)."""
         size = sum(map(len, pieces)) if len(pieces) > 1 else len(pieces[0])
         call.sent += size
         keep_alive = self._reusable()
+        slow = time.perf_counter() - call.begun >= codec.SLOW_CALL
         if size > codec.JOIN_LIMIT:  # a big body: its pieces go as they are, never copied onto the head
-            self._send(codec.encode_response_head(status, content_type, size, keep_alive=keep_alive))
+            self._send(codec.encode_response_head(status, content_type, size, keep_alive=keep_alive, slow=slow))
             for piece in pieces:
                 self._send(piece)
+        elif self._queue and keep_alive:
+            self._outbox.append(codec.encode_response(status, content_type, b"".join(pieces), slow=slow))
         else:
-            self._send(codec.encode_response(status, content_type, b"".join(pieces), keep_alive=keep_alive))
+            self._send(codec.encode_response(status, content_type, b"".join(pieces), keep_alive=keep_alive, slow=slow))
         return keep_alive
 
     def _send_frame(self, call: _Call, kind: bytes, payload: bytes | memoryview = b"") -> None:
@@ -446,7 +487,14 @@ class ServerConnection:
             self._send(piece)
 
     def _send(self, data: bytes | memoryview) -> None:
+        if self._outbox:
+            self._flush()  # the replies held back go first: replies keep the order of their requests
         self._tls.write(data)
+
+    def _flush(self) -> None:
+        """Sends the replies held back, in one write."""
+        held, self._outbox = self._outbox, []
+        self._tls.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
         """Closes the sockets (the connection's own thread, at its end)."""

@@ -59,6 +59,10 @@ DATA, END, FAIL, HEAD = b"d", b"z", b"e", b"h"
 _FRAME = struct.Struct("!cQ")
 FRAME_HEADER = _FRAME.size
 MAX_REQUEST = 512 << 20  # a whole (not streamed) call's body or result; larger data should be streamed
+# Pipelining (client.AsyncPool, serving.ServerConnection): at most this many calls in flight on one
+# connection, each a whole call of at most PIPELINED_MAX bytes.
+PIPELINED_CALLS = 8
+PIPELINED_MAX = 1 << 16
 
 
 def dumps(obj: Any) -> bytes:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import pytest
 
 from bigmachine.errors import ProtocolError
-from bigmachine.rpc import chunked, wire
-from bigmachine.rpc.chunked import ChunkedBody, head_end
+from bigmachine.rpc import chunked, codec, wire
+from bigmachine.rpc.chunked import ChunkedBody, MessageReader, head_end
 
 FRAMES = [(wire.DATA, b"ab"), (wire.DATA, bytes(range(256)) * 3), (wire.DATA, b"xyz"), (wire.END, b"")]
 
@@ -85,12 +85,37 @@ def test_no_target_outside_a_large_payload() -> None:
     (b"0x5\r\n", "not hexadecimal"),
     (b"5\n", "CRLF"),
     (b"2\r\nabcd\r\n", "past its announced size"),
-    (b"0\r\n\r\nmore", "after the end"),
     (b"1" * 2000, "over 1024 bytes"),
 ])
 def test_a_malformed_body_is_a_protocol_error_that_says_what_is_wrong(body: bytes, problem: str) -> None:
     with pytest.raises(ProtocolError, match=problem):
         ChunkedBody().feed(body)
+
+
+def test_bytes_past_a_bodys_end_are_the_next_messages_on_a_pipelined_connection_only() -> None:
+    ending = b"0\r\n\r\nHTTP/1.1 200 OK\r\n"
+    body = ChunkedBody()
+    assert body.feed(ending) == [] and body.done and body.rest == b"HTTP/1.1 200 OK\r\n"
+    for pipelined in (True, False):
+        reader = MessageReader(_TakingOver(), pipelined=pipelined)
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        if pipelined:
+            assert reader.feed(head + ending) == [] and reader.body is not None and reader.body.rest == ending[5:]
+        else:
+            with pytest.raises(ProtocolError, match="after the end of a chunked body"):
+                reader.feed(head + ending)
+
+
+class _TakingOver:
+    """A parser whose every message is streamed: it takes the body over at once."""
+
+    in_head = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        raise codec.TakeOver()
+
+    def renew(self) -> _TakingOver:
+        return self
 
 
 def test_a_frame_kind_nobody_sends_is_a_protocol_error() -> None:

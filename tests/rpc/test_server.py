@@ -7,6 +7,7 @@ import gc
 import socket
 import ssl
 import struct
+import threading
 import time
 import warnings
 from typing import Any
@@ -43,8 +44,9 @@ def exchange(sock: ssl.SSLSocket, data: bytes, expected: int = 1) -> tuple[list[
     collected = _Collected()
     parser = codec.ResponseParser(collected)
     sock.sendall(data)
-    while True:
+    for _ in range(expected):
         parser.expect()
+    while True:
         try:
             chunk = sock.recv(65536)
         except (ConnectionError, ssl.SSLError):
@@ -85,11 +87,49 @@ def test_what_is_not_a_call_gets_a_plain_reason_and_the_connection_stays(served:
         assert wire.loads(response.body) == 7
 
 
-def test_pipelined_requests_close_the_connection_unanswered_out_of_turn(served: Served) -> None:
+def test_pipelined_calls_are_answered_in_order_and_the_connection_kept(served: Served) -> None:
+    values = [1, "two", [3], None, b"five"]
     with served.raw() as sock:
-        responses, closed = exchange(sock, call_bytes("Gate.echo", 1) + call_bytes("Gate.echo", 2), expected=2)
-        assert closed and len(responses) <= 1  # never an answer to the second before the first is out
+        responses, closed = exchange(sock, b"".join(call_bytes("Gate.echo", v) for v in values), expected=len(values))
+        assert not closed and [wire.loads(r.body) for r in responses] == values
+        (response,), closed = exchange(sock, call_bytes("Gate.echo", 6))
+        assert wire.loads(response.body) == 6 and not closed
+
+
+def test_a_pipelined_call_waits_for_the_one_ahead_of_it(served: Served) -> None:
+    with served.raw() as sock:
+        sock.sendall(call_bytes("Gate.wait", "first") + call_bytes("Gate.echo", "second"))
+        wait_for(lambda: served.gate.started == 1)
+        time.sleep(0.1)
+        assert served.server.registry.stats.snapshot().get("Gate.echo", {}).get("calls", 0) == 0
+        served.gate.open()
+        responses, closed = exchange(sock, b"", expected=2)
+        assert [wire.loads(r.body) for r in responses] == ["first", "second"] and not closed
+
+
+@pytest.mark.parametrize("second", ["streamed", "too many", "too big"])
+def test_what_may_not_be_pipelined_closes_the_connection_after_the_call_ahead(served: Served, second: str) -> None:
+    first = call_bytes("Gate.echo", 1)
+    if second == "streamed":
+        behind = calls.encode_call(b"127.0.0.1", "Gate.echo", (iter([b"x"]),), {}).data
+        assert isinstance(behind, bytes)
+    elif second == "too many":
+        behind = call_bytes("Gate.echo", 2) * wire.PIPELINED_CALLS
+    else:
+        behind = call_bytes("Gate.echo", b"x" * wire.PIPELINED_MAX)
+    with served.raw() as sock:
+        responses, closed = exchange(sock, first + behind, expected=2)
+        assert closed and [wire.loads(r.body) for r in responses][:1] in ([], [1])
     wait_for(lambda: served.server.connections() == 0)
+
+
+def test_a_reply_says_whether_its_call_held_the_connection_long(served: Served) -> None:
+    with served.raw() as sock:
+        (response,), _ = exchange(sock, call_bytes("Gate.echo", 1))
+        assert not response.slow
+        threading.Timer(0.05, served.gate.open).start()
+        (response,), _ = exchange(sock, call_bytes("Gate.wait", 2))
+        assert response.slow and wire.loads(response.body) == 2
 
 
 def test_an_error_before_a_streamed_argument_is_read_says_connection_close(served: Served) -> None:
