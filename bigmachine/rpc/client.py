@@ -70,6 +70,7 @@ class AsyncConnection(asyncio.Protocol):
         self.pipelined = False  # carries pipelined calls: more may join while it has room (AsyncPool)
         self.retiring = False  # a pipelined call was abandoned: closed once the others are answered
         self.streaming = False  # a streamed reply's frames are being read by its caller
+        self._held: list[bytes] = []  # pipelined requests not yet written (_send_held)
         self._stream: AsyncReplyStream | None = None
         self.reply_stream: AsyncReplyStream | None = None
         self._response: Response | None = None
@@ -188,18 +189,28 @@ class AsyncConnection(asyncio.Protocol):
         assert self.transport is not None
         response = self._loop.create_future()
         self._reader.parser.expect()
+        self._request_done = complete
         if self.in_flight:
             self._behind.append(response)
-        else:
-            self._waiter = response
-            self._reader.start()
+            self.in_flight += 1
+            if not self._held:  # the first held back: sent once this turn of the loop is over
+                self._loop.call_soon(self._send_held)
+            self._held.append(data if isinstance(data, bytes) else b"".join(data))
+            return response
+        self._waiter = response
+        self._reader.start()
         self.in_flight += 1
-        self._request_done = complete
         if isinstance(data, tuple):
             self.transport.writelines(data)
         else:
             self.transport.write(data)
         return response
+
+    def _send_held(self) -> None:
+        """Sends the pipelined requests of a turn of the loop together: one TLS record, one system call."""
+        held, self._held = self._held, []
+        if self.lost is None and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(held))
 
     async def write(self, pieces: tuple[bytes | memoryview, ...]) -> None:
         """Writes part of a streamed request, waiting while the transport is paused."""
