@@ -165,6 +165,22 @@ def test_calls_behind_a_streamed_reply_its_reader_abandons_fail_and_say_why(
     assert machine.state == RUNNING
 
 
+def test_calls_behind_a_streamed_reply_whose_caller_gave_up_fail_and_say_why(
+        machines: list[bigmachine.Machine]) -> None:
+    machine = machines[1]
+    _made_quick(machine, "Mixed.reply")
+    ahead = machine.submit("Mixed.reply", "ahead", 0.5)
+    gave_up = machine.submit("Mixed.reply", "s", 0.0, 1 << 20, timeout=0.2)  # times out while queued
+    behind = machine.submit("Mixed.reply", "behind")
+    with pytest.raises(TimeoutError):
+        gave_up.result(timeout=30)
+    assert ahead.result(timeout=30) == "ahead"
+    ok, value = _settle(behind)
+    assert not ok and isinstance(value, bigmachine.Unavailable) and "had no reader left" in str(value), value
+    assert machine.submit("Mixed.reply", "after").result(timeout=30) == "after"
+    assert machine.state == RUNNING
+
+
 def test_pipelined_calls_to_a_machine_that_dies_fail_and_none_hangs(local_session: bigmachine.B) -> None:
     (machine,) = local_session.start(1, bigmachine.Services(Mixed=Mixed(), Echo=Echo()))
     assert machine.wait(RUNNING, timeout=60) == RUNNING

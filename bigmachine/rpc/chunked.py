@@ -130,11 +130,23 @@ class ChunkedBody:
             self._state = _DONE
 
 
+def _head_end_from(before: bytes, piece: bytes, at: int) -> int:
+    """Where in ``piece`` the head that starts at ``at`` (or before the piece, ending in ``before``) ends,
+    just past its empty line; -1 if it goes on past the piece."""
+    if before:
+        across = (before + piece[at:at + 3]).find(_TERMINATOR)
+        if across >= 0:
+            return at + across + len(_TERMINATOR) - len(before)
+    end = piece.find(_TERMINATOR, at)
+    return -1 if end < 0 else end + len(_TERMINATOR)
+
+
 class _Parser(Protocol):
     in_head: bool
 
     def feed(self, data: bytes | memoryview) -> None: ...
     def renew(self) -> Self: ...
+    def body_due(self) -> int: ...
 
 
 P = TypeVar("P", bound=_Parser)
@@ -144,21 +156,25 @@ class MessageReader(Generic[P]):
     """Feeds a connection's reads to its parser (``parser``: heads, whole bodies) and, once a head asks for it
     (``codec.TakeOver``), decodes the streamed body past it (``body``), from the head's end on.
 
-    Bytes past the end of a streamed body belong to the next message: a ``pipelined`` reader leaves them
-    in ``body.rest`` for its owner to feed once it has finished with the body; any other refuses them.
+    A ``pipelined`` reader's reads may hold several messages, a streamed one among them: it feeds the
+    parser one message at a time, each head up to its end and each whole body up to its length, so it
+    knows where a streamed body begins. Bytes past the end of a streamed body belong to the next message:
+    it leaves them in ``body.rest`` for its owner to feed once it has finished with the body. Any other
+    reader refuses them.
     """
 
-    __slots__ = ("parser", "body", "_before", "_pipelined")
+    __slots__ = ("parser", "body", "_before", "_pipelined", "_due")
 
     def __init__(self, parser: P, *, pipelined: bool = False) -> None:
         self.parser = parser
         self.body: ChunkedBody | None = None
         self._before = b""  # the last bytes of a head that has not ended yet
         self._pipelined = pipelined
+        self._due = 0  # pipelined: bytes of a whole body still to come (0: a head is next; -1: not known)
 
     def start(self) -> None:
         """A new message is next."""
-        self.body, self._before = None, b""
+        self.body, self._before, self._due = None, b"", 0
 
     def read_direct(self, recv_into: RecvInto) -> list[tuple[bytes, bytes]] | None:
         """When a large part of a frame's payload is next (``ChunkedBody.target``), reads it with ``recv_into``
@@ -181,6 +197,8 @@ class MessageReader(Generic[P]):
     def feed(self, piece: bytes | memoryview) -> list[tuple[bytes, bytes]] | None:
         """Takes what was read into the connection's buffer: the frames it completed in a streamed body,
         or None if it went to the parser."""
+        if self._pipelined:
+            return self._feed_framed(piece if isinstance(piece, bytes) else bytes(piece))
         body = self.body
         if body is not None:
             return self._past_end(body, body.feed(piece))
@@ -193,6 +211,38 @@ class MessageReader(Generic[P]):
             return self._past_end(body, body.feed(memoryview(piece)[head_end(self._before, piece):]))
         if parser.in_head:
             self._before = (self._before + bytes(piece[-3:]))[-3:]
+        return None
+
+    def _feed_framed(self, piece: bytes) -> list[tuple[bytes, bytes]] | None:
+        """``feed`` for a pipelined reader: the parser gets each message's bytes apart."""
+        view, at, size = memoryview(piece), 0, len(piece)
+        while at < size:
+            body = self.body
+            if body is not None:
+                return body.feed(view[at:])
+            if self._due < 0:  # a whole body of no told length: the parser alone knows where it ends
+                self.parser.feed(view[at:])
+                return None
+            if self._due:
+                n = min(self._due, size - at)
+                self.parser.feed(view[at:at + n])
+                self._due -= n
+                at += n
+                continue
+            end = _head_end_from(self._before, piece, at)
+            if end < 0:
+                self.parser.feed(view[at:])
+                self._before = (self._before + piece[max(at, size - 3):])[-3:]
+                return None
+            self._before = b""
+            try:
+                self.parser.feed(view[at:end])
+            except codec.TakeOver:
+                self.renew_parser()
+                self.body = ChunkedBody()
+            else:
+                self._due = self.parser.body_due()
+            at = end
         return None
 
     def _past_end(self, body: ChunkedBody, frames: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -128,6 +128,9 @@ class AsyncConnection(asyncio.Protocol):
             self._stream = self.reply_stream = AsyncReplyStream(self)
             self.streaming = True
             self._pool.unshare(self)  # no call joins one whose reply streams for as long as its caller reads
+            if self._waiter is None or self._waiter.done():  # its caller gave up (a pipelined call): nobody reads it
+                self.abort(ConnectionAbortedError("a streamed reply ahead of this call on its connection had no "
+                                                  "reader left (its call timed out or was cancelled)"))
             self._resolve(response)
             raise TakeOver()
 

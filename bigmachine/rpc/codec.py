@@ -148,6 +148,10 @@ class ResponseParser:
         fresh._outstanding = max(self._outstanding - 1, 0)
         return fresh
 
+    def body_due(self) -> int:
+        """Body bytes still due of the response whose head was fed: its length; 0 once it ended; -1 if not told."""
+        return 0 if self.response is None else self.response.content_length
+
     def feed(self, data: bytes | memoryview) -> None:
         """Parses ``data``; raises ProtocolError on a malformed response or one nobody asked for.
 
@@ -232,6 +236,10 @@ class RequestParser:
         self.request = None
         return RequestParser(self._listener)
 
+    def body_due(self) -> int:
+        """As ``ResponseParser.body_due``, for the request whose head was fed."""
+        return 0 if self.request is None else self.request.content_length
+
     def feed(self, data: bytes | memoryview) -> None:
         """Parses ``data``; raises ProtocolError on a malformed request, or what a listener raised."""
         try:
@@ -270,6 +278,7 @@ class RequestParser:
         self._listener.request_body(body)
 
     def on_message_complete(self) -> None:
+        self.request = None  # the listener has it
         self._listener.request_complete()
 
 

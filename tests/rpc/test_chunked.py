@@ -135,3 +135,53 @@ def test_a_heads_end_is_found_wherever_the_reads_cut_it() -> None:
 def test_a_head_end_nowhere_to_be_seen_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="out of step"):
         head_end(b"", b"HTTP/1.1 200 OK\r\n")
+
+
+class _Replies:
+    """What a pipelined client's connection makes of its reads: whole bodies and streamed frames, in order."""
+
+    def __init__(self) -> None:
+        self.parser = codec.ResponseParser(self)
+        self.reader = MessageReader(self.parser, pipelined=True)
+        self.got: list[tuple[str, bytes]] = []
+        self._body: list[bytes] = []
+
+    def response_head(self, response: codec.Response) -> None:
+        if response.content_type == wire.STREAM:
+            raise codec.TakeOver()
+
+    def response_body(self, data: bytes) -> None:
+        self._body.append(data)
+
+    def response_complete(self) -> None:
+        self.got.append(("whole", b"".join(self._body)))
+        self._body = []
+
+    def read(self, data: bytes) -> None:  # as AsyncConnection.data_received
+        frames = self.reader.feed(data)
+        if frames is not None:
+            body = self.reader.body
+            assert body is not None
+            self.got += [("frame", payload) for _, payload in frames]
+            if body.done:
+                self.reader.start()
+                self.got.append(("end", b""))
+                if body.rest:
+                    self.read(body.rest)
+
+
+def test_a_pipelined_reader_tells_whole_and_streamed_replies_apart_however_the_reads_cut_them() -> None:
+    stream = chunked_body(stream_of(FRAMES), [5, 300])
+    wire_bytes = (codec.encode_response(200, wire.RESULT, b"first\r\n\r\nbody") + codec.encode_stream_head(wire.STREAM)
+                  + stream + codec.encode_response(200, wire.RESULT, b"") + codec.encode_response(200, wire.ERROR, b"last"))
+    expected = ([("whole", b"first\r\n\r\nbody")] + [("frame", payload) for _, payload in FRAMES]
+                + [("end", b""), ("whole", b""), ("whole", b"last")])
+    for cut in range(1, len(wire_bytes), 7):
+        for second in (cut + 1, cut + 40, len(wire_bytes)):
+            replies = _Replies()
+            for _ in range(4):
+                replies.parser.expect()
+            for piece in (wire_bytes[:cut], wire_bytes[cut:second], wire_bytes[second:]):
+                if piece:
+                    replies.read(piece)
+            assert replies.got == expected, (cut, second)
