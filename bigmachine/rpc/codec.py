@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from .tls_io import RecvInto
 
 __all__ = ["DIRECT_BODY", "JOIN_LIMIT", "DirectBody", "LAST_CHUNK", "Request", "RequestListener", "RequestParser", "Response", "ResponseListener",
-           "SLOW_CALL",            "ResponseParser", "TakeOver", "encode_chunk", "encode_head", "encode_request", "encode_response", "encode_response_head",
-           "encode_stream_head", "require_chunked"]
+           "ResponseParser", "SLOW_CALL", "TakeOver", "encode_chunk", "encode_head", "encode_request", "encode_response",
+           "encode_response_head", "encode_stream_head", "require_chunked"]
 
 LAST_CHUNK = b"0\r\n\r\n"
 JOIN_LIMIT = 1 << 16  # a body past this goes in its own write after its head: copying it onto the head costs more
