@@ -21,12 +21,9 @@ from bigmachine import RUNNING
 
 pytestmark = pytest.mark.timeout(120)
 
-_SERVICES = {"Echo": Echo, "Mixed": Mixed}
-
-
 @pytest.fixture(scope="module")
 def machines(local_session: bigmachine.B) -> list[bigmachine.Machine]:
-    started = local_session.start(2, bigmachine.Services(**{name: cls() for name, cls in _SERVICES.items()}))
+    started = local_session.start(2, bigmachine.Services(Echo=Echo(), Mixed=Mixed()))
     for machine in started:
         assert machine.wait(RUNNING, timeout=60) == RUNNING
     return started
@@ -46,7 +43,7 @@ def _settle(future: concurrent.futures.Future[Any]) -> tuple[bool, Any]:
         return False, exc
 
 
-def test_quick_calls_share_connections_and_each_gets_its_own_answer(machines: list[bigmachine.Machine]) -> None:
+def test_pipelined_calls_under_load_each_get_their_own_answer(machines: list[bigmachine.Machine]) -> None:
     for machine in machines:
         _made_quick(machine, "Mixed.reply", "Echo.add", "Mixed.fail")
     pending: deque[tuple[int, concurrent.futures.Future[Any]]] = deque()
