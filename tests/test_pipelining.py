@@ -36,6 +36,24 @@ def _made_quick(machine: bigmachine.Machine, *methods: str) -> None:
             _settle(machine.submit(method, 0))
 
 
+def _ahead(machine: bigmachine.Machine, seconds: float) -> concurrent.futures.Future[Any]:
+    """Makes ``Mixed.reply`` quick and starts a call of it that holds its connection ``seconds``: the
+    calls of it submitted next queue behind that one."""
+    _made_quick(machine, "Mixed.reply")
+    return machine.submit("Mixed.reply", "ahead", seconds)
+
+
+def _assert_they_fail_saying(futures: list[concurrent.futures.Future[Any]], words: str) -> None:
+    for future in futures:
+        ok, value = _settle(future)
+        assert not ok and isinstance(value, bigmachine.Unavailable) and words in str(value), value
+
+
+def _assert_still_serving(machine: bigmachine.Machine) -> None:
+    assert machine.submit("Mixed.reply", "after").result(timeout=30) == "after"
+    assert machine.state == RUNNING
+
+
 def _settle(future: concurrent.futures.Future[Any]) -> tuple[bool, Any]:
     try:
         return True, future.result(timeout=60)
@@ -74,8 +92,7 @@ def test_pipelined_calls_under_load_each_get_their_own_answer(machines: list[big
 
 def test_a_quick_methods_call_waits_its_turn_behind_the_one_sent_before_it(machines: list[bigmachine.Machine]) -> None:
     machine = machines[1]
-    _made_quick(machine, "Mixed.reply")
-    ahead = machine.submit("Mixed.reply", "ahead", 0.5)
+    ahead = _ahead(machine, 0.5)
     behind = machine.submit("Mixed.reply", "behind")
     time.sleep(0.2)
     assert not behind.done()  # pipelined: answered after the call ahead of it on their connection
@@ -118,15 +135,13 @@ def test_a_pipelined_call_that_times_out_leaves_the_calls_beside_it_their_answer
     with pytest.raises(TimeoutError, match="no reply within 0.3 s"):
         late.result(timeout=30)
     assert [f.result(timeout=30) for f in before + after] == list(range(8))
-    assert machine.submit("Echo.add", 1, 2).result(timeout=30) == 3
-    assert machine.state == RUNNING
+    _assert_still_serving(machine)
 
 
 def test_a_cancelled_pipelined_call_leaves_the_calls_beside_it_their_answers(
         machines: list[bigmachine.Machine]) -> None:
     machine = machines[1]
-    _made_quick(machine, "Mixed.reply")
-    ahead = machine.submit("Mixed.reply", "ahead", 0.3)
+    ahead = _ahead(machine, 0.3)
     cancelled = machine.submit("Mixed.reply", "cancelled")
     after = [machine.submit("Mixed.reply", k) for k in range(5)]
     assert cancelled.cancel()
@@ -154,28 +169,22 @@ def test_calls_behind_a_streamed_reply_its_reader_abandons_fail_and_say_why(
     behind = [machine.submit("Mixed.reply", k) for k in range(3)]
     chunks = streamed.result(timeout=30)
     assert next(chunks) == b"s:0;"
-    chunks.close()
-    for future in behind:
-        ok, value = _settle(future)
-        assert ok and value in range(3) or "a streamed reply ahead of this call on its connection was abandoned" in str(value)
-    assert machine.submit("Mixed.reply", "after").result(timeout=30) == "after"
-    assert machine.state == RUNNING
+    chunks.close()  # 8 MiB and more of it unread: the connection can't be read on to the replies behind it
+    _assert_they_fail_saying(behind, "a streamed reply ahead of this call on its connection was abandoned by its reader")
+    _assert_still_serving(machine)
 
 
 def test_calls_behind_a_streamed_reply_whose_caller_gave_up_fail_and_say_why(
         machines: list[bigmachine.Machine]) -> None:
     machine = machines[1]
-    _made_quick(machine, "Mixed.reply")
-    ahead = machine.submit("Mixed.reply", "ahead", 0.5)
+    ahead = _ahead(machine, 0.5)
     gave_up = machine.submit("Mixed.reply", "s", 0.0, 1 << 20, timeout=0.2)  # times out while queued
     behind = machine.submit("Mixed.reply", "behind")
     with pytest.raises(TimeoutError):
         gave_up.result(timeout=30)
     assert ahead.result(timeout=30) == "ahead"
-    ok, value = _settle(behind)
-    assert not ok and isinstance(value, bigmachine.Unavailable) and "had no reader left" in str(value), value
-    assert machine.submit("Mixed.reply", "after").result(timeout=30) == "after"
-    assert machine.state == RUNNING
+    _assert_they_fail_saying([behind], "had no reader left")
+    _assert_still_serving(machine)
 
 
 def test_pipelined_calls_to_a_machine_that_dies_fail_and_none_hangs(local_session: bigmachine.B) -> None:
