@@ -30,17 +30,24 @@ _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 _TERMINATOR = b"\r\n\r\n"
 
 
+def _head_end_from(before: bytes, piece: bytes, at: int) -> int:
+    """Where in ``piece`` the head that starts at ``at`` (or before the piece, ending in ``before``) ends,
+    just past its empty line; -1 if it goes on past the piece."""
+    if before:
+        across = (before + piece[at:at + 3]).find(_TERMINATOR)
+        if across >= 0:
+            return at + across + len(_TERMINATOR) - len(before)
+    end = piece.find(_TERMINATOR, at)
+    return -1 if end < 0 else end + len(_TERMINATOR)
+
+
 def head_end(before: bytes, piece: bytes | memoryview) -> int:
     """Where in ``piece`` a message's head ends (just past its empty line), given the last bytes fed
     before it in the same message (``before``, up to 3, empty when the message began in ``piece``)."""
-    if before:
-        across = (before + bytes(piece[:3])).find(_TERMINATOR)
-        if across >= 0:
-            return across + len(_TERMINATOR) - len(before)
-    end = bytes(piece).find(_TERMINATOR)
+    end = _head_end_from(before, bytes(piece), 0)
     if end < 0:
         raise ProtocolError("a message head ended where no empty line is: the connection is out of step")
-    return end + len(_TERMINATOR)
+    return end
 
 
 class ChunkedBody:
@@ -128,17 +135,6 @@ class ChunkedBody:
             self._state = _SIZE
         elif line == b"\r\n":  # the empty line after the last chunk (and any trailer fields)
             self._state = _DONE
-
-
-def _head_end_from(before: bytes, piece: bytes, at: int) -> int:
-    """Where in ``piece`` the head that starts at ``at`` (or before the piece, ending in ``before``) ends,
-    just past its empty line; -1 if it goes on past the piece."""
-    if before:
-        across = (before + piece[at:at + 3]).find(_TERMINATOR)
-        if across >= 0:
-            return at + across + len(_TERMINATOR) - len(before)
-    end = piece.find(_TERMINATOR, at)
-    return -1 if end < 0 else end + len(_TERMINATOR)
 
 
 class _Parser(Protocol):

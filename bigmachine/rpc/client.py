@@ -166,7 +166,8 @@ class AsyncConnection(asyncio.Protocol):
             if self.pipelined and not self.retiring:
                 self._pool.has_room(self)
             return
-        self._pool.unshare(self)
+        if self.pipelined:
+            self._pool.unshare(self)
         if self._request_done and not self.retiring:
             self._pool.release(self)
         else:  # the machine answered before reading the whole streamed argument (an error), or a call was abandoned
