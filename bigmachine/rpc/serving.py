@@ -474,10 +474,12 @@ class ServerConnection:
             self._send(codec.encode_response_head(status, content_type, size, keep_alive=keep_alive, slow=slow))
             for piece in pieces:
                 self._send(piece)
-        elif self._queue and keep_alive:
-            self._outbox.append(codec.encode_response(status, content_type, b"".join(pieces), slow=slow))
         else:
-            self._send(codec.encode_response(status, content_type, b"".join(pieces), keep_alive=keep_alive, slow=slow))
+            reply = codec.encode_response(status, content_type, b"".join(pieces), keep_alive=keep_alive, slow=slow)
+            if self._queue and keep_alive:
+                self._outbox.append(reply)
+            else:
+                self._send(reply)
         return keep_alive
 
     def _send_frame(self, call: _Call, kind: bytes, payload: bytes | memoryview = b"") -> None:
