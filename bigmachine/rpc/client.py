@@ -580,6 +580,7 @@ class SyncConnection:
             pool._connecting.discard(self.sock)
         self._tls = tls_io.connection_of(self.sock)  # read and written straight, past ssl.py's wrappers
         self._recv_into = tls_io.reader(self._tls)
+        self._unread = tls_io.read_ahead(self._tls)
         self._reader = MessageReader(ResponseParser(self))
         self._blocking = False  # the socket has no timeout: a read or write is one system call
         self._buffer = bytearray(_SYNC_READ_SIZE)  # every read lands here: no allocation per read
@@ -610,7 +611,7 @@ class SyncConnection:
 
     def stale(self) -> bool:
         """Whether this idle connection has bytes or an EOF waiting: closed by the server, or out of step."""
-        if not (self._tls.pending() or self._poll.poll(0)):
+        if not (self._unread() or self._poll.poll(0)):
             return False
         self.sock.settimeout(0)
         self._blocking = False

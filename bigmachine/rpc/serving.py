@@ -141,6 +141,7 @@ class ServerConnection:
             self.sock = self.server.context.wrap_socket(self.raw, server_side=True)  # takes over raw's descriptor
             self._tls = tls_io.connection_of(self.sock)  # read and written straight, past ssl.py's wrappers
             self._recv_into = tls_io.reader(self._tls)
+            tls_io.read_ahead(self._tls)
             _block_with_bound(self.sock, self.server.idle_timeout)
             self.fd = self.sock.fileno()
             if not self.server.hangups.watch(self.fd, self._hung_up):

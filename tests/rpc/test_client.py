@@ -267,3 +267,37 @@ def test_a_streamed_reply_that_failed_never_returns_its_connection_to_the_pool(s
         asyncio.run(main())
     finally:
         pool.close(ConnectionAbortedError("test over"))
+
+
+def test_a_reply_nobody_asked_for_read_ahead_with_the_last_makes_its_connection_stale(tmp_path: Path) -> None:
+    """Read ahead, a stray record waits inside OpenSSL, where neither a poll of the socket nor ``pending()``
+    sees it; used again, the connection would hand the next call that stray reply as its answer."""
+    server_context, client_context = contexts(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    answers = [b"first", b"second"]
+
+    def serve() -> None:
+        for answer in answers:
+            raw, _ = listener.accept()
+            raw.settimeout(10)
+            with server_context.wrap_socket(raw, server_side=True) as sock:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += sock.recv(65536)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # both records in one segment, one read
+                sock.sendall(codec.encode_response(200, wire.RESULT, answer))
+                sock.sendall(codec.encode_response(200, wire.RESULT, b"stray"))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+                sock.recv(1)  # held open until the client closes it
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    pool = SyncPool("127.0.0.1", listener.getsockname()[1], client_context, "127.0.0.1")
+    try:
+        bodies = [pool.call(calls.encode_call(b"h", "Any.echo", (), {}), deadline_after(20))[0].body
+                  for _ in answers]
+        assert bodies == answers
+    finally:
+        pool.close(ConnectionAbortedError("test over"))
+        listener.close()
+        server.join(10)

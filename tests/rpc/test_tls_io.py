@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
 import ssl
 import struct
+import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,3 +119,48 @@ def test_a_closed_socket_has_no_connection_to_use(pair: tuple[ssl.SSLSocket, ssl
     client.close()
     with pytest.raises(ValueError, match="closed"):
         tls_io.connection_of(client)
+
+
+def _queued(sock: socket.socket) -> int:
+    """Bytes waiting in the socket itself, not yet read by OpenSSL."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_read_ahead_brings_several_records_in_with_one_read(pair: tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
+    client, server = pair
+    unread = tls_io.read_ahead(tls_io.connection_of(server))
+    records = [bytes([i]) * 16384 for i in range(3)]  # three whole records, about 48 KiB on the wire
+    tls_io.connection_of(client).write(b"".join(records))
+    deadline = time.monotonic() + 10
+    while _queued(server) < 3 * 16384 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tls, buffer = tls_io.connection_of(server), bytearray(1 << 16)
+    assert tls_io.read_into(tls, buffer) == 16384  # one record per read, as without read-ahead
+    assert _queued(server) == 0  # but all three came out of the socket in that read
+    assert not tls.pending() and unread()  # waiting inside OpenSSL, undecrypted: only the check returned sees them
+    got = buffer[:16384] + b"".join(buffer[:tls_io.read_into(tls, buffer)] for _ in range(2))
+    assert got == b"".join(records) and not unread()
+
+
+def test_where_the_ssl_cannot_be_reached_reads_stay_as_they_were(pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _, server = pair
+    tls = tls_io.connection_of(server)
+    monkeypatch.setattr(tls_io, "_lib", None)
+    assert tls_io.read_ahead(tls) == tls.pending
+
+
+class _Impostor:
+    """Shaped like an ``_ssl._SSLSocket`` to Python, not in memory."""
+
+    __slots__ = ("context", "first", "second")
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context, self.first, self.second = context, None, None
+
+
+def test_an_object_laid_out_otherwise_is_not_taken_for_an_ssl(pair: tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
+    _, server = pair
+    impostor = _Impostor(server.context)
+    assert tls_io._native(tls_io.connection_of(server)) is not None
+    assert tls_io._native(impostor) is None
