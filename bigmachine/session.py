@@ -36,6 +36,7 @@ from .rpc.handoff import Inbox, LoopQueue
 from .state import STOPPED
 
 from .systems.base import RemoteSystem
+from .systems.janitor import Janitor
 
 if TYPE_CHECKING:
     import starlette.applications
@@ -56,7 +57,13 @@ class B:
     def __init__(self, system: System, *, name: str | None = None) -> None:
         self._init_state(system, f"{name or 'bigmachine'}-{secrets.token_hex(4)}", is_driver=True,
                          liveness=system.liveness, max_connections=system.max_connections)
-        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # 0700
+        self.janitor = Janitor()  # from now on, a killed driver leaves no temp dir and no machine behind
+        try:
+            self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # 0700
+        except BaseException:
+            self.janitor.close()
+            raise
+        self.janitor.watch_dir(str(self.tmpdir))
         initialized = False  # the system's init ran: a failure after it shuts the system down too
         try:
             self.loop = new_loop()
@@ -78,6 +85,7 @@ class B:
                 asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(_EXECUTOR_GRACE)
             self._stop_loop()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.janitor.close()
             raise
         logger.debug("session %s started on %r", self.name, system)
 
@@ -284,6 +292,7 @@ class B:
                 logger.error("session %s: shutdown did not finish within %s s", self.name, _SHUTDOWN_TIMEOUT)
             finally:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)  # first: nothing below may keep the keys on disk
+                self.janitor.close()  # killing any machine's process group still watched
                 self._stop_loop()
                 self.callbacks.close()  # callbacks still running finish in their threads; idle ones end now
 

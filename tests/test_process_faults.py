@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -74,13 +77,27 @@ DRIVER = textwrap.dedent(
 )
 
 
+@contextlib.contextmanager
+def _driver(script: Path) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """Runs a driver script; yields it and the words of its first line, the last its session's temp dir.
+    Kills it at the end and removes the temp dir, in case the test failed before the janitor did."""
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    words = driver.stdout.readline().split()  # type: ignore[union-attr]
+    try:
+        yield driver, words
+    finally:
+        driver.kill()
+        driver.wait()
+        driver.stdout.close()  # type: ignore[union-attr]
+        if words:
+            shutil.rmtree(words[-1], ignore_errors=True)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_killed_driver_leaves_no_machine_behind(tmp_path: Path, sig: signal.Signals) -> None:
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(tests=str(Path(__file__).parent)))
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        *pids, tmpdir = driver.stdout.readline().split()  # type: ignore[union-attr]
+    with _driver(script) as (driver, (*pids, tmpdir)):
         machine_pids = [int(p) for p in pids]
         assert all(psutil.pid_exists(p) for p in machine_pids)
         driver.send_signal(sig)
@@ -92,10 +109,31 @@ def test_killed_driver_leaves_no_machine_behind(tmp_path: Path, sig: signal.Sign
         while Path(tmpdir).exists() and time.monotonic() - begun < 30:
             time.sleep(0.01)
         assert not Path(tmpdir).exists(), "the killed driver's temp dir (its keys) was left behind"
-    finally:
-        driver.kill()
-        driver.wait()
-        driver.stdout.close()  # type: ignore[union-attr]
-        import shutil
 
-        shutil.rmtree(tmpdir, ignore_errors=True)  # in case the janitor did not
+
+BARE_DRIVER = textwrap.dedent(
+    """
+    import time
+    import bigmachine
+    from bigmachine.systems import {system}
+    b = bigmachine.start({system}())
+    print(b.tmpdir, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("system", ["Local", "Testing"])
+def test_a_driver_killed_before_its_first_machine_leaves_no_temp_dir(tmp_path: Path, system: str) -> None:
+    """The session's keys are written as it begins; its janitor removes them when the driver is killed, whether
+    or not a machine was ever started, on any system (was: only once ``Local`` had started one)."""
+    script = tmp_path / "driver.py"
+    script.write_text(BARE_DRIVER.format(system=system))
+    with _driver(script) as (driver, (tmpdir,)):
+        assert Path(tmpdir, "driver").is_dir()
+        children = psutil.Process(driver.pid).children(recursive=True)  # the janitor, and Local's fork server
+        driver.kill()
+        driver.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"processes left 10 s after the driver was killed: {alive}"
+        assert not Path(tmpdir).exists(), "the killed driver's temp dir (its keys) was left behind"

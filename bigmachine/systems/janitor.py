@@ -1,14 +1,14 @@
-"""A tiny process per driver that ends what its machines started once the driver is gone, even by SIGKILL.
+"""A tiny process per session that ends what its machines started once the driver is gone, even by SIGKILL.
 
 A machine dies with its driver by itself (``PR_SET_PDEATHSIG``, bigmachine/runtime/process.py), but
-what its services started would live on: the kernel signals no grandchild. So the driver
-starts a janitor (this file, run as a script with ``-I -S``: the standard library only) and
-keeps the only write end of a pipe that is the janitor's stdin. The driver tells it of each
-machine's process group (each machine leads one) and cgroup, if it has one, and of each
-session's temp dir (its keys and certificates), and when one is cleaned up already. At end
-of file, which comes when the driver closes the pipe at shutdown or when the kernel does so
-for a killed driver, the janitor kills every group and cgroup it still watches, removes the
-cgroups and the temp dirs, and exits.
+what its services started would live on: the kernel signals no grandchild. So each session
+starts a janitor (this file, run as a script with ``-I -S``: the standard library only) as it
+begins, whatever its system, and keeps the only write end of a pipe that is the janitor's
+stdin. The session tells it of its temp dir (its keys and certificates) at once, and ``Local``
+of each machine's process group (each machine leads one) and cgroup, if it has one, and when
+one is cleaned up already. At end of file, which comes when the session closes the pipe at
+shutdown or when the kernel does so for a killed driver, the janitor kills every group and
+cgroup it still watches, removes the cgroups and the temp dir, and exits.
 
 A process that leaves its machine's process group (``setsid``) is only caught where the
 machine has a cgroup (``Local(memory_limit=...)`` on a host that lets us make one). A child
@@ -31,6 +31,8 @@ import time
 __all__ = ["Janitor", "kill_cgroup", "kill_group", "reap", "remove_cgroup"]
 
 logger = logging.getLogger(__name__)
+
+_EXIT_GRACE = 5.0  # seconds a janitor told to end may take: it kills what it watches, then exits
 
 
 def kill_group(pgid: int) -> None:
@@ -95,30 +97,22 @@ class Janitor:
         finally:
             os.close(read_fd)
         os.set_blocking(self._fd, False)
-        self.watching: set[int] = set()
-        self.dirs: set[str] = set()
 
     def watch(self, pgid: int, cgroup: str | None) -> None:
         """The group ``pgid`` (and ``cgroup``) is to be killed if the driver dies."""
-        self.watching.add(pgid)
         self._say(f"+ {pgid} {cgroup or ''}")
 
     def forget(self, pgid: int) -> None:
         """The group ``pgid`` was cleaned up by the driver: the janitor must not kill it later."""
-        self.watching.discard(pgid)
         self._say(f"- {pgid}")
 
     def watch_dir(self, path: str) -> None:
-        """``path`` (a session's temp dir) is to be removed if the driver dies before the session ends."""
-        self.dirs.add(path)
+        """``path`` (the session's temp dir) is to be removed when the janitor ends: at the latest, with the driver."""
         self._say(f"d {os.fsencode(path).hex()}")  # any byte of a path, a newline included, goes as hex
 
-    def forget_dir(self, path: str) -> None:
-        """The session of ``path`` is ending, and removes it itself."""
-        self.dirs.discard(path)
-        self._say(f"u {os.fsencode(path).hex()}")
-
     def _say(self, message: str) -> None:
+        if self._fd < 0:
+            return  # closed: what the session still had has been cleaned up
         try:
             os.write(self._fd, (message + "\n").encode())
         except BlockingIOError:  # the janitor stopped reading: a machine's group may outlive a killed driver
@@ -127,13 +121,19 @@ class Janitor:
             logger.warning("the janitor process %d is gone (%s): what machines start may outlive a killed driver",
                            self.process.pid, exc)
 
-    async def aclose(self) -> None:
-        """Closes the pipe (the janitor cleans up what it still watches) and waits for it to exit."""
+    def close(self) -> None:
+        """Closes the pipe, on which the janitor cleans up what it still watches and exits, and reaps it."""
         if self._fd < 0:
             return
         os.close(self._fd)
         self._fd = -1
-        await reap(self.process, 5.0)
+        try:
+            self.process.wait(_EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            logger.warning("the janitor process %d did not exit within %g s of its end of file; killed it",
+                           self.process.pid, _EXIT_GRACE)
+            self.process.kill()
+            self.process.wait()
 
 
 async def reap(process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -169,15 +169,13 @@ def main() -> None:
             watched.pop(int(subject), None)
         elif op == "d":
             dirs.add(bytes.fromhex(subject))
-        elif op == "u":
-            dirs.discard(bytes.fromhex(subject))
     for pgid, cgroup in watched.items():
         kill_group(pgid)
         if cgroup:
             kill_cgroup(cgroup)
     for cgroup in filter(None, watched.values()):
         remove_cgroup(cgroup)
-    for path in dirs:  # a killed driver's: its keys must not outlive it
+    for path in dirs:  # a killed driver's keys must not outlive it; a session's own shutdown removed them already
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -47,13 +47,11 @@ _UNIX_PATH_MAX = 108  # bytes of sockaddr_un's path on Linux, its NUL included
 
 
 class Launcher:
-    """One ``Local``'s machinery: the janitor, and a fork server per session (its loop), which its shutdown ends."""
+    """One ``Local``'s machinery: a fork server per session (its loop), which its shutdown ends."""
 
     def __init__(self, local: Local) -> None:
         self._local = local
-        self._janitor: Janitor | None = None
         self._forks: dict[asyncio.AbstractEventLoop, ForkServer] = {}
-        self._temp_dirs: dict[asyncio.AbstractEventLoop, str] = {}  # each session's, by its loop, once it launched
 
     def init(self, session: B, started: ForkServerProcess | None) -> None:
         """Has the session's loop serve its fork server as soon as it can: ``started`` (by ``Local.prepare``),
@@ -69,31 +67,15 @@ class Launcher:
             logger.debug("the fork server did not start ahead of the first launch: %s", exc)
 
     async def launch(self, session: B, machines: list[Machine], environ: dict[str, str]) -> list[Instance | BaseException]:
-        if self._janitor is None:
-            self._janitor = Janitor()
-        loop = asyncio.get_running_loop()
-        if loop not in self._temp_dirs:  # the session's keys go with a killed driver too
-            self._temp_dirs[loop] = str(session.tmpdir)
-            self._janitor.watch_dir(self._temp_dirs[loop])
-        return list(await asyncio.gather(*(self._launch_one(session, m, environ, self._janitor) for m in machines),
+        return list(await asyncio.gather(*(self._launch_one(session, m, environ, session.janitor) for m in machines),
                                          return_exceptions=True))
 
     async def shutdown(self) -> None:
-        """Stops the session's fork server, the janitor once no machine or other session is left, and lets
-        forwarded output finish. The session removes its temp dir itself."""
-        loop = asyncio.get_running_loop()
-        forks = self._forks.pop(loop, None)  # its machines, this session's, are stopped
-        temp_dir = self._temp_dirs.pop(loop, None)
-        try:
-            if forks is not None:
-                await forks.aclose()
-        finally:  # whatever closing the server raised, the janitor ends too
-            janitor = self._janitor
-            if janitor is not None and temp_dir is not None:
-                janitor.forget_dir(temp_dir)
-            if janitor is not None and not janitor.watching and not janitor.dirs:
-                self._janitor = None
-                await janitor.aclose()
+        """Stops the session's fork server and lets forwarded output finish. The session ends its janitor,
+        which kills any machine's group still watched, and removes its temp dir itself."""
+        forks = self._forks.pop(asyncio.get_running_loop(), None)  # its machines, this session's, are stopped
+        if forks is not None:
+            await forks.aclose()
         await output.drained(_OUTPUT_GRACE)
 
     async def _launch_one(self, session: B, machine: Machine, environ: dict[str, str], janitor: Janitor) -> Instance:
