@@ -4,10 +4,12 @@ and an async connect cut short by a cancel."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,18 +112,25 @@ def test_an_async_call_cancelled_mid_handshake_lets_the_handshake_finish_then_cl
     assert seen == ["handshake done", b""]
 
 
+@contextlib.contextmanager
+def _requested(listener: socket.socket, server_context: ssl.SSLContext) -> Iterator[ssl.SSLSocket]:
+    """The next connection's TLS socket, once its first request's head has arrived."""
+    raw, _ = listener.accept()
+    raw.settimeout(10)
+    with server_context.wrap_socket(raw, server_side=True) as sock:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += sock.recv(65536)
+        yield sock
+
+
 def _pieces_server(tmp_path: Path, pieces: list[bytes]) -> tuple[socket.socket, ssl.SSLContext, threading.Thread]:
     """A TLS server that answers one connection's first request with ``pieces``, each a write of its own."""
     server_context, client_context = contexts(tmp_path)
     listener = socket.create_server(("127.0.0.1", 0))
 
     def answer() -> None:
-        raw, _ = listener.accept()
-        raw.settimeout(10)
-        with server_context.wrap_socket(raw, server_side=True) as sock:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += sock.recv(65536)
+        with _requested(listener, server_context) as sock:
             for piece in pieces:
                 sock.sendall(piece)
                 time.sleep(0.02)  # a read of its own
@@ -278,12 +287,7 @@ def test_a_reply_nobody_asked_for_read_ahead_with_the_last_makes_its_connection_
 
     def serve() -> None:
         for answer in answers:
-            raw, _ = listener.accept()
-            raw.settimeout(10)
-            with server_context.wrap_socket(raw, server_side=True) as sock:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += sock.recv(65536)
+            with _requested(listener, server_context) as sock:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # both records in one segment, one read
                 sock.sendall(codec.encode_response(200, wire.RESULT, answer))
                 sock.sendall(codec.encode_response(200, wire.RESULT, b"stray"))
