@@ -199,7 +199,10 @@ class AsyncConnection(asyncio.Protocol):
             self.in_flight += 1
             if not self._held:  # the first held back: sent once this turn of the loop is over
                 self._loop.call_soon(self._send_held)
-            self._held.append(data if isinstance(data, bytes) else b"".join(data))
+            if isinstance(data, tuple):
+                self._held.extend(data)  # joined once, with the rest of the turn's, in _send_held
+            else:
+                self._held.append(data)
             return response
         self._waiter = response
         self._reader.start()
