@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["CallFuture", "CallbackThreads", "PendingCall", "settle"]
 
@@ -97,18 +97,24 @@ class CallbackThreads:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
 
+class Cancellable(Protocol):
+    """What carries a call on the loop: a task, or a ``relayed.RelayedCall``."""
+
+    def cancel(self) -> object: ...
+
+
 class PendingCall:
     """A call started on the session's loop for another thread or loop; ``cancel`` works from anywhere."""
 
-    __slots__ = ("_loop", "task", "cancelled")
+    __slots__ = ("_loop", "handle", "cancelled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.task: asyncio.Task[Any] | None = None  # set on the loop when the call starts
+        self.handle: Cancellable | None = None  # the call's task, or what carries it (relayed); set on the loop
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Cancels the call's task on its loop, which closes its connection: the machine cancels it too."""
+        """Cancels the call on its loop, which closes its connection: the machine cancels it too."""
         try:
             self._loop.call_soon_threadsafe(self._cancel)
         except RuntimeError:  # the session's loop is closed: nothing runs any more
@@ -116,8 +122,8 @@ class PendingCall:
 
     def _cancel(self) -> None:
         self.cancelled = True
-        if self.task is not None:
-            self.task.cancel()
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 class CallFuture(concurrent.futures.Future[Any]):

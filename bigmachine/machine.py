@@ -24,6 +24,7 @@ from .rpc import blocking, calls
 from .rpc.calls import Request, deadline_after, remaining
 from .errors import Cancelled, Error, MachineStopped, RemoteError, Unavailable
 from .futures import CallFuture, PendingCall, settle
+from . import relayed
 from .liveness import held_stacks
 from .rpc.stats import CallStats, atimed
 from .rpc import wire
@@ -76,6 +77,7 @@ class Machine:
         self._watching = False
         self._host_header = b""
         self._target: blocking.Target | None = None  # what blocking calls need, once the address is known
+        self._relay: relayed.Target | None = None  # and what calls relayed for other threads need
         self._reply_times: collections.deque[float] = collections.deque(maxlen=10)
         self._next_keepalive = 0.0
         self.rpc_stats = CallStats()  # calls made to this machine, per method (bigmachine.metrics)
@@ -106,8 +108,8 @@ class Machine:
         self.addr = f"https://{parts.netloc}/"
         self.hostname = parts.hostname
         self._host_header = parts.netloc.encode()
-        self._target = blocking.Target(self, self.addr, self._host_header, self.rpc_stats, self._sync_error,
-                                       self._call_streaming)
+        self._target = blocking.Target(self, self.addr, self._host_header, self._sync_error, self._call_streaming)
+        self._relay = relayed.Target(self, self.addr, self._async_error, self._async_stream)
         server = (parts.hostname, parts.port, self._session.client_context, parts.hostname)
         data = ConnectionBudget(self._session.max_connections)
         self._sync = SyncPool(*server, data, unix_socket=unix_socket)
@@ -214,11 +216,15 @@ class Machine:
         state = self._state
         if state == STOPPED:
             raise self.stopped_error()
+        self._used(state)
+        return state == RUNNING
+
+    def _used(self, state: State) -> None:
+        """Notes a call made in ``state``: the idle sweep and the dial watch go by it."""
         self._last_used = time.monotonic()
         if not self.owned and not self._watching and state == RUNNING:
             self._watching = True
             self._session.call_soon(self._start_watch)
-        return state == RUNNING
 
     def _wait_running(self, deadline: float) -> None:
         """Waits for a machine that is not RUNNING yet (``_check_running`` said so) to be."""
@@ -327,14 +333,23 @@ class Machine:
 
     def _start(self, request: Request, deadline: float, timeout: float | None,
                deliver: Callable[[bool, Any], None], pending: PendingCall) -> None:
-        """Starts a call on the session's loop for another thread or loop; ``deliver(ok, value)`` its outcome."""
+        """Starts a call on the session's loop for another thread or loop; ``deliver(ok, value)`` its outcome.
+        Sent at once and carried by callbacks if a connection is at hand (``relayed``), else run as a task."""
         if pending.cancelled:
             return
-        task = pending.task = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
+        if request.stream is None and self._state == RUNNING and self._relay is not None and \
+                time.monotonic() < deadline:  # past it, the task's way gives the TimeoutError without sending
+            pool = self._pool_for(request.method)
+            sent = pool.start(request.data, request.method)
+            if sent is not None:
+                self._used(RUNNING)
+                pending.handle = relayed.RelayedCall(self._relay, pool, request, deadline, timeout, deliver, sent)
+                return
+        task = pending.handle = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
 
         def done(task: asyncio.Task[Any]) -> None:
             if task.cancelled():
-                deliver(False, Cancelled(f"{self.addr} {request.method}: the call was cancelled"))
+                deliver(False, relayed.cancelled(self.addr, request.method))
             elif (exc := task.exception()) is not None:
                 deliver(False, exc)
             else:
@@ -395,8 +410,7 @@ class Machine:
     @atimed
     async def _acall(self, request: Request, deadline: float, timeout: float | None) -> Any:
         """Sends a call whatever the state (boot calls need that)."""
-        pool = self._control if request.method.startswith(_CONTROL) else self._pool
-        assert pool is not None
+        pool = self._pool_for(request.method)
         try:
             response, conn = await pool.call(request, deadline)
         except BaseException as exc:
@@ -404,6 +418,12 @@ class Machine:
         if response.content_type == wire.STREAM:
             return self._async_stream(conn, deadline, request.method, timeout)
         return calls.decode_reply(response, request.method, self.addr)
+
+    def _pool_for(self, method: str) -> AsyncPool:
+        """The async pool a call of ``method`` goes on: the control connections for ``Supervisor.*``."""
+        pool = self._control if method.startswith(_CONTROL) else self._pool
+        assert pool is not None
+        return pool
 
     async def _async_stream(self, conn: Any, deadline: float, method: str, timeout: float | None) -> AsyncIterator[bytes]:
         frames = conn.reply_stream.frames(deadline)

@@ -66,6 +66,13 @@ def cancel_submitted(m: bigmachine.Machine, method: str) -> None:
         future.result(1)
 
 
+def cancel_submitted_on_a_connection_at_hand(m: bigmachine.Machine, method: str) -> None:
+    """As ``cancel_submitted``, once a call left its connection idle: the call takes it and runs without a
+    task (bigmachine/relayed.py)."""
+    assert m.submit("Calc.add", 1, 1).result(5) == 2
+    cancel_submitted(m, method)
+
+
 def cancel_acall_on_a_loop_of_its_own(m: bigmachine.Machine, method: str) -> None:
     async def main() -> None:
         task = asyncio.ensure_future(m.acall(method))
@@ -91,7 +98,8 @@ def cancel_acall_on_the_session_loop(m: bigmachine.Machine, method: str) -> None
     asyncio.run_coroutine_threadsafe(main(), m._session.loop).result(20)
 
 
-HOW = {"submit": cancel_submitted, "acall": cancel_acall_on_a_loop_of_its_own,
+HOW = {"submit": cancel_submitted, "submit on a connection at hand": cancel_submitted_on_a_connection_at_hand,
+       "acall": cancel_acall_on_a_loop_of_its_own,
        "acall on the session loop": cancel_acall_on_the_session_loop}
 
 

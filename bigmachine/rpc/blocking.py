@@ -7,17 +7,14 @@ machine -> rpc -> machine, with no hop to the event loop.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Any
 
-from . import calls, trace
+from . import calls, stats
 from .calls import Request
 from .client import SyncPool
 from .deadlines import deadline_after
-from .stats import CallStats
 
 __all__ = ["Target", "call"]
 
@@ -26,10 +23,9 @@ __all__ = ["Target", "call"]
 class Target:
     """What a blocking call needs of the machine it calls, made once its address is known."""
 
-    machine: Any  # whose trace ring records the call (rpc.trace)
+    machine: Any  # whose stats and trace ring count the call (rpc.stats)
     addr: str
     host_header: bytes
-    stats: CallStats
     error: Callable[[BaseException, str, float | None], BaseException]  # maps a failure to send or read
     streaming: Callable[[Request, float, float | None], Any]  # a call whose argument streams: via the loop
 
@@ -41,8 +37,7 @@ def call(pool: SyncPool, target: Target, method: str, args: tuple[Any, ...], kwa
     request = calls.encode_call(target.host_header, method, args, kwargs)
     if request.stream is not None:
         return target.streaming(request, deadline, timeout)
-    entry = trace.record(target.machine, method)
-    begun = perf_counter()
+    started = stats.begin(target.machine, method)
     failed = True
     try:
         try:
@@ -56,8 +51,7 @@ def call(pool: SyncPool, target: Target, method: str, args: tuple[Any, ...], kwa
         failed = False
         return result
     finally:
-        entry[1], entry[3] = time.time(), failed
-        target.stats.record(method, perf_counter() - begun, failed, request.size)
+        stats.end(target.machine, request, started, failed)
 
 
 def _chunks(target: Target, frames: Generator[tuple[bytes, bytes], None, None], method: str,

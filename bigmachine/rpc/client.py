@@ -389,10 +389,8 @@ class AsyncPool(_Counted):
             raise self._closed
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.lost is None:
-                return conn
+        if (conn := self._take_idle()) is not None:
+            return conn
         while True:
             handed = await self._budget.atake(self)
             if handed is None:
@@ -414,6 +412,14 @@ class AsyncPool(_Counted):
             conn.abort()
             raise self._closed
         return conn
+
+    def _take_idle(self) -> AsyncConnection | None:
+        """The most recently released idle connection still open, if any."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.lost is None:
+                return conn
+        return None
 
     async def _connect(self) -> AsyncConnection:
         """A new connection. A connect or handshake that takes over CONNECT_TIMEOUT is tried again: the
@@ -470,22 +476,50 @@ class AsyncPool(_Counted):
         room, if one has: pipelined. Any other, and any request sent without its method's name (the
         lifeline's), takes a connection of its own.
         """
-        quick = bool(method) and self._quick.get(method, 0) >= _QUICK_STREAK and _size(data) <= wire.PIPELINED_MAX
-        conn = next(iter(self._room)) if quick and self._room else await self.acquire()
-        response = conn.send(data)
-        if quick:
-            conn.pipelined = True
-            self.has_room(conn)
+        started = self.start(data, method)
+        if started is None:
+            quick = self._is_quick(data, method)
+            conn = await self.acquire()
+            started = conn, self._send_on(conn, data, quick), quick
+        conn, response, quick = started
         try:
             reply = await response
         except BaseException:
             conn.abandon(response)  # cancelled or timed out mid-call
             raise
+        self.replied(method, reply, quick)
+        return reply, conn
+
+    def start(self, data: bytes | tuple[bytes, ...],
+              method: str) -> tuple[AsyncConnection, asyncio.Future[Response], bool] | None:
+        """Sends a whole request at once on a connection at hand: one with room for a quick call, else an idle
+        one. Returns the connection, the response's future and whether the call is pipelined; None, having
+        sent nothing, if no connection is at hand (or the pool is closed): ``request`` then waits for one.
+        On the loop; the caller hands the response to ``replied`` (or the connection ``abandon``s it)."""
+        if self._closed is not None:
+            return None
+        quick = self._is_quick(data, method)
+        conn = next(iter(self._room)) if quick and self._room else self._take_idle()
+        if conn is None:
+            return None
+        return conn, self._send_on(conn, data, quick), quick
+
+    def _is_quick(self, data: bytes | tuple[bytes, ...], method: str) -> bool:
+        return bool(method) and self._quick.get(method, 0) >= _QUICK_STREAK and _size(data) <= wire.PIPELINED_MAX
+
+    def _send_on(self, conn: AsyncConnection, data: bytes | tuple[bytes, ...], quick: bool) -> asyncio.Future[Response]:
+        response = conn.send(data)
+        if quick:
+            conn.pipelined = True
+            self.has_room(conn)
+        return response
+
+    def replied(self, method: str, reply: Response, quick: bool) -> None:
+        """Counts a reply to ``method`` towards (or against) its calls being pipelined."""
         if reply.slow or reply.content_type == wire.STREAM:
             self._quick[method] = 0
         elif not quick and method:
             self._quick[method] = self._quick.get(method, 0) + 1
-        return reply, conn
 
     def has_room(self, conn: AsyncConnection) -> None:
         """Notes whether a pipelined connection takes another call."""

@@ -45,7 +45,13 @@ class LoopQueue:
         items = self._items
         while items:
             fn, args = items.popleft()
-            fn(*args)
+            try:
+                fn(*args)
+            except Exception as exc:  # its own failure: reported as the loop reports a callback's; the rest run
+                loop = self._loop()
+                if loop is not None:
+                    loop.call_exception_handler({"message": f"Exception in {fn!r}, queued for the loop",
+                                                 "exception": exc})
 
 
 class Inbox(LoopQueue):

@@ -3,7 +3,7 @@
 A row is a list of floats: calls, errors, seconds, bytes sent and received, cancelled, and a
 latency histogram (``BUCKETS``); updating one takes a lock, a few increments and a
 ``bisect``. Servers count the calls they serve (``rpc.serving``), clients the calls they make
-(``rpc.blocking.call``, ``atimed``). ``bigmachine.metrics`` turns rows into Prometheus families at scrape time.
+(``begin`` and ``end``: ``rpc.blocking.call``, ``atimed``, ``relayed``). ``bigmachine.metrics`` turns rows into Prometheus families at scrape time.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from . import trace
 
-__all__ = ["BUCKETS", "CANCELLED", "COUNT", "ERRORS", "FIRST_BUCKET", "RECEIVED", "SENT", "SUM", "CallStats", "atimed"]
+__all__ = ["BUCKETS", "CANCELLED", "COUNT", "ERRORS", "FIRST_BUCKET", "RECEIVED", "SENT", "SUM", "CallStats", "atimed",
+           "begin", "end"]
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the call latency histograms; one more bucket is +Inf."""
@@ -82,8 +83,14 @@ def _quantile(buckets: list[float], count: int, q: float) -> float:
     return BUCKETS[-1]
 
 
-def _done(caller: Any, request: Any, entry: trace.Call, begun: float, failed: bool) -> None:
-    """A call made by ``caller`` (a ``Machine``) ended: its trace entry and its row are filled in."""
+def begin(caller: Any, method: str) -> tuple[trace.Call, float]:
+    """A call by ``caller`` (a ``Machine``) starts: its trace entry, and the instant to time it from (``end``)."""
+    return trace.record(caller, method), perf_counter()
+
+
+def end(caller: Any, request: Any, started: tuple[trace.Call, float], failed: bool) -> None:
+    """A call ``begin`` started ended: its trace entry and its row are filled in."""
+    entry, begun = started
     entry[1], entry[3] = time.time(), failed
     caller.rpc_stats.record(request.method, perf_counter() - begun, failed, request.size)
 
@@ -95,14 +102,13 @@ def atimed(fn: F) -> F:
 
     @functools.wraps(fn)
     async def call(self: Any, request: Any, deadline: float, timeout: float | None) -> Any:
-        entry = trace.record(self, request.method)
-        begun = perf_counter()
+        started = begin(self, request.method)
         failed = True
         try:
             result = await fn(self, request, deadline, timeout)
             failed = False
             return result
         finally:
-            _done(self, request, entry, begun, failed)
+            end(self, request, started, failed)
 
     return call  # type: ignore[return-value]

@@ -43,6 +43,28 @@ def test_calls_run_on_the_loop_in_order_and_share_wake_ups() -> None:
     assert len(threads) == 1  # every call ran on the loop's own thread
 
 
+def test_a_call_that_raises_is_reported_and_the_calls_queued_after_it_still_run() -> None:
+    async def main() -> tuple[list[int], list[dict[str, object]]]:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        queue, ran = LoopQueue(loop), []
+
+        def fail() -> None:
+            raise ValueError("bad item")
+
+        queue.call_soon(ran.append, 1)
+        queue.call_soon(fail)
+        queue.call_soon(ran.append, 2)  # before: stranded until something else was queued
+        await asyncio.sleep(0.05)
+        return ran, reported
+
+    ran, reported = asyncio.run(main())
+    assert ran == [1, 2]
+    assert len(reported) == 1 and isinstance(reported[0]["exception"], ValueError)
+    assert "fail" in str(reported[0]["message"])
+
+
 def test_a_closed_loop_refuses_work_and_an_inbox_drops_it() -> None:
     loop = asyncio.new_event_loop()
     queue, inbox = LoopQueue(loop), Inbox(loop)
