@@ -476,12 +476,9 @@ class AsyncPool(_Counted):
         room, if one has: pipelined. Any other, and any request sent without its method's name (the
         lifeline's), takes a connection of its own.
         """
-        started = self.start(data, method)
-        if started is None:
-            quick = self._is_quick(data, method)
-            conn = await self.acquire()
-            started = conn, self._send_on(conn, data, quick), quick
-        conn, response, quick = started
+        quick = self._is_quick(data, method)
+        conn = next(iter(self._room)) if quick and self._room else await self.acquire()
+        response = self._send_on(conn, data, quick)
         try:
             reply = await response
         except BaseException:
@@ -494,10 +491,8 @@ class AsyncPool(_Counted):
               method: str) -> tuple[AsyncConnection, asyncio.Future[Response], bool] | None:
         """Sends a whole request at once on a connection at hand: one with room for a quick call, else an idle
         one. Returns the connection, the response's future and whether the call is pipelined; None, having
-        sent nothing, if no connection is at hand (or the pool is closed): ``request`` then waits for one.
-        On the loop; the caller hands the response to ``replied`` (or the connection ``abandon``s it)."""
-        if self._closed is not None:
-            return None
+        sent nothing, if no connection is at hand (a closed pool has none): ``request`` then waits for one.
+        On the loop; the caller hands the reply to ``replied``, or ``abandon``s the response."""
         quick = self._is_quick(data, method)
         conn = next(iter(self._room)) if quick and self._room else self._take_idle()
         if conn is None:
