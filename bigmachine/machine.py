@@ -343,7 +343,8 @@ class Machine:
             sent = pool.start(request.data, request.method)
             if sent is not None:
                 self._used(RUNNING)
-                pending.handle = relayed.RelayedCall(self._relay, pool, request, deadline, timeout, deliver, sent)
+                pending.handle = relayed.RelayedCall(self._relay, pool, request, deadline, timeout, deliver, pending,
+                                                     sent)
                 return
         task = pending.handle = self._session.loop.create_task(self._acall_running(request, deadline, timeout))
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import Cancelled
+from .futures import PendingCall
 from .rpc import calls, stats, wire
 from .rpc.calls import Request
 from .rpc.client import AsyncConnection, AsyncPool
@@ -47,14 +48,15 @@ class RelayedCall:
     once. ``cancel`` (on the loop) ends it at once, and closes or retires its connection as a cancelled
     task's call would (``AsyncConnection.abandon``)."""
 
-    __slots__ = ("_target", "_pool", "_request", "_deadline", "_timeout", "_deliver", "_conn", "_response",
-                 "_quick", "_started", "_timer", "_mapping", "_over")
+    __slots__ = ("_target", "_pool", "_request", "_deadline", "_timeout", "_deliver", "_pending", "_conn",
+                 "_response", "_quick", "_started", "_timer", "_mapping", "_over")
 
     def __init__(self, target: Target, pool: AsyncPool, request: Request, deadline: float, timeout: float | None,
-                 deliver: Callable[[bool, Any], None],
+                 deliver: Callable[[bool, Any], None], pending: PendingCall,
                  sent: tuple[AsyncConnection, asyncio.Future[Response], bool]) -> None:
         self._target, self._pool, self._request = target, pool, request
         self._deadline, self._timeout, self._deliver = deadline, timeout, deliver
+        self._pending = pending  # its handle is this call until it ends
         self._conn, self._response, self._quick = sent
         self._started = stats.begin(target.machine, request.method)
         self._mapping: asyncio.Task[BaseException] | None = None  # a failure being mapped (_fail)
@@ -121,9 +123,8 @@ class RelayedCall:
         if self._timer is not None:
             self._timer.cancel()
         stats.end(self._target.machine, self._request, self._started, not ok)
-        deliver, self._deliver = self._deliver, _delivered  # no cycle through the caller's future: freed at once
-        deliver(ok, value)
-
-
-def _delivered(ok: bool, value: Any) -> None:
-    """What a relayed call delivers to once it has delivered its outcome: nothing."""
+        # The caller's future keeps its pending call: let go of this one, and with it of the request and
+        # the reply's bytes (kept, they would double what a caller holding futures holds), and of the
+        # cycle through the caller's future, which only the cycle collector would free.
+        self._pending.handle = None
+        self._deliver(ok, value)

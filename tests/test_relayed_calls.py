@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from waiting import wait_for
 
 import bigmachine
 from bigmachine import RUNNING, STOPPED, relayed
+from bigmachine.futures import PendingCall
 from bigmachine.rpc import wire
 from bigmachine.rpc.calls import Request
 from bigmachine.rpc.client import AsyncPool
@@ -80,6 +82,15 @@ def test_a_finished_call_is_freed_at_once_without_the_cycle_collector(machine: b
         wait_for(lambda: freed() is None, 5, "the future to be freed")  # a reference cycle would keep it
     finally:
         gc.enable()
+
+
+def test_a_finished_calls_future_keeps_its_result_and_lets_go_of_its_request(machine: bigmachine.Machine) -> None:
+    argument = b"a" * (4 << 20)  # sent from its own memory: the request refers to it while it lives
+    unheld = sys.getrefcount(argument)
+    future = machine.submit("Echo.echo", argument)
+    assert future.result(10) == argument
+    wait_for(lambda: sys.getrefcount(argument) == unheld, 5, "the request to be let go of, the future kept")
+    assert future.result() == argument
 
 
 def test_a_remote_exception_keeps_its_type_traceback_and_address(machine: bigmachine.Machine) -> None:
@@ -193,8 +204,11 @@ def _relayed(response: asyncio.Future[Response], error: Any = None,
 
     conn, outcomes = _Connection(), []
     target = relayed.Target(_Machine(), "https://m:1/", error or mapped, stream)
+    pending = PendingCall(asyncio.get_running_loop())
     call = relayed.RelayedCall(target, _Pool(), Request("S.m", b"request"), deadline, 1.0,  # type: ignore[arg-type]
-                               lambda ok, value: outcomes.append((ok, value)), (conn, response, False))  # type: ignore[arg-type]
+                               lambda ok, value: outcomes.append((ok, value)), pending,
+                               (conn, response, False))  # type: ignore[arg-type]
+    pending.handle = call
     return call, conn, outcomes
 
 
