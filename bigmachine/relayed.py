@@ -3,7 +3,7 @@
 ``Machine.submit`` (and ``acall`` from another loop) hands each call to the session's loop. When
 a connection is at hand there (one with room for a pipelined call, or an idle one), the call is
 sent at once and the reply settles it from its future's done-callback: no task to create and
-step, and no coroutine frames to pass the reply up through, which is about a third of the loop's
+step, and no coroutine frames to pass the reply up through, which is about a quarter of the loop's
 work per call under load (docs/architecture.md). Otherwise, and for a streamed argument, the
 machine runs the call as a task. Both ways keep the same deadline, cancellation, error mapping,
 stats and trace.
