@@ -147,8 +147,7 @@ def test_a_streamed_reply_is_read_to_its_end(machine: bigmachine.Machine) -> Non
     assert machine.submit("Calc.add", 1, 2).result(5) == 3
 
 
-def test_a_call_to_a_machine_that_dies_fails_with_machine_stopped(testing_session: bigmachine.B,
-                                                                   testing_system: Testing,
+def test_a_call_to_a_machine_that_dies_fails_with_machine_stopped(testing_system: Testing,
                                                                    machine: bigmachine.Machine) -> None:
     future = machine.submit("Echo.sleep", 5)
     wait_for(lambda: _data_pool(machine).busy == 1, 5, "the call to be sent")
