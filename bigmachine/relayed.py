@@ -86,9 +86,7 @@ class RelayedCall:
                     response.result().content_type == wire.STREAM:
                 self._conn.abort()  # a streamed reply nobody will read
             return
-        if self._timer is not None:
-            self._timer.cancel()
-        exc = response.exception()
+        exc = response.exception()  # a timer firing while it is mapped finds _mapping set; _end cancels it
         if exc is not None:
             self._fail(exc)
             return
